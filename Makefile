@@ -1,0 +1,35 @@
+# igcli: `make demo` runs the pipeline end to end on generated data; `make test` runs the suite.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DB ?= igcli.duckdb
+DEMO ?= demo-data
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/igcli: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/igcli
+
+venv: $(BIN)/igcli
+
+demo: venv
+	rm -rf $(DEMO) $(DB) $(DB).wal
+	$(BIN)/igcli sample $(DEMO) --posts 3000 --users 120 --seed 0
+	$(BIN)/igcli ingest $(DEMO)/posts.csv --db $(DB)
+	$(BIN)/igcli status --db $(DB)
+
+# pytest exits 5 when it collects no test: that fails here like any other failure.
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider || { rc=$$?; [ $$rc -ne 5 ] || echo "no tests collected" >&2; exit $$rc; }
+
+lint: venv
+	$(BIN)/ruff check igcli tests bench scripts
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(DEMO) $(DB) $(DB).wal .pytest_cache

@@ -1,0 +1,154 @@
+"""The DuckDB feature store: one file holds every table (default ``./igcli.duckdb``).
+
+``connect(path)`` opens (and creates or migrates) the store; ``load_sql(name)`` returns the text of
+``sql/<name>.sql``. SQL never takes user values by string formatting: parameters only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import duckdb
+
+from igcli.errors import StoreError, StoreLocked
+
+DEFAULT_DB = Path("igcli.duckdb")
+SCHEMA_VERSION = 1
+SCHEMA_FILES = ("schema",)
+
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+def sql_dir() -> Path:
+    """``igcli/sql`` inside an installed wheel, else the repository's top-level ``sql/``."""
+    for candidate in (_PKG_DIR / "sql", _PKG_DIR.parent / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise StoreError("igcli's SQL files are missing: reinstall igcli (pip install -e .)")
+
+
+@cache
+def load_sql(name: str) -> str:
+    return (sql_dir() / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a file of ';'-terminated statements (no ';' inside literals in our files)."""
+    text = re.sub(r"--[^\n]*", "", text)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _translate(err: Exception, path: Path) -> Exception:
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+    if "lock" in msg.lower():
+        return StoreLocked(f"{path} is locked by another igcli process; wait for it to finish ({msg})")
+    if "read-only" in msg.lower() or "permission denied" in msg.lower():
+        return StoreError(
+            f"cannot write the store {path}: {msg}. Pass --db with a writable path, or use a "
+            "read-only command"
+        )
+    return StoreError(f"cannot open the store {path}: {msg}")
+
+
+def connect(path: Path | str = DEFAULT_DB, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the store at ``path``, creating the schema on first use."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise StoreError(f"no store at {path}: run `igcli ingest POSTS --db {path}` first")
+    if not read_only and not path.parent.exists():
+        raise StoreError(f"the folder {path.parent} does not exist: create it or pass another --db")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except (duckdb.IOException, duckdb.Error) as err:
+        raise _translate(err, path) from err
+    con.execute("SET TimeZone = 'UTC'")
+    if not read_only:
+        try:
+            _migrate(con)
+        except duckdb.Error as err:
+            con.close()
+            raise _translate(err, path) from err
+    return con
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("BEGIN TRANSACTION")
+    for name in SCHEMA_FILES:
+        for stmt in split_statements(load_sql(name)):
+            con.execute(stmt)
+    current = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    if current is None or current < SCHEMA_VERSION:
+        con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
+    elif current > SCHEMA_VERSION:
+        con.execute("ROLLBACK")
+        raise StoreError(
+            f"the store has schema version {current}, newer than this igcli ({SCHEMA_VERSION}): upgrade igcli"
+        )
+    con.execute("COMMIT")
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All or nothing: an exception (or a killed process) leaves the store as it was."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name"
+    ).fetchall()]
+    return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names}
+
+
+@cache
+def sql_blocks(name: str) -> dict[str, str]:
+    """Named statements of ``sql/<name>.sql``: each starts at a ``-- name: <block>`` line."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in load_sql(name).splitlines():
+        m = re.match(r"--\s*name:\s*(\w+)", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = ""
+        elif current is not None:
+            blocks[current] += line + "\n"
+    return blocks
+
+
+def run_block(con: duckdb.DuckDBPyConnection, file: str, block: str, params: dict | None = None):
+    """Execute every statement of one named block with the ``$name`` parameters it uses.
+
+    Returns the connection, so a block ending in a SELECT can be fetched from.
+    """
+    params = params or {}
+    for stmt in split_statements(sql_blocks(file)[block]):
+        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", stmt)}
+        con.execute(stmt, used or None)
+    return con
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the kill tests: with ``IGCLI_FAULT=<name>`` the process announces itself on
+    stderr and waits to be killed, so a test can SIGKILL it at exactly this point."""
+    import os
+    import sys
+    import time
+
+    if os.environ.get("IGCLI_FAULT") == name:
+        print(f"IGCLI_FAULT reached {name}", file=sys.stderr, flush=True)
+        time.sleep(600)

@@ -1,0 +1,94 @@
+-- igcli store schema, version 1. Applied by igcli.store.connect(); every statement is idempotent.
+-- Timestamps are UTC, stored as naive TIMESTAMP.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER NOT NULL,
+    applied_at TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS posts (
+    post_id      VARCHAR PRIMARY KEY,
+    username     VARCHAR NOT NULL,
+    posted_at    TIMESTAMP NOT NULL,
+    caption      VARCHAR,
+    hashtags     VARCHAR,          -- space separated '#tag' tokens
+    mentions     VARCHAR,          -- space separated '@user' tokens
+    likes        BIGINT,           -- NULL: not known yet (a post to be scored)
+    image_ref    VARCHAR,          -- the image value as written in the source file
+    image_path   VARCHAR,          -- resolved absolute path, key into images; NULL when no image
+    source_file  VARCHAR NOT NULL,
+    source_line  BIGINT NOT NULL,
+    ingested_at  TIMESTAMP NOT NULL,
+    updated_at   TIMESTAMP NOT NULL
+);
+
+-- User-level values are dated snapshots: a new row only when the values change.
+CREATE TABLE IF NOT EXISTS user_snapshots (
+    username        VARCHAR NOT NULL,
+    observed_at     TIMESTAMP NOT NULL,
+    followers       BIGINT,
+    following       BIGINT,
+    user_post_count BIGINT,
+    source_file     VARCHAR NOT NULL,
+    PRIMARY KEY (username, observed_at)
+);
+
+CREATE TABLE IF NOT EXISTS images (
+    path        VARCHAR PRIMARY KEY,  -- absolute path (or the raw reference when it was refused)
+    status      VARCHAR NOT NULL,     -- ok | missing | corrupt | unsafe_path | not_a_file
+    error       VARCHAR,              -- a reason a person understands, when status <> 'ok'
+    sha256      VARCHAR,
+    byte_size   BIGINT,
+    mtime_ns    BIGINT,
+    width       INTEGER,
+    height      INTEGER,
+    checked_at  TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rejects (
+    ingest_id    VARCHAR NOT NULL,
+    source_file  VARCHAR NOT NULL,
+    line_number  BIGINT,
+    column_name  VARCHAR,
+    value        VARCHAR,
+    reason       VARCHAR NOT NULL,
+    rejected_at  TIMESTAMP NOT NULL
+);
+
+-- Rows that loaded but deserve a look (e.g. a 1970-01-01 placeholder date).
+CREATE TABLE IF NOT EXISTS ingest_warnings (
+    ingest_id    VARCHAR NOT NULL,
+    source_file  VARCHAR NOT NULL,
+    line_number  BIGINT,
+    column_name  VARCHAR,
+    value        VARCHAR,
+    message      VARCHAR NOT NULL,
+    warned_at    TIMESTAMP NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS ingests (
+    ingest_id    VARCHAR PRIMARY KEY,
+    kind         VARCHAR NOT NULL,    -- posts | classes
+    source_file  VARCHAR NOT NULL,
+    file_sha256  VARCHAR NOT NULL,
+    started_at   TIMESTAMP NOT NULL,
+    finished_at  TIMESTAMP NOT NULL,
+    loaded       BIGINT NOT NULL,
+    updated      BIGINT NOT NULL,
+    unchanged    BIGINT NOT NULL,
+    rejected     BIGINT NOT NULL
+);
+
+-- ImageNet top-k classes per image. Precomputed rows (ingest-classes) are keyed by post_id;
+-- classifier rows (featurize) by the image's sha256, so duplicate images run once.
+CREATE TABLE IF NOT EXISTS image_classes (
+    post_id     VARCHAR,
+    sha256      VARCHAR,
+    backbone    VARCHAR NOT NULL,     -- timm model name, or 'precomputed'
+    weights_fp  VARCHAR NOT NULL,     -- weights fingerprint, or the source file's sha256
+    random_init BOOLEAN NOT NULL,
+    source      VARCHAR NOT NULL,
+    rank        INTEGER NOT NULL,
+    wnid        VARCHAR NOT NULL,
+    prob        DOUBLE NOT NULL
+);

@@ -1,0 +1,43 @@
+"""Shared fixtures: a temporary store, generated sample data, and the real dev data when present."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_DATA = Path(os.environ.get("IGCLI_DEV_DATA", REPO.parent / "shared" / "data" / "instagram-dev"))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store.duckdb"
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated dataset, shared read-only by the tests that need one."""
+    from igcli.sample import generate_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample(out, posts=600, users=40, seed=7, image_size=48)
+    return out
+
+
+@pytest.fixture
+def dev_data() -> Path:
+    if not (DEV_DATA / "posts.csv").is_file():
+        pytest.skip(f"real dev data not found at {DEV_DATA}")
+    return DEV_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
+    """Run ``python -m igcli`` in a subprocess, as a user would."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "igcli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,213 @@
+"""igcli.ingest: parsing, rejects with line numbers, idempotence, upsert, snapshots, images, Parquet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+from igcli import store
+from igcli.errors import InputError
+from igcli.ingest import ingest_classes, ingest_posts
+
+HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
+
+
+def write(path: Path, text: str, bom: bool = False) -> Path:
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def jpeg(path: Path, color=(200, 30, 30), size=(16, 16)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG")
+
+
+def q(db: Path, sql: str, params=None):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+NASTY = (
+    HEADER
+    # line 2-3: quoted comma, doubled quotes, a newline inside the caption, emoji and Cyrillic
+    + 'p1,alice,2017-04-28,"Hi, ""friends""\nline two 😀 привет",#a #b,@bob,1.2k,"1,234",10,5,img/p1.jpg\n'
+    # line 4: scraped counts 3m / 12
+    + "p2,alice,2017-04-29T10:00:00Z,plain,,,3m,1234,10,5,\n"
+    # line 5: missing username
+    + "p3,,2017-04-29,x,,,1,1,1,1,\n"
+    # line 6: negative likes
+    + "p4,bob,2017-04-29,x,,,-5,1,1,1,\n"
+    # line 7: non-numeric followers
+    + "p5,bob,2017-04-29,x,,,5,abc,1,1,\n"
+    # line 8: unparseable date
+    + "p6,bob,yesterday,x,,,5,1,1,1,\n"
+    # line 9: too many fields
+    + "p7,bob,2017-04-29,x,,,5,1,1,1,,extra\n"
+    # line 10: duplicate of p1 inside the file
+    + "p1,alice,2017-04-30,again,,,9,1,1,1,\n"
+    # line 11: Arabic caption, date with a zone offset (02:00+02:00 is midnight UTC)
+    + 'p8,carol,2017-05-01T02:00:00+02:00,"مرحبا #صباح",,,7,100,2,3,\n'
+)
+
+
+@pytest.fixture
+def nasty(tmp_path: Path) -> Path:
+    jpeg(tmp_path / "img" / "p1.jpg")
+    return write(tmp_path / "nasty.csv", NASTY, bom=True)
+
+
+def test_nasty_csv_exact_rejects(nasty: Path, db: Path):
+    r = ingest_posts(nasty, db=db)
+    assert (r.loaded, r.rejected) == (3, 6)
+    rejects = q(db, "SELECT line_number, column_name, reason FROM rejects ORDER BY line_number")
+    expected = {
+        5: ("username", "missing required value"),
+        6: ("likes", "negative count"),
+        7: ("followers", "not a count (expected e.g. 1234, 1,234, 1.2k or 3m)"),
+        8: ("posted_at", "unparseable date (expected ISO 8601, e.g. 2017-04-28 or 2017-04-28T14:05:00Z)"),
+        9: (None, "too many fields (expected 11, found 12)"),
+        10: ("post_id", "duplicate post_id in this file (first at line 2)"),
+    }
+    assert {line: (col, reason) for line, col, reason in rejects} == expected
+    assert len(rejects) == len(expected)
+
+
+def test_nasty_csv_values_survive(nasty: Path, db: Path):
+    ingest_posts(nasty, db=db)
+    rows = dict(
+        (r[0], r[1:]) for r in q(db, "SELECT post_id, caption, likes, hashtags, mentions, posted_at, source_line "
+                                     "FROM posts ORDER BY post_id")
+    )
+    assert rows["p1"][0] == 'Hi, "friends"\nline two 😀 привет'
+    assert rows["p1"][1] == 1200
+    assert rows["p1"][2:4] == ("#a #b", "@bob")
+    assert rows["p2"][1] == 3_000_000
+    assert str(rows["p8"][4]) == "2017-05-01 00:00:00"
+    assert rows["p8"][0] == "مرحبا #صباح"
+    assert (rows["p1"][5], rows["p2"][5], rows["p8"][5]) == (2, 4, 11)
+    snaps = dict((r[0], r[1:]) for r in q(db, "SELECT username, followers, following FROM user_snapshots"))
+    # alice's newest row (p2, 2017-04-29) stands for her observed values
+    assert snaps["alice"] == (1234, 10)
+
+
+def test_first_reject_reasons_are_reported(nasty: Path, db: Path):
+    r = ingest_posts(nasty, db=db)
+    assert r.reasons[0] == (5, "username", "missing required value")
+
+
+def test_same_file_twice_changes_nothing(nasty: Path, db: Path):
+    ingest_posts(nasty, db=db)
+    tables = ("posts", "user_snapshots", "images", "rejects")
+    cols = {"rejects": "source_file, line_number, column_name, value, reason"}
+    before = {t: q(db, f"SELECT {cols.get(t, '*')} FROM {t} ORDER BY ALL") for t in tables}
+    r = ingest_posts(nasty, db=db)
+    assert (r.loaded, r.updated, r.unchanged) == (0, 0, 3)
+    after = {t: q(db, f"SELECT {cols.get(t, '*')} FROM {t} ORDER BY ALL") for t in tables}
+    assert after == before
+
+
+def test_changed_row_updates_by_post_id_and_snapshots_accumulate(tmp_path: Path, db: Path):
+    v1 = write(tmp_path / "v1.csv", HEADER + "p1,alice,2017-04-28,first,,,10,100,1,1,\n")
+    v2 = write(tmp_path / "v2.csv", HEADER + "p1,alice,2017-04-28,edited,,,25,150,1,1,\n")
+    ingest_posts(v1, db=db)
+    r = ingest_posts(v2, db=db)
+    assert (r.loaded, r.updated, r.unchanged) == (0, 1, 0)
+    assert q(db, "SELECT caption, likes FROM posts") == [("edited", 25)]
+    assert [s[0] for s in q(db, "SELECT followers FROM user_snapshots ORDER BY observed_at")] == [100, 150]
+
+
+def test_scoring_file_without_likes_keeps_known_likes(tmp_path: Path, db: Path):
+    ingest_posts(write(tmp_path / "a.csv", HEADER + "p1,alice,2017-04-28,c,,,10,100,1,1,\n"), db=db)
+    r = ingest_posts(write(tmp_path / "b.csv", "post_id,username,posted_at,caption\np1,alice,2017-04-28,c\n"), db=db)
+    assert (r.updated, r.unchanged) == (0, 1)
+    assert q(db, "SELECT likes FROM posts") == [(10,)]
+
+
+def test_hashtags_and_mentions_extracted_when_columns_missing(tmp_path: Path, db: Path):
+    src = write(tmp_path / "p.csv", "post_id,username,posted_at,caption\n"
+                                    "p1,alice,2017-04-28,\"Sun #beach #été with @bob.smith and @ann.\"\n")
+    ingest_posts(src, db=db)
+    assert q(db, "SELECT hashtags, mentions, likes FROM posts") == [("#beach #été", "@bob.smith @ann", None)]
+
+
+def test_missing_required_column_is_one_clear_error(tmp_path: Path, db: Path):
+    src = write(tmp_path / "p.csv", "post_id,user,posted_at\np1,alice,2017-04-28\n")
+    with pytest.raises(InputError, match="lacks required column.*username"):
+        ingest_posts(src, db=db)
+
+
+def test_images_probed_and_unsafe_paths_refused(tmp_path: Path, db: Path):
+    data = tmp_path / "data"
+    jpeg(data / "ok.jpg")
+    (data / "empty.jpg").write_bytes(b"")
+    jpeg(tmp_path / "outside.jpg")
+    os.symlink(tmp_path / "outside.jpg", data / "link.jpg")
+    rows = [
+        "p1,a,2017-04-28,,,,1,1,1,1,ok.jpg",
+        "p2,a,2017-04-28,,,,1,1,1,1,empty.jpg",
+        "p3,a,2017-04-28,,,,1,1,1,1,../outside.jpg",
+        f"p4,a,2017-04-28,,,,1,1,1,1,{tmp_path / 'outside.jpg'}",
+        "p5,a,2017-04-28,,,,1,1,1,1,link.jpg",
+        "p6,a,2017-04-28,,,,1,1,1,1,missing.jpg",
+        "p7,a,2017-04-28,,,,1,1,1,1,",
+    ]
+    r = ingest_posts(write(data / "p.csv", HEADER + "\n".join(rows) + "\n"), db=db)
+    assert r.loaded == 7
+    status = dict(q(db, "SELECT p.post_id, coalesce(i.status, 'none') FROM posts p "
+                        "LEFT JOIN images i ON i.path = p.image_path"))
+    assert status == {"p1": "ok", "p2": "corrupt", "p3": "unsafe_path", "p4": "unsafe_path",
+                      "p5": "unsafe_path", "p6": "missing", "p7": "none"}
+    ok = q(db, "SELECT sha256, width, height, byte_size FROM images WHERE status = 'ok'")
+    assert ok[0][1:3] == (16, 16) and len(ok[0][0]) == 64 and ok[0][3] > 0
+
+
+def test_parquet_input(tmp_path: Path, db: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "post_id": ["p1", "p2"], "username": ["a", "a"],
+        "posted_at": pa.array([1493337600, 1493424000], pa.timestamp("s")),
+        "likes": [10, None], "followers": [100.0, 100.0], "bonus": [1, 2],
+    }), tmp_path / "p.parquet")
+    r = ingest_posts(tmp_path / "p.parquet", db=db)
+    assert (r.loaded, r.rejected, r.ignored_columns) == (2, 0, ["bonus"])
+    assert q(db, "SELECT post_id, posted_at::VARCHAR, likes FROM posts ORDER BY 1") == [
+        ("p1", "2017-04-28 00:00:00", 10), ("p2", "2017-04-29 00:00:00", None)]
+
+
+def test_ingest_classes_marks_source(tmp_path: Path, db: Path):
+    ingest_posts(write(tmp_path / "p.csv", HEADER + "p1,a,2017-04-28,,,,1,1,1,1,\n"), db=db)
+    cls = write(tmp_path / "c.csv", "post_id,rank,wnid,label,prob\np1,1,n02099601,golden_retriever,0.9\n"
+                                    "p1,2,n02099712,labrador,0.05\np1,3,bogus,x,0.01\n")
+    r = ingest_classes(cls, db=db)
+    assert (r.rows, r.rejected, r.posts) == (2, 1, 1)
+    assert q(db, "SELECT DISTINCT backbone, source FROM image_classes") == [("precomputed", "c.csv")]
+    r2 = ingest_classes(cls, db=db)
+    assert r2.replaced == 2 and q(db, "SELECT count(*) FROM image_classes") == [(2,)]
+
+
+def test_store_has_schema_version(db: Path):
+    con = store.connect(db)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
+    con.close()
+
+
+def test_generated_sample_ingests(sample_dir: Path, db: Path):
+    r = ingest_posts(sample_dir / "posts.csv", db=db)
+    n_rows = q(db, "SELECT count(*) FROM posts")[0][0]
+    assert r.rejected == 0 and r.loaded == n_rows == 600
+    assert q(db, "SELECT count(*) FROM images WHERE status = 'ok'")[0][0] >= 580
+
+
+def test_real_dev_data_loads_completely(dev_data: Path, db: Path):
+    r = ingest_posts(dev_data / "posts.csv", db=db)
+    assert (r.loaded, r.rejected) == (10_539, 0)
+    assert r.images == {"ok": 10_539}
