@@ -92,3 +92,60 @@ CREATE TABLE IF NOT EXISTS image_classes (
     wnid        VARCHAR NOT NULL,
     prob        DOUBLE NOT NULL
 );
+
+-- Weight-free image quality, keyed by content: duplicate images are computed once.
+CREATE TABLE IF NOT EXISTS image_quality (
+    sha256       VARCHAR PRIMARY KEY,
+    brightness   DOUBLE,
+    contrast     DOUBLE,
+    saturation   DOUBLE,
+    colorfulness DOUBLE,
+    sharpness    DOUBLE,
+    entropy      DOUBLE,
+    aspect_ratio DOUBLE,
+    face_count   INTEGER,          -- NULL when no face detector is installed
+    computed_at  TIMESTAMP NOT NULL
+);
+
+-- Pooled backbone features (aesthetics branch), one row per image content, backbone and weights.
+CREATE TABLE IF NOT EXISTS image_embeddings (
+    sha256      VARCHAR NOT NULL,
+    backbone    VARCHAR NOT NULL,
+    weights_fp  VARCHAR NOT NULL,
+    random_init BOOLEAN NOT NULL,
+    embedding   FLOAT[] NOT NULL,
+    nima_dist   FLOAT[],           -- 10-bin score distribution, with a NIMA checkpoint only
+    nima_mean   DOUBLE,
+    computed_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (sha256, backbone, weights_fp)
+);
+
+-- Images a backbone (or 'quality') could not use, with the reason; they are not retried.
+CREATE TABLE IF NOT EXISTS image_feature_errors (
+    sha256      VARCHAR NOT NULL,
+    backbone    VARCHAR NOT NULL,
+    weights_fp  VARCHAR NOT NULL,
+    reason      VARCHAR NOT NULL,
+    failed_at   TIMESTAMP NOT NULL,
+    PRIMARY KEY (sha256, backbone, weights_fp)
+);
+
+-- Hashtag popularity lists (one per distinct file content), so scoring can reuse the exact list.
+CREATE TABLE IF NOT EXISTS hashtag_rankings (
+    ranking_id  VARCHAR NOT NULL,      -- sha256 of the file
+    tag         VARCHAR NOT NULL,      -- lower case, without '#'
+    rank        INTEGER NOT NULL,      -- 1 = most popular
+    PRIMARY KEY (ranking_id, tag)
+);
+
+CREATE TABLE IF NOT EXISTS featurize_runs (
+    run_id       VARCHAR PRIMARY KEY,
+    started_at   TIMESTAMP NOT NULL,
+    finished_at  TIMESTAMP NOT NULL,
+    params       JSON NOT NULL,
+    posts        BIGINT NOT NULL,
+    inserted     BIGINT NOT NULL,
+    updated      BIGINT NOT NULL,
+    unchanged    BIGINT NOT NULL,
+    images       JSON NOT NULL
+);
