@@ -159,6 +159,83 @@ def ingest_classes_cmd(
     )
 
 
+# ---------------------------------------------------------------------------------------- featurize
+
+@app.command()
+def featurize(
+    db: DbOpt = DEFAULT_DB,
+    hashtag_ranking: Annotated[Path | None, typer.Option(
+        help="Hashtag popularity list, one tag per line, most popular first. Without it, a tag's weight is "
+             "ln(1 + its uses in the store's posts older than the post).")] = None,
+    half_life: Annotated[float, typer.Option(help="Half-life in days of the decayed mean of past ln-likes.")] = 30.0,
+    user_stats_as_of: Annotated[str, typer.Option(
+        help="'post': history strictly before each post (default). 'end': the paper's leaky average over all "
+             "the user's posts, for the leak benchmark only; recorded on every row and in model cards.")] = "post",
+    objects: Annotated[str | None, typer.Option(
+        help="ImageNet classifier (timm name) for the objects branch [default: inception_resnet_v2, "
+             "run only when its weights are found].")] = None,
+    aesthetics: Annotated[str | None, typer.Option(
+        help="MobileNet backbone (timm name) for the aesthetics embedding [default: run only when its "
+             "weights are found].")] = None,
+    objects_weights: Annotated[Path | None, typer.Option(help="Local weights file for the classifier.")] = None,
+    aesthetics_weights: Annotated[Path | None, typer.Option(help="Local weights file for the MobileNet.")] = None,
+    nima_weights: Annotated[Path | None, typer.Option(help="NIMA checkpoint (MobileNet with a 10-bin head).")] = None,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Tests and benchmarks only: random backbone weights, rows marked.")] = False,
+    no_backbones: Annotated[bool, typer.Option(
+        "--no-backbones", help="Only metadata and weight-free image quality features.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="DataLoader workers decoding and resizing images.")] = 2,
+) -> None:
+    """Compute point-in-time metadata features and image features for everything that lacks them.
+
+    Metadata: the user's history strictly before each post (count, mean / median / std of ln-likes, last 5
+    and 10, time-decayed mean, days since previous and first post), followers / following / post count from
+    the latest snapshot at or before the post, caption length, #hashtags, #mentions, hashtag weight, month,
+    weekday, hour group. Images: weight-free quality features always; each backbone whose weights are found
+    (timm / Hugging Face cache, or a local file). A second run is a no-op; an interrupted run resumes.
+
+    [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
+    """
+    from igcli.features import FeaturizeOptions
+    from igcli.features import featurize as run
+    from igcli.imagefeatures import ImageFeatureOptions
+
+    img = ImageFeatureOptions(
+        objects=objects, aesthetics=aesthetics, objects_explicit=objects is not None,
+        aesthetics_explicit=aesthetics is not None or aesthetics_weights is not None or nima_weights is not None,
+        objects_weights=objects_weights, aesthetics_weights=aesthetics_weights, nima_weights=nima_weights,
+        random_init=random_init, device=device, batch_size=batch_size, workers=workers,
+        skip_backbones=no_backbones,
+    )
+    opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
+                            user_stats_as_of=user_stats_as_of, images=img)
+    with _Bars() as bars:
+        r = run(db, opts, progress=bars)
+    t = Table(title="featurize", show_header=False)
+    t.add_row("posts", f"{r.posts:,}")
+    t.add_row("features new / changed / unchanged", f"{r.inserted:,} / {r.updated:,} / {r.unchanged:,}")
+    t.add_row("posts without history", f"{r.no_history:,}")
+    t.add_row("hashtag weights", "ranking file" if r.hashtag_source.startswith("ranking:") else
+              "tag frequency in older posts of the store")
+    t.add_row("user snapshots", ", ".join(f"{k} {v:,}" for k, v in sorted(r.snapshot_choices.items())))
+    if r.leaky_user_stats:
+        t.add_row("[red]user stats[/]", "[red]LEAKY (all posts of the user): benchmark only[/]")
+    if r.images is not None:
+        t.add_row("image quality computed / failed", f"{r.images.quality_computed:,} / {r.images.quality_failed:,}")
+        for b in r.images.backbones:
+            if b.skipped_reason:
+                continue
+            mark = " (random init)" if b.random_init else ""
+            t.add_row(f"{b.role}: {b.name}{mark}",
+                      f"{b.images_run:,} images on {b.device}, {b.images_per_s:,.1f} img/s, {b.images_failed} failed")
+    t.add_row("seconds", f"{r.seconds:.2f}")
+    out.print(t)
+    for m in r.messages:
+        err.print(f"[yellow]note:[/] {m}", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------ status
 
 @app.command()
