@@ -59,6 +59,7 @@ class IngestResult:
     ignored_columns: list[str] = field(default_factory=list)
     images: dict[str, int] = field(default_factory=dict)  # status -> posts of this file
     seconds: float = 0.0
+    post_ids: list[str] = field(default_factory=list, repr=False)  # the file's loaded posts (with keep_ids)
 
     @property
     def rows_per_s(self) -> float:
@@ -287,6 +288,7 @@ def ingest_posts(
     encoding: str | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    keep_ids: bool = False,
 ) -> IngestResult:
     """Load one CSV or Parquet file of posts; bad rows go to ``rejects``, good rows are upserted."""
     t0 = time.perf_counter()
@@ -361,6 +363,8 @@ def ingest_posts(
                 [result.ingest_id, result.source, sha, now, store.utcnow(), result.loaded,
                  result.updated, result.unchanged, result.rejected],
             )
+            if keep_ids:
+                result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM plan").fetchall()]
             store.fault_point("ingest.before_commit")
     finally:
         if own:

@@ -149,3 +149,31 @@ CREATE TABLE IF NOT EXISTS featurize_runs (
     unchanged    BIGINT NOT NULL,
     images       JSON NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS runs (
+    model_id         VARCHAR PRIMARY KEY,
+    created_at       TIMESTAMP NOT NULL,
+    config           JSON NOT NULL,
+    split            VARCHAR NOT NULL,
+    seed             INTEGER NOT NULL,
+    branches         VARCHAR NOT NULL,
+    data_fingerprint VARCHAR NOT NULL,
+    feature_names    JSON NOT NULL,
+    backbones        JSON NOT NULL,
+    metrics          JSON NOT NULL,
+    baselines        JSON NOT NULL,
+    test_mae         DOUBLE,
+    timings          JSON NOT NULL,
+    export_dir       VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    post_id             VARCHAR NOT NULL,
+    model_id            VARCHAR NOT NULL,
+    predicted_log_likes DOUBLE NOT NULL,
+    predicted_likes     DOUBLE NOT NULL,
+    p10_likes           DOUBLE NOT NULL,
+    p90_likes           DOUBLE NOT NULL,
+    scored_at           TIMESTAMP NOT NULL,
+    PRIMARY KEY (post_id, model_id)
+);

@@ -41,3 +41,33 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
     return subprocess.run(
         [sys.executable, "-m", "igcli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict:
+    """Sample -> ingest -> featurize (no backbones) -> train (metadata) -> export; shared read-only.
+
+    Tests that write get their own copy through ``db_copy(tmp_path)``.
+    """
+    import shutil
+
+    from igcli.features import FeaturizeOptions, featurize
+    from igcli.imagefeatures import ImageFeatureOptions
+    from igcli.ingest import ingest_posts
+    from igcli.train import TrainOptions, train
+
+    base = tmp_path_factory.mktemp("trained")
+    db_path = base / "store.duckdb"
+    exports = base / "exports"
+    ingest_posts(sample_dir / "posts.csv", db=db_path)
+    featurize(db_path, FeaturizeOptions(hashtag_ranking=sample_dir / "hashtag_ranking.txt",
+                                        images=ImageFeatureOptions(skip_backbones=True)))
+    run = train(db_path, TrainOptions(branches=("metadata",), split="random", seed=0, epochs=150,
+                                      exports_dir=exports))
+
+    def db_copy(tmp: Path) -> Path:
+        dst = tmp / "copy.duckdb"
+        shutil.copy(db_path, dst)
+        return dst
+
+    return {"db": db_path, "exports": exports, "run": run, "sample": sample_dir, "db_copy": db_copy}

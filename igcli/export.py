@@ -1,0 +1,243 @@
+"""Export a trained model: ONNX graph + JSON model card (+ plots), checked before it is published.
+
+``exports/<model_id>/`` holds ``model.onnx``, ``model_card.json`` and PNG plots; ``exports/latest`` names
+the newest model. The directory is written under a temporary name and renamed only after the ONNX checker
+and the torch-vs-onnxruntime parity check pass, so a failed or killed export never leaves a half model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from igcli import __version__
+from igcli.errors import ModelError
+
+OPSET = 17
+PARITY_BATCHES = (1, 7, 1024)
+RTOL, ATOL = 1e-4, 1e-5
+CARD = "model_card.json"
+ONNX = "model.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def card_digest(card: dict) -> str:
+    """sha256 of the card's canonical JSON without its own digest field."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def random_inputs(model, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fresh inputs shaped like the model's, with some NaNs and masked rows, near the training scale."""
+    out: dict[str, np.ndarray] = {}
+    for b in model.names:
+        branch = model.branches[b]
+        if b == "metadata":
+            mean, std = branch.norm.mean.numpy(), branch.norm.std.numpy()
+            x = (mean + std * rng.normal(size=(batch, len(mean)))).astype(np.float32)
+            x[rng.random(x.shape) < 0.05] = np.nan
+            out["meta"] = x
+        elif b == "objects":
+            n = branch.embed.in_features
+            out["objects"] = rng.dirichlet(np.ones(n), size=batch).astype(np.float32)
+            out["objects_mask"] = (rng.random((batch, 1)) < 0.8).astype(np.float32)
+        elif b == "aesthetics":
+            mean, std = branch.norm.mean.numpy(), branch.norm.std.numpy()
+            out["aesthetics"] = (mean + std * rng.normal(size=(batch, len(mean)))).astype(np.float32)
+            out["aesthetics_mask"] = (rng.random((batch, 1)) < 0.8).astype(np.float32)
+    return out
+
+
+def onnx_export(model, path: Path) -> None:
+    import torch
+
+    names = model.input_names
+    example = random_inputs(model, 4, np.random.default_rng(0))
+    args = tuple(torch.from_numpy(example[k]) for k in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            model, args, str(path), input_names=names, output_names=["quantiles"], opset_version=OPSET,
+            dynamic_axes={k: {0: "batch"} for k in [*names, "quantiles"]}, dynamo=False,
+        )
+
+
+def check_parity(model, path: Path, seed: int = 1234) -> dict[str, float]:
+    """onnx.checker full check, then torch vs onnxruntime on fresh random inputs at several batch sizes."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = {}
+    for batch in PARITY_BATCHES:
+        x = random_inputs(model, batch, rng)
+        got = session.run(None, x)[0]
+        with torch.inference_mode():
+            want = model(*[torch.from_numpy(x[k]) for k in model.input_names]).numpy()
+        if got.shape != want.shape or not np.allclose(got, want, rtol=RTOL, atol=ATOL):
+            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+            raise ModelError(f"ONNX parity check failed at batch {batch}: max abs diff {diff:.3g} "
+                             f"(rtol {RTOL}, atol {ATOL}); the model was not exported")
+        worst[str(batch)] = float(np.max(np.abs(got - want)))
+    return worst
+
+
+def _scaling(model) -> dict:
+    out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std)}
+    for b in model.names:
+        norm = getattr(model.branches[b], "norm", None)
+        if norm is not None:
+            out[b] = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
+    return out
+
+
+def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
+                 plots: dict | None = None) -> Path:
+    exports_dir = Path(exports_dir)
+    try:
+        exports_dir.mkdir(parents=True, exist_ok=True)
+        tmp = exports_dir / f".tmp-{run.model_id}"
+        tmp.mkdir()
+    except OSError as err:
+        raise ModelError(f"cannot write to the exports directory {exports_dir}: {err.strerror}; "
+                         "pass --exports DIR with a writable folder") from None
+    try:
+        onnx_export(model, tmp / ONNX)
+        parity = check_parity(model, tmp / ONNX)
+        card = {
+            "model_id": run.model_id,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "igcli_version": __version__,
+            "branches": list(run.branches),
+            "inputs": [{"name": k, "dtype": "float32"} for k in model.input_names],
+            "output": {"name": "quantiles", "columns": ["p10", "p50", "p90"], "unit": "ln(likes)"},
+            "preprocess": pre.to_card(),
+            "feature_names": pre.meta_names(),
+            "scaling": _scaling(model),
+            "feature_params": feature_params,
+            "backbones": sources,
+            "random_init_inputs": run.random_init_inputs,
+            "leaky_user_stats": run.leaky_features,
+            "split": run.split,
+            "seed": run.seed,
+            "train_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+            "data_fingerprint": data_fp,
+            "counts": {"train": run.n_train, "val": run.n_val, "test": run.n_test,
+                       "zero_likes_excluded": run.zero_likes_excluded},
+            "metrics": run.metrics,
+            "baselines": run.baselines,
+            "subsets": run.subsets,
+            "family_effects": run.family_effects,
+            "opset": OPSET,
+            "parity_max_abs_diff": parity,
+            "onnx_sha256": sha256_file(tmp / ONNX),
+        }
+        card = json.loads(json.dumps(card, default=str))  # plain JSON types, as it will be read back
+        card["card_sha256"] = card_digest(card)
+        (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
+        if plots:
+            write_plots(tmp, plots)
+        final = exports_dir / run.model_id
+        os.replace(tmp, final)
+        latest_tmp = exports_dir / ".latest.tmp"
+        latest_tmp.write_text(run.model_id + "\n", encoding="utf-8")
+        os.replace(latest_tmp, exports_dir / "latest")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def write_plots(out: Path, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    likes = data["likes_all"][data["likes_all"] > 0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].hist(likes, bins=60, color="#4c72b0")
+    axes[0].set(title="likes", xlabel="likes", ylabel="posts")
+    axes[1].hist(np.log(likes), bins=60, color="#dd8452")
+    axes[1].set(title="ln(likes)", xlabel="ln(likes)")
+    fig.tight_layout()
+    fig.savefig(out / "likes_histograms.png", dpi=100)
+    plt.close(fig)
+    y, p = data["y_test"], data["pred_test"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(y, p, s=4, alpha=0.4)
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+    ax.set(title="test part: predicted vs actual", xlabel="actual ln(likes)", ylabel="predicted ln(likes)")
+    fig.tight_layout()
+    fig.savefig(out / "predicted_vs_actual.png", dpi=100)
+    plt.close(fig)
+
+
+def plot_ablation(rows: list[dict], path: Path) -> None:
+    """The ablation table (one row per branch combination) as a bar chart of test MAE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    labels = ["+".join(r["branches"]) for r in rows]
+    ax.bar(labels, [r["mae"] for r in rows], color="#55a868")
+    ax.set(title="test MAE of ln(likes) by branches", ylabel="MAE")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def resolve_model_dir(model: str | Path, exports_dir: Path = Path("exports")) -> Path:
+    """``latest``, a model id under ``exports_dir``, or a directory path."""
+    model = str(model)
+    if model == "latest":
+        latest = Path(exports_dir) / "latest"
+        if not latest.is_file():
+            raise ModelError(f"no trained model in {exports_dir}: run `igcli train` first, or pass --model DIR")
+        model = latest.read_text(encoding="utf-8").strip()
+    path = Path(model)
+    if not path.is_dir():
+        path = Path(exports_dir) / model
+    if not (path / CARD).is_file() or not (path / ONNX).is_file():
+        raise ModelError(f"{path} is not a model directory (needs {ONNX} and {CARD}): pass --model DIR")
+    return path
+
+
+def load_card(model_dir: Path, verify: bool = True) -> dict:
+    """Read the card; with ``verify``, refuse a model whose ONNX file no longer matches the card."""
+    try:
+        card = json.loads((model_dir / CARD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"the model card {model_dir / CARD} cannot be read ({err}): re-export the model") from None
+    for key in ("model_id", "branches", "preprocess", "inputs", "onnx_sha256", "card_sha256"):
+        if key not in card:
+            raise ModelError(f"the model card {model_dir / CARD} lacks {key!r}: re-export the model")
+    if verify and card_digest(card) != card["card_sha256"]:
+        raise ModelError(f"{model_dir / CARD} was altered after export (its sha256 no longer matches): "
+                         "re-export the model with `igcli train`")
+    if verify and sha256_file(model_dir / ONNX) != card["onnx_sha256"]:
+        raise ModelError(f"{model_dir / ONNX} was altered after export (sha256 differs from the card): "
+                         "re-export it with `igcli train`")
+    return card

@@ -1,0 +1,175 @@
+"""The fusion model: optional metadata / objects / aesthetics branches and a quantile head.
+
+Branches are looked up by name in ``BRANCHES`` (add one by registering a builder here). The model owns
+its normalisation constants as buffers, so the exported ONNX graph takes the preprocessed inputs as they
+come from ``igcli.preprocess`` (NaN = missing) and returns ln-likes quantiles ``(B, 3)``: p10, p50, p90.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+QUANTILES = (0.1, 0.5, 0.9)
+BRANCH_ORDER = ("metadata", "objects", "aesthetics")
+
+
+class Standardize(nn.Module):
+    """NaN -> training mean, then (x - mean) / std; constants fitted on the training part."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(torch.isnan(x), self.mean.expand_as(x), x)
+        return (x - self.mean) / self.std
+
+
+def _mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out), nn.GELU())
+
+
+class MetadataBranch(nn.Module):
+    input_names = ("meta",)
+
+    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, width: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.norm = Standardize(mean, std)
+        self.net = _mlp(n_in, width, 64, dropout)
+        self.out_dim = 64 + n_in  # the scaled inputs pass through too: a linear path for strong features
+
+    def forward(self, meta: torch.Tensor) -> torch.Tensor:  # (B, n_meta) -> (B, out_dim)
+        z = self.norm(meta)
+        return torch.cat([self.net(z), z], dim=1)
+
+
+class ObjectsBranch(nn.Module):
+    """An embedding of WordNet families weighted by the classifier's probabilities (a bias-free linear
+    map of the family-weight vector), then an MLP; masked to zero for posts without classes."""
+
+    input_names = ("objects", "objects_mask")
+
+    def __init__(self, n_families: int, dim: int = 16, dropout: float = 0.1):
+        super().__init__()
+        self.embed = nn.Linear(n_families, dim, bias=False)
+        self.net = _mlp(dim, 32, 16, dropout)
+        self.out_dim = 16 + 1
+
+    def forward(self, objects: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, F), (B, 1)
+        return torch.cat([self.net(self.embed(objects)) * mask, mask], dim=1)
+
+
+class AestheticsBranch(nn.Module):
+    """A retrained head on the stored (frozen) MobileNet / NIMA features."""
+
+    input_names = ("aesthetics", "aesthetics_mask")
+
+    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, dropout: float = 0.2):
+        super().__init__()
+        self.norm = Standardize(mean, std)
+        self.net = _mlp(n_in, 64, 16, dropout)
+        self.out_dim = 16 + 1
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, D), (B, 1)
+        return torch.cat([self.net(self.norm(emb)) * mask, mask], dim=1)
+
+
+BRANCHES: dict[str, Callable[..., nn.Module]] = {
+    "metadata": MetadataBranch,
+    "objects": ObjectsBranch,
+    "aesthetics": AestheticsBranch,
+}
+
+
+class FusionModel(nn.Module):
+    """Branch outputs -> a shared head predicting p10 / p50 / p90 of ln-likes.
+
+    With ``anchor_index`` (the column of the user's mean past ln-likes in ``meta``) the head predicts a
+    correction to that anchor, falling back to the training mean for users without history: the model
+    starts from the strongest baseline instead of having to rediscover it.
+    """
+
+    def __init__(self, branches: dict[str, nn.Module], y_mean: float, y_std: float, hidden: int = 64,
+                 anchor_index: int | None = None):
+        super().__init__()
+        self.anchor_index = anchor_index
+        self.names = [b for b in BRANCH_ORDER if b in branches]
+        self.branches = nn.ModuleDict({b: branches[b] for b in self.names})
+        n = sum(branches[b].out_dim for b in self.names)
+        self.head = nn.Sequential(nn.Linear(n, hidden), nn.GELU(), nn.Linear(hidden, 3))
+        self.skip = nn.Linear(n, 1)
+        self.register_buffer("y_mean", torch.tensor(float(y_mean)))
+        self.register_buffer("y_std", torch.tensor(float(y_std)))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [name for b in self.names for name in self.branches[b].input_names]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feats, i = [], 0
+        for b in self.names:
+            k = len(self.branches[b].input_names)
+            feats.append(self.branches[b](*inputs[i:i + k]))
+            i += k
+        h = torch.cat(feats, dim=1)
+        raw = self.head(h)                                    # (B, 3)
+        mid = raw[:, 1:2] + self.skip(h)                      # (B, 1) median, standardised units
+        low = mid - nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
+        high = mid + nn.functional.softplus(raw[:, 2:3])
+        base = self.y_mean
+        if self.anchor_index is not None:
+            hist = inputs[0][:, self.anchor_index:self.anchor_index + 1]          # (B, 1) raw ln-likes
+            base = torch.where(torch.isnan(hist), self.y_mean.expand_as(hist), hist)
+        return torch.cat([low, mid, high], dim=1) * self.y_std + base   # (B, 3) ln-likes
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and std ignoring NaN; all-NaN or constant columns get 0 and 1."""
+    import warnings
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], y_train: np.ndarray,
+                dropout: float = 0.1, anchor_index: int | None = None) -> FusionModel:
+    """Create the model for ``branches``; normalisation constants come from the training inputs only."""
+    parts: dict[str, nn.Module] = {}
+    for b in branches:
+        if b not in BRANCHES:
+            raise ValueError(f"unknown branch {b!r}: choose from {', '.join(BRANCHES)}")
+    if "metadata" in branches:
+        x = train_inputs["meta"]
+        parts["metadata"] = MetadataBranch(x.shape[1], *_moments(x), dropout=dropout)
+    if "objects" in branches:
+        parts["objects"] = ObjectsBranch(train_inputs["objects"].shape[1], dropout=dropout)
+    if "aesthetics" in branches:
+        x = train_inputs["aesthetics"]
+        present = train_inputs["aesthetics_mask"][:, 0] > 0
+        parts["aesthetics"] = AestheticsBranch(x.shape[1], *_moments(x[present]), dropout=max(dropout, 0.2))
+    if "metadata" not in branches:
+        anchor_index = None
+    y_mean = float(np.mean(y_train))
+    y_std = float(np.std(y_train) or 1.0)
+    if anchor_index is not None:  # scale of the residual the head has to produce
+        hist = train_inputs["meta"][:, anchor_index]
+        resid = y_train - np.where(np.isnan(hist), y_mean, hist)
+        y_std = float(np.std(resid) or 1.0)
+    return FusionModel(parts, y_mean, y_std, anchor_index=anchor_index)
+
+
+def pinball_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean pinball loss over the three quantiles; at 0.5 it is half the absolute error."""
+    q = torch.tensor(QUANTILES, dtype=pred.dtype, device=pred.device)   # (3,)
+    diff = y[:, None] - pred                                             # (B, 3)
+    return torch.maximum(q * diff, (q - 1) * diff).mean()

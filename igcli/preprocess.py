@@ -1,0 +1,298 @@
+"""From stored features to model inputs, for both `train` and `score`.
+
+``load_frame`` reads the feature rows of some posts from the store (metadata, weight-free image quality,
+object classes, aesthetics embeddings). ``Preprocessor`` is fitted on the training part only and then
+travels in the model card: ``Preprocessor.from_card(card).transform(frame)`` rebuilds exactly the inputs
+the model was trained on. Scaling constants live in the model itself (see ``igcli.model``); here we only
+apply fixed transforms (log1p), one-hot encodings and family vectors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from igcli.errors import FeatureMismatch
+from igcli.families import DEFAULT_FAMILY_DEPTH, family_table
+from igcli.imagequality import QUALITY_FEATURES
+
+# (name, transform) of each numeric input of the metadata branch, in order.
+NUMERIC = (
+    ("hist_n", "log1p"), ("hist_mean", "none"), ("hist_median", "none"), ("hist_std", "none"),
+    ("hist_last5", "none"), ("hist_last10", "none"), ("hist_decayed", "none"),
+    ("days_since_prev", "log1p"), ("days_since_first", "log1p"),
+    ("followers", "log1p"), ("following", "log1p"), ("user_post_count", "log1p"),
+    ("caption_len", "log1p"), ("n_hashtags", "log1p"), ("n_mentions", "log1p"), ("hashtag_weight", "log1p"),
+)
+QUALITY = tuple((q, "log1p" if q in ("sharpness", "colorfulness") else "none")
+                for q in QUALITY_FEATURES if q != "face_count")
+FLAGS = ("no_history", "hist_std_missing", "has_image_quality")
+CATEGORICAL = ("month", "weekday", "hour_group")
+OTHER_FAMILY = "other"
+
+
+@dataclass
+class Frame:
+    """Column arrays for a set of posts, aligned by row."""
+
+    post_id: np.ndarray
+    username: np.ndarray
+    posted_at: np.ndarray
+    ln_likes: np.ndarray                      # NaN where likes are unknown or 0
+    likes: np.ndarray                         # -1 where unknown
+    cols: dict[str, np.ndarray]               # numeric metadata + quality + categorical, float64 with NaN
+    feature_params: dict                      # hashtag_source, half_life_days, leaky_user_stats
+    classes: list[list[tuple[str, float]]] | None = None   # per row: [(wnid, prob), ...]
+    embedding: np.ndarray | None = None        # (N, D) float32, NaN rows where missing
+    nima_mean: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.post_id)
+
+    def take(self, idx: np.ndarray) -> Frame:
+        return Frame(
+            self.post_id[idx], self.username[idx], self.posted_at[idx], self.ln_likes[idx], self.likes[idx],
+            {k: v[idx] for k, v in self.cols.items()}, self.feature_params,
+            [self.classes[i] for i in idx] if self.classes is not None else None,
+            self.embedding[idx] if self.embedding is not None else None,
+            self.nima_mean[idx] if self.nima_mean is not None else None,
+        )
+
+
+def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None) -> str:
+    if post_ids is None:
+        return "SELECT post_id FROM post_features"
+    con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
+    return "SELECT post_id FROM igc_ids"
+
+
+def load_frame(
+    con: duckdb.DuckDBPyConnection,
+    post_ids: list[str] | None = None,
+    objects: dict | None = None,
+    aesthetics: dict | None = None,
+    features_table: str = "post_features",
+) -> Frame:
+    """Feature rows of ``post_ids`` (all featurized posts when None), in the store's post order.
+
+    ``objects``: {"backbone": ..., "weights_fp": ...} ('precomputed' matches every precomputed file);
+    ``aesthetics``: {"backbone": ..., "weights_fp": ...}. None leaves that branch out.
+    """
+    if features_table not in ("post_features", "pf_new"):
+        raise ValueError(f"unknown features table {features_table!r}")
+    ids_sql = _register_ids(con, post_ids).replace("post_features", features_table)
+    has_pf = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [features_table]).fetchall()[0][0]
+    if not has_pf:
+        raise FeatureMismatch("the store has no features yet: run `igcli featurize` first")
+    q_cols = ", ".join(f"q.{q}" for q, _ in QUALITY)
+    num_cols = ", ".join(f"f.{c}" for c, _ in NUMERIC)
+    tbl = con.sql(
+        f"""SELECT f.post_id, f.username, f.posted_at, f.likes, f.ln_likes, {num_cols},
+                   f.no_history, f.month, f.weekday, f.hour_group, {q_cols},
+                   f.hashtag_source, f.half_life_days, f.leaky_user_stats
+            FROM {features_table} f JOIN ({ids_sql}) ids USING (post_id)
+            JOIN posts p USING (post_id)
+            LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+            LEFT JOIN image_quality q ON q.sha256 = i.sha256
+            ORDER BY f.posted_at, f.post_id"""  # column names are constants of this module
+    ).to_arrow_table()
+    n = tbl.num_rows
+    if post_ids is not None and n < len(set(post_ids)):
+        raise FeatureMismatch(
+            f"{len(set(post_ids)) - n} of the posts have no features: run `igcli featurize` first")
+
+    def num(name: str) -> np.ndarray:
+        return np.array(tbl.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    cols = {c: num(c) for c, _ in NUMERIC}
+    cols.update({q: num(q) for q, _ in QUALITY})
+    cols.update({c: num(c) for c in CATEGORICAL})
+    cols["no_history"] = num("no_history")
+    params = {}
+    if n:
+        params = {k: tbl.column(k)[0].as_py() for k in ("hashtag_source", "half_life_days", "leaky_user_stats")}
+        for k in ("hashtag_source", "half_life_days", "leaky_user_stats"):
+            if len(set(tbl.column(k).to_pylist())) > 1:
+                raise FeatureMismatch(f"stored features mix several {k} values: rerun `igcli featurize`")
+    likes = num("likes")
+    frame = Frame(
+        np.array(tbl.column("post_id").to_pylist(), dtype=object),
+        np.array(tbl.column("username").to_pylist(), dtype=object),
+        np.array(tbl.column("posted_at").to_numpy(zero_copy_only=False)),
+        np.where(likes > 0, np.log(np.where(likes > 0, likes, 1)), np.nan),
+        np.where(np.isnan(likes), -1, likes),
+        cols, params,
+    )
+    order = {pid: i for i, pid in enumerate(frame.post_id)}
+    if objects is not None:
+        frame.classes = [[] for _ in range(n)]
+        if objects["backbone"] == "precomputed":
+            rows = con.execute(
+                f"""SELECT c.post_id, c.wnid, c.prob FROM image_classes c JOIN ({ids_sql}) ids USING (post_id)
+                    WHERE c.backbone = 'precomputed' ORDER BY c.post_id, c.rank"""
+            ).fetchall()
+        else:
+            rows = con.execute(
+                f"""SELECT p.post_id, c.wnid, c.prob FROM posts p JOIN ({ids_sql}) ids USING (post_id)
+                    JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+                    JOIN image_classes c ON c.sha256 = i.sha256 AND c.post_id IS NULL
+                     AND c.backbone = ? AND c.weights_fp = ?
+                    ORDER BY p.post_id, c.rank""",
+                [objects["backbone"], objects["weights_fp"]],
+            ).fetchall()
+        for pid, wnid, prob in rows:
+            frame.classes[order[pid]].append((wnid, float(prob)))
+    if aesthetics is not None:
+        rows = con.execute(
+            f"""SELECT p.post_id, e.embedding, e.nima_mean FROM posts p JOIN ({ids_sql}) ids USING (post_id)
+                JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+                JOIN image_embeddings e ON e.sha256 = i.sha256 AND e.backbone = ? AND e.weights_fp = ?""",
+            [aesthetics["backbone"], aesthetics["weights_fp"]],
+        ).fetchall()
+        dim = aesthetics.get("dim") or (len(rows[0][1]) if rows else 0)
+        emb = np.full((n, dim), np.nan, dtype=np.float32)
+        nima = np.full(n, np.nan)
+        for pid, vec, nm in rows:
+            emb[order[pid]] = vec
+            if nm is not None:
+                nima[order[pid]] = nm
+        frame.embedding, frame.nima_mean = emb, nima
+    if post_ids is not None:
+        con.unregister("igc_ids")
+    return frame
+
+
+def _apply(x: np.ndarray, transform: str) -> np.ndarray:
+    if transform == "log1p":
+        return np.log1p(np.clip(x, 0, None))
+    return x
+
+
+@dataclass
+class Preprocessor:
+    """Fixed transforms and vocabularies; ``fit`` sees the training rows only."""
+
+    numeric: list[tuple[str, str]] = field(default_factory=list)
+    categories: dict[str, list[int]] = field(default_factory=dict)
+    families: list[str] = field(default_factory=list)
+    family_depth: int = DEFAULT_FAMILY_DEPTH
+    embedding_dim: int = 0
+    use_nima: bool = False
+
+    @classmethod
+    def fit(cls, frame: Frame, branches: tuple[str, ...], family_depth: int = DEFAULT_FAMILY_DEPTH,
+            min_family_count: int = 5) -> Preprocessor:
+        numeric = list(NUMERIC) + list(QUALITY)
+        cats = {c: sorted({int(v) for v in frame.cols[c] if not np.isnan(v)}) for c in CATEGORICAL}
+        fams: list[str] = []
+        if "objects" in branches and frame.classes is not None:
+            table = family_table(family_depth)
+            counts = Counter(table.get(w, OTHER_FAMILY) for row in frame.classes for w, _ in row)
+            fams = sorted(f for f, n in counts.items() if n >= min_family_count and f != OTHER_FAMILY)
+            fams.append(OTHER_FAMILY)
+        dim, nima = 0, False
+        if "aesthetics" in branches and frame.embedding is not None:
+            dim = frame.embedding.shape[1]
+            nima = bool(frame.nima_mean is not None and np.isfinite(frame.nima_mean).any())
+        return cls(numeric, cats, fams, family_depth, dim, nima)
+
+    # ------------------------------------------------------------------ names, in input order
+    def meta_names(self) -> list[str]:
+        names = [n for n, _ in self.numeric] + list(FLAGS)
+        for c, vocab in self.categories.items():
+            names += [f"{c}={v}" for v in vocab]
+        return names
+
+    def transform(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Model inputs: ``meta`` (N, n_meta) with NaN for missing values (the model imputes and scales),
+        and where fitted ``objects`` (N, F) + ``objects_mask`` (N, 1), ``aesthetics`` (N, D) +
+        ``aesthetics_mask`` (N, 1)."""
+        n = len(frame)
+        parts = [_apply(frame.cols[name], tf) for name, tf in self.numeric]
+        hist_std = frame.cols["hist_std"]
+        quality_present = np.isfinite(frame.cols["brightness"])
+        parts += [frame.cols["no_history"], (~np.isfinite(hist_std)).astype(np.float64),
+                  quality_present.astype(np.float64)]
+        for c, vocab in self.categories.items():
+            vals = frame.cols[c]
+            parts += [(vals == v).astype(np.float64) for v in vocab]
+        out = {"meta": np.stack(parts, axis=1).astype(np.float32) if parts else np.zeros((n, 0), np.float32)}
+        if self.families:
+            if frame.classes is None:
+                raise FeatureMismatch("the model needs object classes but none were loaded")
+            table = family_table(self.family_depth)
+            index = {f: i for i, f in enumerate(self.families)}
+            other = index[OTHER_FAMILY]
+            obj = np.zeros((n, len(self.families)), dtype=np.float32)
+            for r, row in enumerate(frame.classes):
+                for wnid, prob in row:
+                    obj[r, index.get(table.get(wnid, OTHER_FAMILY), other)] += prob
+            out["objects"] = obj
+            out["objects_mask"] = np.array([[1.0 if row else 0.0] for row in frame.classes], dtype=np.float32)
+        if self.embedding_dim:
+            if frame.embedding is None:
+                raise FeatureMismatch("the model needs aesthetics embeddings but none were loaded")
+            emb = frame.embedding
+            if emb.shape[1] != self.embedding_dim:
+                raise FeatureMismatch(
+                    f"aesthetics embeddings have {emb.shape[1]} dims, the model expects {self.embedding_dim}")
+            present = np.isfinite(emb).all(axis=1)
+            feats = np.where(present[:, None], emb, 0.0)
+            if self.use_nima:
+                nm = np.where(np.isfinite(frame.nima_mean), frame.nima_mean, 0.0)[:, None]
+                feats = np.concatenate([feats, nm], axis=1)
+            out["aesthetics"] = feats.astype(np.float32)
+            out["aesthetics_mask"] = present.astype(np.float32)[:, None]
+        return out
+
+    def to_card(self) -> dict:
+        return {"numeric": [list(x) for x in self.numeric], "flags": list(FLAGS), "categories": self.categories,
+                "families": self.families, "family_depth": self.family_depth,
+                "embedding_dim": self.embedding_dim, "use_nima": self.use_nima, "meta_names": self.meta_names()}
+
+    @classmethod
+    def from_card(cls, card: dict) -> Preprocessor:
+        p = card["preprocess"]
+        return cls([tuple(x) for x in p["numeric"]], {k: list(v) for k, v in p["categories"].items()},
+                   list(p["families"]), int(p["family_depth"]), int(p["embedding_dim"]), bool(p["use_nima"]))
+
+
+def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str:
+    """sha256 over the training rows' ids, targets and feature rows, so a card names its exact data."""
+    import hashlib
+
+    con.register("igc_fp", pa.table({"post_id": pa.array(sorted(post_ids), pa.string())}))
+    digest = con.execute(
+        """SELECT sha256(string_agg(f.post_id || ':' || coalesce(f.likes::VARCHAR, '') || ':' ||
+                  md5(f::VARCHAR), ',' ORDER BY f.post_id))
+           FROM (SELECT * EXCLUDE (computed_at) FROM post_features) f JOIN igc_fp USING (post_id)"""
+    ).fetchall()[0][0]
+    con.unregister("igc_fp")
+    return hashlib.sha256((digest or "").encode()).hexdigest()
+
+
+def available_sources(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
+    """Object-class and embedding sources in the store, most images first."""
+    objects = [
+        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n}
+        for b, fp, ri, n in con.execute(
+            """SELECT backbone, CASE WHEN backbone = 'precomputed' THEN 'precomputed' ELSE weights_fp END,
+                      bool_or(random_init), count(DISTINCT coalesce(post_id, sha256))
+               FROM image_classes GROUP BY 1, 2 ORDER BY 4 DESC"""
+        ).fetchall()
+    ]
+    aesthetics = [
+        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n, "dim": d}
+        for b, fp, ri, n, d in con.execute(
+            """SELECT backbone, weights_fp, bool_or(random_init), count(*), max(len(embedding))
+               FROM image_embeddings GROUP BY 1, 2 ORDER BY 4 DESC"""
+        ).fetchall()
+    ]
+    return {"objects": objects, "aesthetics": aesthetics}
+
+

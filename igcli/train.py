@@ -1,0 +1,426 @@
+"""Train the fusion model on stored features, evaluate honestly, record the run, export ONNX.
+
+    from igcli.train import TrainOptions, train
+    run = train("igcli.duckdb", TrainOptions(branches=("metadata",), split="random", seed=0))
+
+Order of work: defaults -> split (test part, then validation carved from the training part in the same
+unit) -> preprocessing fitted on the training part -> training loop with early stopping on validation
+MAE -> metrics on the test part next to two baselines -> `runs` row -> export (igcli.export).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from igcli import store
+from igcli.errors import FeatureMismatch, InputError
+
+SPLITS = ("random", "user", "time")
+TEST_SHARE = 1 / 3
+VAL_SHARE = 0.15
+
+
+@dataclass
+class TrainOptions:
+    branches: tuple[str, ...] = ("metadata",)
+    split: str = "random"
+    seed: int = 0
+    epochs: int = 300
+    patience: int = 25
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    anchor: bool = True                     # predict a correction to the user's mean past ln-likes
+    family_depth: int | None = None
+    objects_source: str | None = None       # 'precomputed' or a backbone name; None = the one covering most posts
+    aesthetics_source: str | None = None
+    exports_dir: Path = Path("exports")
+    export: bool = True
+    plots: bool = True
+
+
+@dataclass
+class RunResult:
+    model_id: str
+    branches: tuple[str, ...]
+    split: str
+    seed: int
+    n_train: int
+    n_val: int
+    n_test: int
+    zero_likes_excluded: int
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    subsets: dict[str, dict[str, float]]       # metrics on test posts with / without history
+    timings: dict[str, float]
+    random_init_inputs: bool
+    leaky_features: bool
+    export_dir: str | None = None
+    family_effects: list[tuple[str, float]] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d["branches"] = list(self.branches)
+        return d
+
+
+# ----------------------------------------------------------------------------------------- splits
+
+def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
+                  share: float = TEST_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held) index arrays. random: by post; user: by user; time: each user's latest ``share``."""
+    n = len(users)
+    rng = np.random.default_rng(seed)
+    if how == "random":
+        perm = rng.permutation(n)
+        k = int(round(n * share))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    if how == "user":
+        uniq = np.array(sorted(set(users.tolist())), dtype=object)
+        rng.shuffle(uniq)
+        held_users = set(uniq[: int(round(len(uniq) * share))].tolist())
+        mask = np.array([u in held_users for u in users])
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+    if how == "time":
+        held = []
+        order = np.lexsort((times, users))            # by user, then time
+        start = 0
+        while start < n:
+            end = start
+            while end < n and users[order[end]] == users[order[start]]:
+                end += 1
+            idx = order[start:end]
+            k = int(np.floor(len(idx) * share))
+            if k:
+                held.extend(idx[-k:].tolist())
+            start = end
+        mask = np.zeros(n, dtype=bool)
+        mask[held] = True
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+    raise InputError(f"unknown --split {how!r}: choose from {', '.join(SPLITS)}")
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    xs = x[order]
+    i = 0
+    while i < len(x):                   # average the ranks of ties
+        j = i
+        while j + 1 < len(x) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def within_10pct(pred_ln: np.ndarray, true_ln: np.ndarray) -> float:
+    """Share of posts whose predicted likes are within ±10% of the true likes (the paper's accuracy)."""
+    pred, true = np.exp(pred_ln), np.exp(true_ln)
+    return float(np.mean(np.abs(pred - true) <= 0.1 * true)) if len(true) else float("nan")
+
+
+def metrics(pred: np.ndarray, y: np.ndarray, low: np.ndarray | None = None,
+            high: np.ndarray | None = None) -> dict[str, float]:
+    err = pred - y
+    m = {"n": int(len(y)), "mae": float(np.mean(np.abs(err))) if len(y) else float("nan"),
+         "mse": float(np.mean(err ** 2)) if len(y) else float("nan"),
+         "within_10pct": within_10pct(pred, y), "spearman": spearman(pred, y)}
+    if low is not None and high is not None:
+        m["coverage_p10_p90"] = float(np.mean((y >= low) & (y <= high))) if len(y) else float("nan")
+    return m
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[str, np.ndarray],
+         y_val: np.ndarray, opts: TrainOptions, progress: Callable[[str, int, int], None] | None):
+    import torch
+
+    from igcli.model import pinball_loss
+
+    torch.manual_seed(opts.seed)
+    names = model.input_names
+    xs = [torch.from_numpy(inputs[k]) for k in names]
+    xv = [torch.from_numpy(val_inputs[k]) for k in names]
+    yt = torch.from_numpy(y.astype(np.float32))
+    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(3, opts.patience // 3))
+    best, best_state, since, epochs = float("inf"), None, 0, 0
+    gen = torch.Generator().manual_seed(opts.seed)
+    n = len(y)
+    for epoch in range(opts.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, opts.batch_size):
+            idx = perm[start:start + opts.batch_size]
+            loss = pinball_loss(model(*[x[idx] for x in xs]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.inference_mode():
+            val_mae = float(np.mean(np.abs(model(*xv)[:, 1].numpy() - y_val))) if len(y_val) else 0.0
+        sched.step(val_mae)
+        epochs = epoch + 1
+        if progress:
+            progress("training epochs", epochs, opts.epochs)
+        if val_mae < best - 1e-5:
+            best, since = val_mae, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            since += 1
+            if since >= opts.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, epochs, best
+
+
+def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndarray:
+    import torch
+
+    names = model.input_names
+    n = len(inputs[names[0]])
+    out = []
+    with torch.inference_mode():
+        for s in range(0, n, batch):
+            out.append(model(*[torch.from_numpy(inputs[k][s:s + batch]) for k in names]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+# ---------------------------------------------------------------------------------------- sources
+
+def _choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
+    from igcli.preprocess import available_sources
+
+    avail = available_sources(con)
+    chosen: dict[str, dict | None] = {"objects": None, "aesthetics": None}
+    for branch, wanted, fix in (
+        ("objects", opts.objects_source, "`igcli ingest-classes FILE` or `igcli featurize --objects MODEL`"),
+        ("aesthetics", opts.aesthetics_source, "`igcli featurize --aesthetics MODEL`"),
+    ):
+        if branch not in branches:
+            continue
+        options = [s for s in avail[branch] if wanted in (None, s["backbone"])]
+        if not options:
+            what = f" from {wanted}" if wanted else ""
+            raise FeatureMismatch(f"the {branch} branch needs stored {branch} features{what}: run {fix}")
+        chosen[branch] = options[0]
+    return chosen
+
+
+def _user_baseline(frame, y_mean: float) -> np.ndarray:
+    hist = frame.cols["hist_mean"]
+    return np.where(np.isfinite(hist), hist, y_mean)
+
+
+def _family_effects(model, pre, inputs: dict[str, np.ndarray], rows: np.ndarray, top: int = 8):
+    """The paper's Table 2: change of the predicted ln-likes when a post's objects are all one family,
+    against no objects, averaged over test posts."""
+    if not pre.families:
+        return []
+    base = {k: v[rows] for k, v in inputs.items()}
+    base["objects"] = np.zeros_like(base["objects"])
+    ref = predict(model, base)[:, 1]
+    effects = []
+    for j, fam in enumerate(pre.families):
+        x = dict(base)
+        x["objects"] = np.zeros_like(base["objects"])
+        x["objects"][:, j] = 1.0
+        x["objects_mask"] = np.ones_like(base["objects_mask"])
+        effects.append((fam, float(np.mean(predict(model, x)[:, 1] - ref))))
+    effects.sort(key=lambda t: t[1], reverse=True)
+    return effects[:top] + effects[-top:] if len(effects) > 2 * top else effects
+
+
+# ------------------------------------------------------------------------------------------ train
+
+def _labelled(frame) -> tuple[np.ndarray, int]:
+    has_likes = frame.likes >= 0
+    zero = int(np.sum(frame.likes == 0))
+    return np.flatnonzero(has_likes & (frame.likes > 0)), zero
+
+
+def train_on_frame(frame, opts: TrainOptions, progress=None, sources: dict | None = None):
+    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices)."""
+    from igcli.families import DEFAULT_FAMILY_DEPTH
+    from igcli.model import build_model
+    from igcli.preprocess import Preprocessor
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    labelled, zero = _labelled(frame)
+    if len(labelled) < 30:
+        raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
+    sub = frame.take(labelled)
+    keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), opts.split, opts.seed)
+    part = sub.take(keep)
+    tr, va = split_indices(part.username, part.posted_at.astype("int64"), opts.split, opts.seed + 1, VAL_SHARE)
+    train_idx, val_idx = keep[tr], keep[va]
+    pre = Preprocessor.fit(sub.take(train_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH)
+    inputs = pre.transform(sub)
+    y = sub.ln_likes
+
+    def rows(ix):
+        return {k: v[ix] for k, v in inputs.items()}
+
+    anchor = pre.meta_names().index("hist_mean") if opts.anchor else None
+    model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor)
+    timings["prepare_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    model, epochs, best_val = _fit(model, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress)
+    timings["train_s"] = time.perf_counter() - t1
+    timings["epochs"] = epochs
+    pred = predict(model, rows(test))
+    yt = y[test]
+    result = {
+        "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2]),
+        "baselines": {
+            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt),
+            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt),
+        },
+        "subsets": {},
+        "n": (len(train_idx), len(val_idx), len(test)),
+        "zero": zero,
+        "timings": timings,
+        "val_mae": best_val,
+    }
+    hist_known = np.isfinite(sub.cols["hist_mean"][test])
+    for name, mask in (("with_history", hist_known), ("cold_start", ~hist_known)):
+        result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2])
+    result["family_effects"] = _family_effects(model, pre, inputs, test) if "objects" in opts.branches else []
+    return model, pre, result, (sub, train_idx, val_idx, test, pred)
+
+
+def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
+    import secrets
+
+    short = "".join(b[0] for b in branches)
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{short}-{split}-s{seed}-{secrets.token_hex(2)}"
+
+
+def train(
+    db: Path | str = store.DEFAULT_DB,
+    opts: TrainOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> RunResult:
+    """Train one model on the store's features and record the run (and export it, unless told not to)."""
+    from igcli.preprocess import data_fingerprint, load_frame
+
+    opts = opts or TrainOptions()
+    branches = tuple(b for b in ("metadata", "objects", "aesthetics") if b in opts.branches)
+    if not branches or len(branches) != len(set(opts.branches)):
+        raise InputError("--branches takes a comma-separated subset of metadata,objects,aesthetics")
+    if opts.split not in SPLITS:
+        raise InputError(f"unknown --split {opts.split!r}: choose from {', '.join(SPLITS)}")
+    opts.branches = branches
+    own = con is None
+    con = con or store.connect(db)
+    try:
+        t0 = time.perf_counter()
+        sources = _choose_sources(con, opts, branches)
+        frame = load_frame(con, None, sources["objects"], sources["aesthetics"])
+        load_s = time.perf_counter() - t0
+        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress, sources)
+        res["timings"]["load_s"] = load_s
+        random_init = any(s and s.get("random_init") for s in sources.values())
+        leaky = bool(frame.feature_params.get("leaky_user_stats"))
+        model_id = _model_id(branches, opts.split, opts.seed)
+        run = RunResult(
+            model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
+            res["subsets"], res["timings"], random_init, leaky, family_effects=res["family_effects"],
+        )
+        fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
+        if opts.export:
+            from igcli.export import export_model
+
+            t2 = time.perf_counter()
+            out_dir = export_model(
+                model, pre, run, opts, sources, frame.feature_params, fingerprint, Path(opts.exports_dir),
+                plots={"y_test": sub.ln_likes[test], "pred_test": pred[:, 1], "likes_all": sub.likes}
+                if opts.plots else None,
+            )
+            run.export_dir = str(out_dir)
+            run.timings["export_s"] = time.perf_counter() - t2
+        _record_run(con, run, opts, sources, fingerprint, pre)
+    finally:
+        if own:
+            con.close()
+    return run
+
+
+def _record_run(con, run: RunResult, opts: TrainOptions, sources, fingerprint: str, pre) -> None:
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    con.execute(
+        """INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [run.model_id, store.utcnow(), json.dumps(config, default=list), run.split, run.seed, ",".join(run.branches),
+         fingerprint, json.dumps(pre.meta_names()), json.dumps(sources, default=str), json.dumps(run.metrics),
+         json.dumps(run.baselines), run.metrics["mae"], json.dumps(run.timings), run.export_dir],
+    )
+
+
+def all_combinations(available: tuple[str, ...] = ("metadata", "objects", "aesthetics")) -> list[tuple[str, ...]]:
+    return [c for r in (1, 2, 3) for c in itertools.combinations(available, r)]
+
+
+@dataclass
+class Ablation:
+    runs: list[RunResult]
+    skipped: list[tuple[tuple[str, ...], str]]      # (branches, why)
+    chart: str | None = None
+
+
+def train_all_combinations(
+    db: Path | str = store.DEFAULT_DB,
+    opts: TrainOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Ablation:
+    """The paper's Table 1: one model per non-empty subset of branches, on the same split and seed.
+    Subsets whose image features are not in the store are listed as skipped, with the fix."""
+    from dataclasses import replace
+
+    from igcli.export import plot_ablation
+
+    opts = opts or TrainOptions()
+    runs, skipped = [], []
+    con = store.connect(db)
+    try:
+        for combo in all_combinations():
+            try:
+                runs.append(train(db, replace(opts, branches=combo), progress, con=con))
+            except FeatureMismatch as err:
+                skipped.append((combo, str(err)))
+    finally:
+        con.close()
+    result = Ablation(runs, skipped)
+    exported = [r for r in runs if r.export_dir]
+    if exported and opts.plots:
+        chart = Path(exported[-1].export_dir) / "ablation.png"
+        plot_ablation([{"branches": r.branches, "mae": r.metrics["mae"]} for r in runs], chart)
+        result.chart = str(chart)
+    return result

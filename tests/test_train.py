@@ -1,0 +1,108 @@
+"""igcli.train: splits in the right unit, scaling fitted on training rows only, metrics, learning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import duckdb
+import numpy as np
+import pytest
+
+from igcli.train import TrainOptions, metrics, split_indices, spearman, train, train_on_frame, within_10pct
+
+
+def _toy(n_users=20, per_user=12, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.array([f"u{i}" for i in range(n_users) for _ in range(per_user)], dtype=object)
+    times = np.array([t for _ in range(n_users) for t in rng.permutation(per_user)])
+    return users, times
+
+
+def test_random_split_is_by_post_and_covers_everything():
+    users, times = _toy()
+    keep, held = split_indices(users, times, "random", seed=3)
+    assert set(keep) & set(held) == set() and len(keep) + len(held) == len(users)
+    assert abs(len(held) / len(users) - 1 / 3) < 0.01
+    again = split_indices(users, times, "random", seed=3)
+    assert np.array_equal(again[1], held)                       # seeded: repeatable
+    assert not np.array_equal(split_indices(users, times, "random", seed=4)[1], held)
+
+
+def test_user_split_keeps_users_apart():
+    users, times = _toy()
+    keep, held = split_indices(users, times, "user", seed=1)
+    assert set(users[keep]) & set(users[held]) == set()
+    assert len(set(users[held])) == round(20 / 3)
+
+
+def test_time_split_tests_each_users_latest_third():
+    users, times = _toy()
+    keep, held = split_indices(users, times, "time", seed=0)
+    for u in set(users):
+        k, h = times[keep][users[keep] == u], times[held][users[held] == u]
+        assert len(h) == 4 and h.min() > k.max()
+
+
+def test_within_10pct_hand_computed():
+    true = np.log(np.array([100.0, 100.0, 100.0, 1000.0]))
+    pred = np.log(np.array([109.0, 111.0, 91.0, 899.0]))        # in, out, in, out
+    assert within_10pct(pred, true) == 0.5
+    m = metrics(pred, true)
+    assert m["mae"] == pytest.approx(np.mean(np.abs(pred - true)))
+    assert spearman(np.array([1.0, 2, 3]), np.array([10.0, 20, 30])) == pytest.approx(1.0)
+    assert spearman(np.array([1.0, 2, 3]), np.array([3.0, 2, 1])) == pytest.approx(-1.0)
+
+
+def test_scaling_constants_never_see_test_rows(trained_store):
+    from igcli import store
+    from igcli.preprocess import load_frame
+
+    con = store.connect(trained_store["db"], read_only=True)
+    frame = load_frame(con)
+    con.close()
+    opts = TrainOptions(epochs=2, export=False)
+    model, pre, _, (sub, train_idx, _val, test, _pred) = train_on_frame(frame, opts)
+    meta = pre.transform(sub)["meta"]
+    norm = model.branches["metadata"].norm
+    with np.errstate(invalid="ignore"):
+        want = np.nan_to_num(np.nanmean(meta[train_idx], axis=0))
+        everything = np.nan_to_num(np.nanmean(meta, axis=0))
+    np.testing.assert_allclose(norm.mean.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(norm.mean.numpy(), everything, rtol=1e-6, atol=1e-7)
+    assert float(model.y_mean) == pytest.approx(float(np.mean(sub.ln_likes[train_idx])), rel=1e-6)
+    assert set(sub.post_id[train_idx]).isdisjoint(sub.post_id[test])
+
+
+def test_learns_the_planted_signal(trained_store):
+    run = trained_store["run"]
+    const = run.baselines["constant_train_mean"]["mae"]
+    assert run.metrics["mae"] < 0.6 * const, (run.metrics, run.baselines)
+    assert run.metrics["spearman"] > 0.8
+    assert 0.5 < run.metrics["coverage_p10_p90"] <= 1.0
+
+
+def test_run_is_recorded(trained_store):
+    run = trained_store["run"]
+    con = duckdb.connect(str(trained_store["db"]), read_only=True)
+    rows = con.execute("SELECT split, seed, branches, test_mae, feature_names, data_fingerprint FROM runs "
+                       "WHERE model_id = ?", [run.model_id]).fetchall()
+    con.close()
+    assert len(rows) == 1
+    split, seed, branches, mae, names, fp = rows[0]
+    assert (split, seed, branches) == ("random", 0, "metadata") and mae == pytest.approx(run.metrics["mae"])
+    assert "hist_mean" in json.loads(names) and len(fp) == 64
+
+
+def test_unknown_branch_and_missing_image_features_are_clear(trained_store, tmp_path):
+    from igcli.errors import FeatureMismatch, InputError
+
+    with pytest.raises(InputError, match="--branches"):
+        train(trained_store["db_copy"](tmp_path), TrainOptions(branches=("metadata", "faces")))
+    with pytest.raises(FeatureMismatch, match="igcli ingest-classes"):
+        train(trained_store["db_copy"](tmp_path), TrainOptions(branches=("objects",), export=False))
+
+
+def test_user_split_trains(trained_store, tmp_path):
+    run = train(trained_store["db_copy"](tmp_path), replace(TrainOptions(), split="user", epochs=30, export=False))
+    assert run.n_test > 0 and run.metrics["mae"] < run.baselines["constant_train_mean"]["mae"]
