@@ -236,6 +236,150 @@ def featurize(
         err.print(f"[yellow]note:[/] {m}", highlight=False)
 
 
+# -------------------------------------------------------------------------------------------- train
+
+def _metrics_row(t: Table, label: str, m: dict, extra: str = "") -> None:
+    cov = m.get("coverage_p10_p90")
+    t.add_row(label, f"{m['n']:,}", f"{m['mae']:.3f}", f"{m['mse']:.3f}", f"{100 * m['within_10pct']:.1f}%",
+              "-" if m["spearman"] != m["spearman"] else f"{m['spearman']:.3f}",
+              "-" if cov is None else f"{100 * cov:.1f}%", extra)
+
+
+def _metrics_table(title: str) -> Table:
+    t = Table(title=title)
+    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "note"):
+        t.add_column(c, justify="left" if c in ("model", "note") else "right")
+    return t
+
+
+@app.command()
+def train(
+    db: DbOpt = DEFAULT_DB,
+    branches: Annotated[str, typer.Option(help="Comma-separated: metadata,objects,aesthetics.")] = "metadata",
+    all_combinations: Annotated[bool, typer.Option(
+        "--all-combinations", help="Train all seven subsets of branches and print them as one table.")] = False,
+    split: Annotated[str, typer.Option(
+        help="random: 67/33 by post (the paper). user: by user (unseen users at test). "
+             "time: each user's latest third is the test part.")] = "random",
+    seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 300,
+    family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families [default: 7].")] = None,
+    objects_source: Annotated[str | None, typer.Option(
+        help="'precomputed' or a classifier name [default: the source covering most posts].")] = None,
+    aesthetics_source: Annotated[str | None, typer.Option(help="Embedding backbone [default: most posts].")] = None,
+    exports: Annotated[Path, typer.Option(help="Where models are exported.")] = Path("exports"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run record as one JSON object.")] = False,
+) -> None:
+    """Train the fusion model on stored features, evaluate on a held-out part, export ONNX + model card.
+
+    Reports MAE / MSE of ln-likes, the share within ±10% of the true likes, Spearman and p10–p90 coverage,
+    next to two baselines on the same test posts: the constant training mean and the user's mean ln-likes
+    over earlier posts. Every run is stored in the [bold]runs[/] table.
+
+    [bold]Example:[/] igcli train --branches metadata,objects --split user --seed 1
+    """
+    from igcli.train import TrainOptions, train_all_combinations
+    from igcli.train import train as run_train
+
+    opts = TrainOptions(branches=tuple(b.strip() for b in branches.split(",") if b.strip()), split=split,
+                        seed=seed, epochs=epochs, family_depth=family_depth, objects_source=objects_source,
+                        aesthetics_source=aesthetics_source, exports_dir=exports)
+    with _Bars(unit="epochs/s") as bars:
+        if all_combinations:
+            ab = train_all_combinations(db, opts, progress=bars)
+            runs, skipped = ab.runs, ab.skipped
+        else:
+            runs, skipped = [run_train(db, opts, progress=bars)], []
+    if as_json:
+        payload = [r.as_json() for r in runs] if all_combinations else runs[0].as_json()
+        out.print_json(json.dumps(payload, default=str))
+        return
+    t = _metrics_table(f"test part, split={split}, seed={seed}")
+    first = runs[0] if runs else None
+    if first:
+        for name, m in first.baselines.items():
+            _metrics_row(t, f"baseline: {name.replace('_', ' ')}", m)
+    for r in runs:
+        marks = [m for m, on in (("random-init backbone", r.random_init_inputs), ("LEAKY user stats", r.leaky_features))
+                 if on]
+        _metrics_row(t, "+".join(r.branches), r.metrics, ", ".join(marks))
+    out.print(t)
+    for combo, why in skipped:
+        out.print(f"skipped {'+'.join(combo)}: {why}", markup=False)
+    for r in runs:
+        if r.family_effects:
+            ft = Table(title=f"object families, learned contribution to ln-likes ({'+'.join(r.branches)})")
+            ft.add_column("family")
+            ft.add_column("Δ ln-likes", justify="right")
+            for fam, eff in r.family_effects:
+                ft.add_row(fam, f"{eff:+.3f}")
+            out.print(ft)
+            break
+    if first:
+        sub = first.subsets
+        out.print(f"test posts with history: MAE {sub['with_history']['mae']:.3f} ({sub['with_history']['n']:,}); "
+                  f"cold start: MAE {sub['cold_start']['mae']:.3f} ({sub['cold_start']['n']:,}); "
+                  f"{first.zero_likes_excluded} posts with 0 likes left out")
+    for r in runs:
+        out.print(f"model {r.model_id} → {r.export_dir}  ({r.timings['train_s']:.1f}s, {r.timings['epochs']} epochs)")
+
+
+# -------------------------------------------------------------------------------------------- score
+
+@app.command()
+def score(
+    posts: Annotated[Path, typer.Argument(help="CSV or Parquet of posts to score (likes optional).")],
+    db: DbOpt = DEFAULT_DB,
+    model: Annotated[str, typer.Option(help="'latest', a model id under --exports, or a model directory.")] = "latest",
+    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    images: Annotated[Path | None, typer.Option(help="Folder image paths are relative to.")] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Also write the predictions to this .csv or .parquet.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when present).")] = "auto",
+    objects_weights: Annotated[Path | None, typer.Option(help="Weights of the model's classifier.")] = None,
+    aesthetics_weights: Annotated[Path | None, typer.Option(help="Weights of the model's MobileNet.")] = None,
+    nima_weights: Annotated[Path | None, typer.Option(help="The model's NIMA checkpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Score posts with a trained model; predictions (with a p10–p90 band) go to the [bold]predictions[/] table.
+
+    Each post sees only the earlier posts of its user that the store knows; unseen users are cold starts.
+    Scoring the same posts with the same model again replaces their rows.
+
+    [bold]Example:[/] igcli score demo/new_posts.csv --model latest --out predictions.csv
+    """
+    from igcli.score import ScoreOptions
+    from igcli.score import score as run
+
+    opts = ScoreOptions(model=model, exports_dir=exports, images_dir=images, out=out_file, device=device,
+                        objects_weights=objects_weights, aesthetics_weights=aesthetics_weights,
+                        nima_weights=nima_weights)
+    with _Bars() as bars:
+        r = run(posts, db, opts, progress=bars)
+    if as_json:
+        out.print_json(json.dumps(r.as_json(), default=str))
+        return
+    t = Table(title=f"score {posts.name} with {r.model_id}", show_header=False)
+    t.add_row("posts scored", f"{r.posts:,}")
+    t.add_row("rows rejected", f"{r.rejected:,}")
+    t.add_row("cold-start users (posts)", f"{r.cold_start_users:,} ({r.cold_start_posts:,})")
+    t.add_row("posts without image", f"{r.without_image:,}")
+    for branch, n in r.masked.items():
+        t.add_row(f"posts with {branch} masked", f"{n:,}")
+    t.add_row("onnxruntime provider", r.provider)
+    t.add_row("posts/s end to end", f"{r.posts_per_s:,.0f}")
+    t.add_row("seconds", f"{r.seconds:.2f}")
+    if r.out:
+        t.add_row("written to", r.out)
+    out.print(t)
+    ex = Table(title="examples")
+    for c in ("post_id", "predicted likes", "p10", "p90"):
+        ex.add_column(c, justify="left" if c == "post_id" else "right")
+    for e in r.examples:
+        ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}")
+    out.print(ex)
+
+
 # ------------------------------------------------------------------------------------------ status
 
 @app.command()

@@ -77,27 +77,16 @@ def file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- CSV
 
 def _detect_encoding(path: Path, encoding: str | None) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    """The encoding DuckDB reads with: as given, UTF-16 when the file starts with its BOM, else UTF-8
+    (DuckDB validates it; a file that is not UTF-8 fails as a whole with the fix named)."""
     if encoding:
         if encoding not in ENCODINGS:
             raise InputError(f"unknown --encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
         return encoding
+    with open(path, "rb") as fh:
+        head = fh.read(4)
     if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         return "utf-16"
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    line = 1
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                line += chunk[: err.start].count(b"\n")
-                raise InputError(
-                    f"{path} is not UTF-8 (byte 0x{chunk[err.start]:02x} on line {line}): if it is "
-                    "Latin-1 / Windows-1252, pass --encoding latin-1"
-                ) from None
-            line += chunk.count(b"\n")
     return "utf-8"
 
 
@@ -171,11 +160,22 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
                   first(csv_line)
            FROM igc_rej GROUP BY line ORDER BY line"""
     ).fetchall()
-    nl_expr = " + ".join(
-        f"coalesce(length({c}) - length(replace({c}, chr(10), '')), 0)" for c in names
-    )  # column names are ours (COLUMNS or extra_<i>), never the file's
-    newlines = con.execute(f"SELECT {nl_expr} FROM raw_in ORDER BY rowid").fetchnumpy()
-    newlines = next(iter(newlines.values())) if newlines else np.zeros(0)
+    bad_encoding = [r for r in rejected if r[2] == "INVALID ENCODING"]
+    if bad_encoding:
+        line = path.read_bytes().count(b"\n", 0, bad_encoding[0][1] or 0) + 1
+        raise InputError(f"{path} is not valid {enc} (first bad bytes on line {line}): if it is Latin-1 / "
+                         "Windows-1252, pass --encoding latin-1")
+    # Embedded newlines shift the physical lines of the rows after them; only rows holding one are counted.
+    joined = "concat_ws('', " + ", ".join(names) + ")"  # column names are ours (COLUMNS or extra_<i>)
+    n_rows = con.execute("SELECT count(*) FROM raw_in").fetchall()[0][0]
+    newlines = np.zeros(n_rows, dtype=np.int64)
+    multi = con.execute(
+        f"SELECT rowid, length({joined}) - length(replace({joined}, chr(10), '')) FROM raw_in "
+        f"WHERE strpos({joined}, chr(10)) > 0"
+    ).fetchall()
+    if multi:
+        idx, counts = zip(*multi, strict=True)
+        newlines[list(idx)] = counts
     csv_rejects: list[tuple[int, str | None, str]] = []
     records: list[tuple[int, int]] = []
     if rejected:

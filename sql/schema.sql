@@ -6,8 +6,10 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at TIMESTAMP NOT NULL
 );
 
+-- post_id is unique by construction (ingest dedupes each file and upserts by post_id); no PRIMARY KEY
+-- index, which would make bulk loads several times slower.
 CREATE TABLE IF NOT EXISTS posts (
-    post_id      VARCHAR PRIMARY KEY,
+    post_id      VARCHAR NOT NULL,
     username     VARCHAR NOT NULL,
     posted_at    TIMESTAMP NOT NULL,
     caption      VARCHAR,

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from igcli.train import TrainOptions, metrics, split_indices, spearman, train, train_on_frame, within_10pct
+from igcli.train import TrainOptions, metrics, spearman, split_indices, train, train_on_frame, within_10pct
 
 
 def _toy(n_users=20, per_user=12, seed=0):

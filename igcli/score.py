@@ -1,0 +1,256 @@
+"""Score a batch of posts with an exported model (onnxruntime) and write predictions back to the store.
+
+    from igcli.score import ScoreOptions, score
+    result = score("new_posts.csv", "igcli.duckdb", ScoreOptions(model="latest"))
+
+Order of work: read and verify the model card -> ingest the batch -> compute image features the card
+needs and the store lacks -> point-in-time metadata features with the card's parameters (a scored post
+sees the earlier posts of its user, never itself or later ones) -> check feature names against the card
+-> onnxruntime in large batches -> `predictions` rows (replaced, never duplicated) and optional file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from igcli import store
+from igcli.errors import FeatureMismatch, InputError, ModelError
+
+ORT_BATCH = 65536
+OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
+                  "scored_at")
+
+
+@dataclass
+class ScoreOptions:
+    model: str = "latest"
+    exports_dir: Path = Path("exports")
+    images_dir: Path | None = None
+    out: Path | None = None
+    device: str = "auto"                    # auto | cpu | cuda
+    objects_weights: Path | None = None     # weights of the card's classifier, when it must run
+    aesthetics_weights: Path | None = None
+    nima_weights: Path | None = None
+
+
+@dataclass
+class ScoreResult:
+    model_id: str
+    posts: int
+    cold_start_users: int
+    cold_start_posts: int
+    without_image: int
+    masked: dict[str, int]                 # image branch -> posts scored with it masked
+    provider: str
+    providers: list[str]
+    posts_per_s: float
+    ort_rows_per_s: float
+    seconds: float
+    rejected: int
+    examples: list[dict] = field(default_factory=list)
+    out: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def choose_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise InputError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available and _gpu_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _gpu_present() -> bool:
+    """A CUDA device is visible (without initialising one): avoids onnxruntime's noisy CUDA fallback."""
+    return Path("/dev/nvidia0").exists() or bool(os.environ.get("IGCLI_ASSUME_GPU"))
+
+
+def make_session(model_path: Path, device: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=choose_providers(device))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelError(f"onnxruntime cannot load {model_path}: {err}") from None
+    return session
+
+
+def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise FeatureMismatch(f"the model needs inputs {', '.join(missing)} that were not built")
+    n = len(inputs[names[0]])
+    out = [session.run(None, {k: inputs[k][s:s + ORT_BATCH] for k in names})[0] for s in range(0, n, ORT_BATCH)]
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict) -> None:
+    """Metadata features of every post with the card's parameters, into the temp table ``pf_new``."""
+    from igcli.features import FeaturizeOptions, compute_metadata
+
+    params = card["feature_params"]
+    if params.get("leaky_user_stats"):
+        raise ModelError(f"model {card['model_id']} was trained on the paper's leaky user averages "
+                         "(benchmark only) and cannot score new posts: train one on point-in-time features")
+    source = params.get("hashtag_source", "store-frequency")
+    ranking_id = None
+    if source.startswith("ranking:"):
+        ranking_id = source.split(":", 1)[1]
+        known = con.execute("SELECT count(*) FROM hashtag_rankings WHERE ranking_id = ?", [ranking_id]).fetchall()
+        if not known[0][0]:
+            raise FeatureMismatch("the model's hashtag ranking is not in this store: run `igcli featurize "
+                                  "--hashtag-ranking FILE` with the file it was trained with")
+    compute_metadata(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])))
+
+
+def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> None:
+    """Run the weight-free quality features, and the card's backbones, for images that lack them."""
+    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
+
+    backbones = card.get("backbones") or {}
+    obj, aes = backbones.get("objects"), backbones.get("aesthetics")
+    run_obj = obj is not None and obj["backbone"] != "precomputed"
+    img = ImageFeatureOptions(
+        objects=obj["backbone"] if run_obj else None, objects_explicit=run_obj,
+        aesthetics=aes["backbone"] if aes else None, aesthetics_explicit=aes is not None,
+        objects_weights=opts.objects_weights, aesthetics_weights=opts.aesthetics_weights,
+        nima_weights=opts.nima_weights,
+        random_init=bool((obj and obj.get("random_init")) or (aes and aes.get("random_init"))),
+        device=opts.device, only_roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
+        expect_fingerprints={r: s["weights_fp"] for r, s in (("objects", obj), ("aesthetics", aes))
+                             if s and (r != "objects" or run_obj)},
+    )
+    featurize_images(con, img, progress=progress)
+
+
+def score(
+    posts: Path | str,
+    db: Path | str = store.DEFAULT_DB,
+    opts: ScoreOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ScoreResult:
+    from igcli.export import load_card, resolve_model_dir
+    from igcli.ingest import ingest_posts
+    from igcli.preprocess import Preprocessor, load_frame
+
+    opts = opts or ScoreOptions()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    model_dir = resolve_model_dir(opts.model, opts.exports_dir)
+    card = load_card(model_dir)
+    pre = Preprocessor.from_card(card)
+    if pre.meta_names() != card["feature_names"]:
+        raise ModelError(f"{model_dir}: the card's feature names do not match its preprocessing: re-export")
+    session = make_session(model_dir / "model.onnx", opts.device)
+    providers = session.get_providers()
+    con = store.connect(db)
+    try:
+        ing = ingest_posts(posts, con=con, images_dir=opts.images_dir, keep_ids=True, progress=progress)
+        ids = ing.post_ids
+        timings["ingest_s"] = time.perf_counter() - t0
+        if not ids:
+            raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
+        t1 = time.perf_counter()
+        if card.get("backbones", {}).get("aesthetics") or (
+                card.get("backbones", {}).get("objects") or {}).get("backbone", "precomputed") != "precomputed":
+            _ensure_image_features(con, card, opts, progress)
+        else:
+            from igcli.imagefeatures import ImageFeatureOptions, featurize_images
+
+            featurize_images(con, ImageFeatureOptions(skip_backbones=True), progress=progress)
+        with store.transaction(con):
+            _features_for_card(con, card)
+            frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
+                               features_table="pf_new")
+        timings["features_s"] = time.perf_counter() - t1
+        inputs = pre.transform(frame)
+        t2 = time.perf_counter()
+        quantiles = run_session(session, inputs)
+        ort_s = time.perf_counter() - t2
+        timings["onnxruntime_s"] = ort_s
+        now = store.utcnow()
+        table = pa.table({
+            "post_id": pa.array(frame.post_id.tolist(), pa.string()),
+            "model_id": pa.array([card["model_id"]] * len(frame), pa.string()),
+            "predicted_log_likes": quantiles[:, 1].astype(np.float64),
+            "predicted_likes": np.exp(quantiles[:, 1].astype(np.float64)),
+            "p10_likes": np.exp(quantiles[:, 0].astype(np.float64)),
+            "p90_likes": np.exp(quantiles[:, 2].astype(np.float64)),
+            "scored_at": pa.array([now] * len(frame), pa.timestamp("us")),
+        })
+        with store.transaction(con):
+            con.register("igc_pred", table)
+            con.execute("INSERT OR REPLACE INTO predictions SELECT * FROM igc_pred")
+            con.unregister("igc_pred")
+            store.fault_point("score.before_commit")
+        users_seen = {u for u, nh in zip(frame.username, frame.cols["no_history"], strict=True) if not nh}
+        cold_users = {u for u in frame.username if u not in users_seen}
+        masked = {}
+        if "objects_mask" in inputs:
+            masked["objects"] = int(np.sum(inputs["objects_mask"][:, 0] == 0))
+        if "aesthetics_mask" in inputs:
+            masked["aesthetics"] = int(np.sum(inputs["aesthetics_mask"][:, 0] == 0))
+        without_image = int(np.sum(~np.isfinite(frame.cols["brightness"])))
+    finally:
+        con.close()
+    out_path = None
+    if opts.out:
+        out_path = write_predictions(table, Path(opts.out))
+    seconds = time.perf_counter() - t0
+    examples = [
+        {"post_id": table["post_id"][i].as_py(), "predicted_likes": round(table["predicted_likes"][i].as_py()),
+         "p10_likes": round(table["p10_likes"][i].as_py()), "p90_likes": round(table["p90_likes"][i].as_py())}
+        for i in range(min(5, len(table)))
+    ]
+    return ScoreResult(
+        card["model_id"], len(frame), len(cold_users), int(np.sum(frame.cols["no_history"] > 0)), without_image,
+        masked, providers[0], providers, len(frame) / seconds if seconds else 0.0,
+        len(frame) / ort_s if ort_s else 0.0, seconds, ing.rejected, examples, out_path, timings,
+    )
+
+
+def write_predictions(table: pa.Table, path: Path) -> str:
+    """CSV or Parquet by extension, written to a temporary name then renamed."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError(f"--out {path}: use a .csv or .parquet file name")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, tmp)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from None
+    return str(path)
