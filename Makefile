@@ -15,10 +15,15 @@ $(BIN)/igcli: pyproject.toml
 
 venv: $(BIN)/igcli
 
+# The whole pipeline on generated data: no network, no pretrained weights (backbones without weights are
+# skipped with a note; the weight-free image features always run).
 demo: venv
 	rm -rf $(DEMO) $(DB) $(DB).wal
 	$(BIN)/igcli sample $(DEMO) --posts 3000 --users 120 --seed 0
 	$(BIN)/igcli ingest $(DEMO)/posts.csv --db $(DB)
+	$(BIN)/igcli featurize --db $(DB) --hashtag-ranking $(DEMO)/hashtag_ranking.txt
+	$(BIN)/igcli train --db $(DB) --branches metadata --split random --seed 0
+	$(BIN)/igcli score $(DEMO)/new_posts.csv --db $(DB) --out $(DEMO)/predictions.csv
 	$(BIN)/igcli status --db $(DB)
 
 # pytest exits 5 when it collects no test: that fails here like any other failure.

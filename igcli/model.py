@@ -95,9 +95,14 @@ class FusionModel(nn.Module):
     """
 
     def __init__(self, branches: dict[str, nn.Module], y_mean: float, y_std: float, hidden: int = 64,
-                 anchor_index: int | None = None):
+                 anchor_index: int | None = None, prior: tuple[np.ndarray, float] | None = None):
         super().__init__()
         self.anchor_index = anchor_index
+        # Cold-start prior: a ridge fit of ln-likes on the scaled non-history inputs (training rows),
+        # used as the anchor where the user has no history. Fixed, not trained further.
+        w, b = prior if prior is not None else (np.zeros(1, np.float32), float(y_mean))
+        self.register_buffer("prior_w", torch.as_tensor(np.asarray(w, np.float32)))
+        self.register_buffer("prior_b", torch.tensor(float(b)))
         self.names = [b for b in BRANCH_ORDER if b in branches]
         self.branches = nn.ModuleDict({b: branches[b] for b in self.names})
         n = sum(branches[b].out_dim for b in self.names)
@@ -124,7 +129,9 @@ class FusionModel(nn.Module):
         base = self.y_mean
         if self.anchor_index is not None:
             hist = inputs[0][:, self.anchor_index:self.anchor_index + 1]          # (B, 1) raw ln-likes
-            base = torch.where(torch.isnan(hist), self.y_mean.expand_as(hist), hist)
+            z = self.branches["metadata"].norm(inputs[0])                         # (B, n_meta)
+            prior = (z @ self.prior_w)[:, None] + self.prior_b                    # (B, 1)
+            base = torch.where(torch.isnan(hist), prior, hist)
         return torch.cat([low, mid, high], dim=1) * self.y_std + base   # (B, 3) ln-likes
 
 
@@ -142,7 +149,8 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], y_train: np.ndarray,
-                dropout: float = 0.1, anchor_index: int | None = None) -> FusionModel:
+                dropout: float = 0.1, anchor_index: int | None = None,
+                history_columns: np.ndarray | None = None) -> FusionModel:
     """Create the model for ``branches``; normalisation constants come from the training inputs only."""
     parts: dict[str, nn.Module] = {}
     for b in branches:
@@ -161,11 +169,31 @@ def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], 
         anchor_index = None
     y_mean = float(np.mean(y_train))
     y_std = float(np.std(y_train) or 1.0)
-    if anchor_index is not None:  # scale of the residual the head has to produce
+    prior = None
+    if anchor_index is not None:
+        import torch as _torch
+
+        with _torch.no_grad():
+            z = parts["metadata"].norm(_torch.from_numpy(train_inputs["meta"])).numpy()
         hist = train_inputs["meta"][:, anchor_index]
-        resid = y_train - np.where(np.isnan(hist), y_mean, hist)
+        prior = ridge_prior(z, y_train, exclude=history_columns)
+        cold = (z @ prior[0]) + prior[1]
+        resid = y_train - np.where(np.isnan(hist), cold, hist)  # scale of what the head has to correct
         y_std = float(np.std(resid) or 1.0)
-    return FusionModel(parts, y_mean, y_std, anchor_index=anchor_index)
+    return FusionModel(parts, y_mean, y_std, anchor_index=anchor_index, prior=prior)
+
+
+def ridge_prior(z: np.ndarray, y: np.ndarray, exclude: np.ndarray | None = None,
+                alpha: float = 1.0) -> tuple[np.ndarray, float]:
+    """Closed-form ridge regression of ``y`` on scaled inputs ``z``; ``exclude`` columns get weight 0."""
+    keep = np.ones(z.shape[1], dtype=bool) if exclude is None else ~exclude
+    x = z[:, keep].astype(np.float64)
+    xm, ym = x.mean(axis=0), float(np.mean(y))
+    xc = x - xm
+    w_keep = np.linalg.solve(xc.T @ xc + alpha * len(y) * 1e-3 * np.eye(x.shape[1]), xc.T @ (y - ym))
+    w = np.zeros(z.shape[1])
+    w[keep] = w_keep
+    return w.astype(np.float32), float(ym - xm @ w_keep)
 
 
 def pinball_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -288,8 +288,11 @@ def train_on_frame(frame, opts: TrainOptions, progress=None, sources: dict | Non
     def rows(ix):
         return {k: v[ix] for k, v in inputs.items()}
 
-    anchor = pre.meta_names().index("hist_mean") if opts.anchor else None
-    model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor)
+    names = pre.meta_names()
+    anchor = names.index("hist_mean") if opts.anchor else None
+    history = np.array([n.startswith(("hist_", "days_since_")) for n in names])   # unknown at cold start
+    model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor,
+                        history_columns=history)
     timings["prepare_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     model, epochs, best_val = _fit(model, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress)
