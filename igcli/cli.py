@@ -27,8 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB store file.", show_default=True)]
 DEFAULT_DB = Path("igcli.duckdb")
@@ -298,7 +299,8 @@ def train(
     first = runs[0] if runs else None
     if first:
         for name, m in first.baselines.items():
-            _metrics_row(t, f"baseline: {name.replace('_', ' ')}", m)
+            _metrics_row(t, {"constant_train_mean": "baseline: training mean",
+                             "user_mean_earlier_posts": "baseline: user's mean, earlier posts"}.get(name, name), m)
     for r in runs:
         marks = [m for m, on in (("random-init backbone", r.random_init_inputs), ("LEAKY user stats", r.leaky_features))
                  if on]

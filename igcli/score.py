@@ -136,13 +136,16 @@ def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> Non
     backbones = card.get("backbones") or {}
     obj, aes = backbones.get("objects"), backbones.get("aesthetics")
     run_obj = obj is not None and obj["backbone"] != "precomputed"
+    if not run_obj and aes is None:
+        featurize_images(con, ImageFeatureOptions(skip_backbones=True), progress=progress)
+        return
     img = ImageFeatureOptions(
         objects=obj["backbone"] if run_obj else None, objects_explicit=run_obj,
         aesthetics=aes["backbone"] if aes else None, aesthetics_explicit=aes is not None,
         objects_weights=opts.objects_weights, aesthetics_weights=opts.aesthetics_weights,
         nima_weights=opts.nima_weights,
         random_init=bool((obj and obj.get("random_init")) or (aes and aes.get("random_init"))),
-        device=opts.device, only_roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
+        device=opts.device, roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
         expect_fingerprints={r: s["weights_fp"] for r, s in (("objects", obj), ("aesthetics", aes))
                              if s and (r != "objects" or run_obj)},
     )
@@ -177,13 +180,7 @@ def score(
         if not ids:
             raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
         t1 = time.perf_counter()
-        if card.get("backbones", {}).get("aesthetics") or (
-                card.get("backbones", {}).get("objects") or {}).get("backbone", "precomputed") != "precomputed":
-            _ensure_image_features(con, card, opts, progress)
-        else:
-            from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-
-            featurize_images(con, ImageFeatureOptions(skip_backbones=True), progress=progress)
+        _ensure_image_features(con, card, opts, progress)
         with store.transaction(con):
             _features_for_card(con, card)
             frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),

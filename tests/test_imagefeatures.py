@@ -1,0 +1,324 @@
+"""igcli.imagefeatures + igcli.backbones: quality rows, objects / aesthetics rows, dedup, resume, weights.
+
+Backbones are timm's tiny test models (a few hundred thousand parameters) with random or test-made
+weights, on 32 px images, so the file runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from igcli import store
+from igcli.errors import InputError, WeightsMissing
+from igcli.families import imagenet_classes
+from igcli.imagefeatures import ImageFeatureOptions, featurize_images
+from igcli.ingest import ingest_posts
+
+CLASSIFIER = "test_efficientnet"   # tiny timm model with 1000 ImageNet classes
+EMBEDDER = "test_vit"              # tiny timm model for the aesthetics role
+N_DISTINCT = 10                    # distinct random images, plus one duplicated content
+UNIQUE_OK = N_DISTINCT + 1
+
+
+def _image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(path, "JPEG", quality=90)
+
+
+@pytest.fixture
+def con(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store with 15 posts: 10 distinct images, two files with identical bytes, one image shared by two
+    posts, one corrupt image and one post without an image. No hub, no weight caches."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    images = tmp_path / "data" / "img"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(N_DISTINCT):
+        _image(images / f"p{i}.jpg", seed=i)
+        rows.append(f"p{i},user{i % 3},2017-04-{i + 1:02d},,,,{10 * i},img/p{i}.jpg")
+    _image(images / "dup_a.jpg", seed=99)
+    (images / "dup_b.jpg").write_bytes((images / "dup_a.jpg").read_bytes())
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    rows += [
+        "d1,user0,2017-04-20,,,,5,img/dup_a.jpg",
+        "d2,user1,2017-04-21,,,,6,img/dup_b.jpg",
+        "s1,user2,2017-04-22,,,,7,img/p0.jpg",       # the same file as p0
+        "bad,user0,2017-04-23,,,,8,img/broken.jpg",
+        "noimg,user1,2017-04-24,,,,9,",
+    ]
+    csv = tmp_path / "data" / "posts.csv"
+    csv.write_text("post_id,username,posted_at,caption,hashtags,mentions,likes,image\n" + "\n".join(rows) + "\n")
+    c = store.connect(tmp_path / "s.duckdb")
+    ingest_posts(csv, con=c)
+    yield c
+    c.close()
+
+
+def q(con, sql: str, params=None):
+    return con.execute(sql, params or []).fetchall()
+
+
+def tiny(**kw) -> ImageFeatureOptions:
+    base = dict(objects=CLASSIFIER, aesthetics=EMBEDDER, random_init=True, batch_size=4, workers=2, device="cpu")
+    return ImageFeatureOptions(**{**base, **kw})
+
+
+def ok_shas(con) -> set[str]:
+    return {r[0] for r in q(con, "SELECT sha256 FROM images WHERE status = 'ok'")}
+
+
+def test_quality_rows_for_ok_images_and_corrupt_post_kept(con):
+    res = featurize_images(con, ImageFeatureOptions(skip_backbones=True, workers=2))
+    assert res.backbones == [] and res.messages == []
+    assert (res.quality_computed, res.quality_failed) == (UNIQUE_OK, 0)
+    shas = ok_shas(con)
+    assert len(shas) == UNIQUE_OK
+    rows = q(con, "SELECT sha256, brightness, entropy, aspect_ratio FROM image_quality")
+    assert {r[0] for r in rows} == shas
+    assert all(0 < b < 1 and e > 0 and a == pytest.approx(40 / 32) for _, b, e, a in rows)
+    # the corrupt image: its post is still there, and it has no features of any kind
+    (bad_status,), = q(con, "SELECT i.status FROM posts p JOIN images i ON i.path = p.image_path "
+                                     "WHERE p.post_id = 'bad'")
+    assert bad_status == "corrupt"
+    assert q(con, "SELECT count(*) FROM posts")[0][0] == 15
+    assert q(con, "SELECT count(*) FROM image_feature_errors")[0][0] == 0
+
+
+def test_objects_and_embeddings_rows(con):
+    import timm
+
+    res = featurize_images(con, tiny())
+    objects, aesthetics = res.backbones
+    assert (objects.role, objects.name, aesthetics.role, aesthetics.name) == (
+        "objects", CLASSIFIER, "aesthetics", EMBEDDER)
+    # 14 posts have a decodable image but only 11 distinct contents: duplicates run once
+    assert objects.images_run == aesthetics.images_run == UNIQUE_OK
+    assert objects.images_failed == 0 and objects.device == "cpu" and objects.images_per_s > 0
+    assert objects.weights_fp == f"random-init:{CLASSIFIER}:0" and objects.random_init
+
+    rows = q(con, "SELECT post_id, sha256, backbone, weights_fp, random_init, source, rank, wnid, prob "
+                  "FROM image_classes ORDER BY sha256, rank")
+    assert len(rows) == 5 * UNIQUE_OK
+    assert {r[1] for r in rows} == ok_shas(con)
+    assert {(r[0], r[2], r[3], r[4], r[5]) for r in rows} == {
+        (None, CLASSIFIER, objects.weights_fp, True, "featurize")}
+    wnids = {c.wnid for c in imagenet_classes()}
+    for i in range(0, len(rows), 5):
+        top = rows[i:i + 5]
+        assert [r[6] for r in top] == [1, 2, 3, 4, 5]
+        probs = [r[8] for r in top]
+        assert probs == sorted(probs, reverse=True) and 0 < probs[-1] and probs[0] <= 1
+        assert all(r[7] in wnids for r in top) and len({r[7] for r in top}) == 5
+
+    dim = timm.create_model(EMBEDDER).head_hidden_size
+    emb = q(con, "SELECT sha256, len(embedding), nima_dist, nima_mean, random_init, weights_fp FROM image_embeddings")
+    assert len(emb) == UNIQUE_OK and {r[0] for r in emb} == ok_shas(con)
+    assert {r[1:] for r in emb} == {(dim, None, None, True, f"random-init:{EMBEDDER}:0")}
+
+
+def test_second_call_is_a_noop_and_random_init_is_reproducible(con):
+    featurize_images(con, tiny())
+    before = q(con, "SELECT sha256, rank, wnid, prob FROM image_classes ORDER BY ALL")
+    res = featurize_images(con, tiny())
+    assert res.quality_computed == 0 and [b.images_run for b in res.backbones] == [0, 0]
+    assert q(con, "SELECT sha256, rank, wnid, prob FROM image_classes ORDER BY ALL") == before
+    # The same seed gives the same random weights: rows recomputed from scratch match.
+    q(con, "DELETE FROM image_classes")
+    featurize_images(con, tiny())
+    again = q(con, "SELECT sha256, rank, wnid, prob FROM image_classes ORDER BY ALL")
+    assert [r[:3] for r in again] == [r[:3] for r in before]
+    assert np.allclose([r[3] for r in again], [r[3] for r in before], atol=1e-6)
+
+
+def test_resume_after_interruption(con):
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_batch(stage: str, done: int, total: int) -> None:
+        if stage.startswith("objects") and done > 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        featurize_images(con, tiny(), progress=stop_after_first_batch)
+    assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (4, 20)  # one batch kept
+    assert q(con, "SELECT count(*) FROM image_quality")[0][0] == UNIQUE_OK
+
+    seen: list[tuple[str, int, int]] = []
+    res = featurize_images(con, tiny(), progress=lambda *a: seen.append(a))
+    assert res.backbones[0].images_run == UNIQUE_OK - 4
+    assert ("objects: " + CLASSIFIER, UNIQUE_OK - 4, UNIQUE_OK - 4) in seen
+    assert q(con, "SELECT count(DISTINCT (sha256, rank)), count(*) FROM image_classes")[0] == (
+        5 * UNIQUE_OK, 5 * UNIQUE_OK)
+
+
+def test_image_that_fails_to_decode_is_recorded_not_fatal(con):
+    (path, old_sha), = q(con, "SELECT path, sha256 FROM images WHERE path LIKE '%p3.jpg'")
+    garbage = b"\xff\xd8\xff\xe0 garbage that no decoder accepts"
+    Path(path).write_bytes(garbage)
+    sha = hashlib.sha256(garbage).hexdigest()  # as if it had been ingested like this
+    q(con, "UPDATE images SET sha256 = ? WHERE sha256 = ?", [sha, old_sha])
+    res = featurize_images(con, tiny())
+    assert res.quality_failed == 1 and res.quality_computed == UNIQUE_OK - 1
+    assert [(b.images_run, b.images_failed) for b in res.backbones] == [(UNIQUE_OK - 1, 1)] * 2
+    errors = q(con, "SELECT backbone, reason FROM image_feature_errors WHERE sha256 = ? ORDER BY backbone", [sha])
+    assert [e[0] for e in errors] == sorted(["quality", CLASSIFIER, EMBEDDER])
+    assert all("decode" in e[1] for e in errors)
+    assert q(con, "SELECT count(*) FROM image_classes WHERE sha256 = ?", [sha])[0][0] == 0
+    again = featurize_images(con, tiny())  # failures are not retried
+    assert again.quality_failed == 0 and [b.images_failed for b in again.backbones] == [0, 0]
+
+
+def test_file_changed_since_ingest_is_not_stored_under_the_old_hash(con):
+    (path, sha), = q(con, "SELECT path, sha256 FROM images WHERE path LIKE '%p4.jpg'")
+    _image(Path(path), seed=1234)  # still a valid image, but not the content that was ingested
+    res = featurize_images(con, tiny())
+    assert res.quality_failed == 1 and [b.images_failed for b in res.backbones] == [1, 1]
+    reasons = q(con, "SELECT DISTINCT reason FROM image_feature_errors WHERE sha256 = ?", [sha])
+    assert len(reasons) == 1 and "igcli ingest" in reasons[0][0]
+    assert q(con, "SELECT count(*) FROM image_quality WHERE sha256 = ?", [sha])[0][0] == 0
+    assert q(con, "SELECT count(*) FROM image_embeddings WHERE sha256 = ?", [sha])[0][0] == 0
+
+
+def test_class_index_order_matches_timm():
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    assert [c.wnid for c in imagenet_classes()] == [info.index_to_label_name(i) for i in range(1000)]
+
+
+def test_explicit_backbone_without_weights_fails_fast(con):
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsMissing, match="--objects-weights") as info:
+        featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_explicit=True, aesthetics=EMBEDDER))
+    assert time.perf_counter() - t0 < 10
+    assert CLASSIFIER in str(info.value) and "HF_HOME" in str(info.value)
+    assert q(con, "SELECT count(*) FROM image_classes")[0][0] == 0
+    assert q(con, "SELECT count(*) FROM image_embeddings")[0][0] == 0  # nothing ran before the failure
+    assert q(con, "SELECT count(*) FROM image_quality")[0][0] == 0
+
+
+def test_implicit_backbone_without_weights_is_skipped_with_a_message(con):
+    res = featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, aesthetics=EMBEDDER))
+    assert [b.skipped_reason is not None for b in res.backbones] == [True, True]
+    assert [b.weights_fp for b in res.backbones] == [None, None]
+    assert len(res.messages) == 2
+    assert "--objects-weights" in res.messages[0] and "--aesthetics-weights" in res.messages[1]
+    assert res.quality_computed == UNIQUE_OK  # the weight-free features still ran
+    assert q(con, "SELECT count(*) FROM image_classes")[0][0] == 0
+
+
+def _saved(tmp_path: Path, name: str, suffix: str = ".pth", seed: int = 1, **kw):
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **kw).eval()
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _expected_top5(model, image_path: str):
+    import timm
+    import torch
+
+    from igcli.imagefeatures import DecodedImages
+
+    cfg = timm.data.resolve_model_data_config(model)
+    x = DecodedImages([image_path], timm.data.create_transform(**cfg, is_training=False), cfg)[0][0]
+    with torch.inference_mode():
+        prob, idx = model(x[None]).softmax(-1).topk(5)
+    return [imagenet_classes()[i].wnid for i in idx[0].tolist()], prob[0].tolist()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_from_a_file(con, tmp_path, suffix):
+    model, path = _saved(tmp_path, CLASSIFIER, suffix)
+    fp = hashlib.sha256(path.read_bytes()).hexdigest()
+    res = featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_weights=path, aesthetics=EMBEDDER,
+                                                    batch_size=4))
+    objects, aesthetics = res.backbones
+    assert (objects.weights_fp, objects.weights_source, objects.random_init) == (fp, "file", False)
+    assert objects.images_run == UNIQUE_OK
+    assert aesthetics.skipped_reason is not None and len(res.messages) == 1  # no weights for it: skipped
+    assert q(con, "SELECT DISTINCT weights_fp, random_init FROM image_classes") == [(fp, False)]
+    for image_path, sha in q(con, "SELECT min(path), sha256 FROM images WHERE status = 'ok' GROUP BY sha256"):
+        wnids, probs = _expected_top5(model, image_path)
+        got = q(con, "SELECT wnid, prob FROM image_classes WHERE sha256 = ? ORDER BY rank", [sha])
+        assert [g[0] for g in got] == wnids
+        assert np.allclose([g[1] for g in got], probs, atol=1e-5)
+
+
+def test_weights_file_that_does_not_fit_names_the_flag(con, tmp_path):
+    _, path = _saved(tmp_path, "test_resnet")
+    with pytest.raises(InputError, match="--objects-weights"):
+        featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_weights=path, skip_backbones=False,
+                                                  aesthetics=EMBEDDER))
+    with pytest.raises(InputError, match="does not exist"):
+        featurize_images(con, ImageFeatureOptions(objects_weights=tmp_path / "nope.pth"))
+
+
+def test_pretrained_weights_from_the_hf_cache(con, tmp_path):
+    """A cache laid out as huggingface_hub leaves it is used offline; fingerprint = the cached file's sha256."""
+    import huggingface_hub.constants
+    from timm.models import get_pretrained_cfg
+
+    repo = get_pretrained_cfg(CLASSIFIER).hf_hub_id  # timm/test_efficientnet.<tag>
+    cache = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text("0" * 40)
+    snapshot = cache / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    model, path = _saved(snapshot, CLASSIFIER, ".safetensors", seed=3)
+    path.rename(snapshot / "model.safetensors")
+    res = featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_explicit=True, aesthetics=EMBEDDER))
+    objects = res.backbones[0]
+    assert objects.weights_source == "cache" and objects.images_run == UNIQUE_OK
+    assert objects.weights_fp == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+    image_path, sha = q(con, "SELECT min(path), sha256 FROM images WHERE status = 'ok' GROUP BY sha256 LIMIT 1")[0]
+    wnids, _ = _expected_top5(model, image_path)
+    assert [r[0] for r in q(con, "SELECT wnid FROM image_classes WHERE sha256 = ? ORDER BY rank", [sha])] == wnids
+
+
+def test_nima_checkpoint_gives_a_score_distribution(con, tmp_path):
+    import timm
+
+    _, path = _saved(tmp_path, EMBEDDER, num_classes=10)
+    res = featurize_images(con, tiny(objects=None, nima_weights=path, random_init=False))
+    aesthetics = next(b for b in res.backbones if b.role == "aesthetics")
+    assert aesthetics.weights_fp == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert aesthetics.images_run == UNIQUE_OK and not aesthetics.random_init
+    assert res.backbones[0].skipped_reason is not None  # the default classifier has no weights here
+    rows = q(con, "SELECT embedding, nima_dist, nima_mean FROM image_embeddings")
+    assert len(rows) == UNIQUE_OK
+    dim = timm.create_model(EMBEDDER).head_hidden_size
+    for emb, dist, mean in rows:
+        assert len(emb) == dim and len(dist) == 10
+        assert sum(dist) == pytest.approx(1, abs=1e-5) and min(dist) > 0
+        assert 1 <= mean <= 10 and mean == pytest.approx(float(np.dot(dist, np.arange(1, 11))), abs=1e-4)
+    with pytest.raises(InputError, match="not both"):
+        featurize_images(con, tiny(nima_weights=path, aesthetics_weights=path))
+
+
+def test_unknown_model_and_bad_options(con):
+    with pytest.raises(InputError, match="timm.list_models"):
+        featurize_images(con, tiny(objects="no_such_model_xyz"))
+    with pytest.raises(InputError, match="--batch-size"):
+        featurize_images(con, tiny(batch_size=0))
+    with pytest.raises(InputError, match="--device"):
+        featurize_images(con, tiny(device="tpu"))
