@@ -56,12 +56,14 @@ class _Bars:
         self.tasks: dict[str, tuple[int, float]] = {}
 
     def __enter__(self):
-        if err.is_terminal:
+        self.live = err.is_terminal
+        if self.live:
             self.bar.start()
         return self
 
     def __exit__(self, *exc):
-        self.bar.stop()
+        if self.live:
+            self.bar.stop()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:

@@ -114,6 +114,8 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
     exports_dir = Path(exports_dir)
     try:
         exports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in exports_dir.glob(".tmp-*"):  # left by an export that was killed before publishing
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = exports_dir / f".tmp-{run.model_id}"
         tmp.mkdir()
     except OSError as err:
@@ -156,6 +158,9 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
         if plots:
             write_plots(tmp, plots)
         final = exports_dir / run.model_id
+        from igcli.store import fault_point
+
+        fault_point("export.before_publish")
         os.replace(tmp, final)
         latest_tmp = exports_dir / ".latest.tmp"
         latest_tmp.write_text(run.model_id + "\n", encoding="utf-8")

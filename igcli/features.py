@@ -140,6 +140,7 @@ def featurize(
         with store.transaction(con):
             source = compute_metadata(con, opts)
             inserted, updated, unchanged = _merge(con, started)
+            store.fault_point("featurize.before_commit")
         choices = dict(con.execute("SELECT snapshot_choice, count(*) FROM pf_new GROUP BY 1").fetchall())
         no_history = con.execute("SELECT count(*) FROM pf_new WHERE no_history").fetchall()[0][0]
         posts = inserted + updated + unchanged

@@ -208,6 +208,7 @@ def compute_quality(
                 con.executemany(_ERROR_INSERT, [[sha, QUALITY_BACKBONE, QUALITY_FP, why, now] for sha, why in errors])
         computed += len(ok)
         failed += len(errors)
+        store.fault_point("quality.after_batch")
         if progress:
             progress(stage, computed + failed, len(pending))
     return computed, failed
@@ -298,6 +299,7 @@ def _write_batch(
         if errors:
             con.executemany(_ERROR_INSERT, [[sha, params["backbone"], params["weights_fp"], why, now]
                                             for sha, why in errors])
+    store.fault_point("backbone.after_batch")
 
 
 # ------------------------------------------------------------------------------ decode + resize

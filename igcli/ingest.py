@@ -98,6 +98,9 @@ def _read_header(path: Path, encoding: str) -> list[str]:
             raise InputError(f"{path} is empty: expected a header line with {', '.join(REQUIRED)}") from None
         except csv.Error as err:
             raise InputError(f"{path}: the header line cannot be read ({err})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{path} is not valid {encoding}: if it is Latin-1 / Windows-1252, pass "
+                             "--encoding latin-1") from None
     return [h.strip().lstrip("\ufeff").strip().lower() for h in header]
 
 

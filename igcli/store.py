@@ -56,7 +56,7 @@ def _translate(err: Exception, path: Path) -> Exception:
             f"cannot write the store {path}: {msg}. Pass --db with a writable path, or use a "
             "read-only command"
         )
-    return StoreError(f"cannot open the store {path}: {msg}")
+    return StoreError(f"cannot open the store {path}: {msg}. Pass --db with a path in a writable folder")
 
 
 def connect(path: Path | str = DEFAULT_DB, read_only: bool = False) -> duckdb.DuckDBPyConnection:

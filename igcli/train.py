@@ -359,6 +359,7 @@ def train(
             res["subsets"], res["timings"], random_init, leaky, family_effects=res["family_effects"],
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
+        store.fault_point("train.before_export")
         if opts.export:
             from igcli.export import export_model
 

@@ -1,0 +1,72 @@
+"""Training and scoring with the image branches: objects from a classifier run by featurize, aesthetics
+embeddings from a (tiny, random-init) MobileNet stand-in; card marking; masking of posts without images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from igcli.errors import FeatureMismatch
+from igcli.export import load_card
+from igcli.features import FeaturizeOptions, featurize
+from igcli.imagefeatures import ImageFeatureOptions
+from igcli.ingest import ingest_posts
+from igcli.score import ScoreOptions, score
+from igcli.train import TrainOptions, train
+
+CLASSIFIER = "test_efficientnet"   # tiny timm models, random weights: the tests need no download
+EMBEDDER = "test_vit"
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict:
+    base = tmp_path_factory.mktemp("images")
+    db = base / "s.duckdb"
+    ingest_posts(sample_dir / "posts.csv", db=db)
+    img = ImageFeatureOptions(objects=CLASSIFIER, aesthetics=EMBEDDER, objects_explicit=True,
+                              aesthetics_explicit=True, random_init=True, batch_size=16, workers=0, device="cpu")
+    featurize(db, FeaturizeOptions(images=img))
+    run = train(db, TrainOptions(branches=("metadata", "objects", "aesthetics"), epochs=40,
+                                 exports_dir=base / "exports"))
+    return {"db": db, "run": run, "exports": base / "exports", "sample": sample_dir, "base": base}
+
+
+def test_card_names_backbones_and_random_init(image_model):
+    card = load_card(Path(image_model["run"].export_dir))
+    assert card["random_init_inputs"] is True and image_model["run"].random_init_inputs
+    assert card["backbones"]["objects"]["backbone"] == CLASSIFIER
+    assert card["backbones"]["aesthetics"]["backbone"] == EMBEDDER
+    assert card["backbones"]["objects"]["weights_fp"] == f"random-init:{CLASSIFIER}:0"
+    assert [i["name"] for i in card["inputs"]] == ["meta", "objects", "objects_mask", "aesthetics",
+                                                   "aesthetics_mask"]
+    assert card["preprocess"]["families"][-1] == "other" and card["preprocess"]["embedding_dim"] > 0
+
+
+def test_scoring_runs_missing_backbones_and_masks_posts_without_image(image_model, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(image_model["db"], db)
+    r = score(image_model["sample"] / "new_posts.csv", db, ScoreOptions(exports_dir=image_model["exports"]))
+    assert r.posts > 0 and r.without_image >= 0
+    # every post without an image is scored with both image branches masked, and counted
+    assert r.masked["objects"] == r.masked["aesthetics"] == r.without_image
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    n = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
+    con.close()
+    assert n == r.posts
+
+
+def test_scoring_with_other_weights_is_a_mismatch(image_model, tmp_path: Path):
+    import timm
+    import torch
+
+    db = tmp_path / "s.duckdb"
+    shutil.copy(image_model["db"], db)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model(CLASSIFIER, pretrained=False).state_dict(), other)
+    with pytest.raises(FeatureMismatch, match="--objects-weights"):
+        score(image_model["sample"] / "new_posts.csv", db,
+              ScoreOptions(exports_dir=image_model["exports"], objects_weights=other))
