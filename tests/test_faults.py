@@ -47,6 +47,11 @@ def ok(*args: str) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def featurize_args(db: Path, sample_dir: Path) -> tuple[str, ...]:
+    return ("featurize", "--db", str(db), "--no-backbones", "--hashtag-ranking",
+            str(sample_dir / "hashtag_ranking.txt"))
+
+
 FEATURES = "SELECT * EXCLUDE (computed_at) FROM post_features ORDER BY post_id"
 QUALITY = "SELECT * EXCLUDE (computed_at) FROM image_quality ORDER BY sha256"
 
@@ -63,7 +68,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ingested: Path, sample_d
     """The uninterrupted featurize, for comparing end states."""
     db = tmp_path_factory.mktemp("reference") / "s.duckdb"
     shutil.copy(ingested, db)
-    ok("featurize", "--db", str(db), "--no-backbones", "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"))
+    ok(*featurize_args(db, sample_dir))
     return db
 
 
@@ -75,7 +80,7 @@ def _copy(src: Path, tmp_path: Path) -> Path:
 
 def test_featurize_killed_before_commit(ingested, reference, sample_dir, tmp_path):
     db = _copy(ingested, tmp_path)
-    args = ("featurize", "--db", str(db), "--no-backbones", "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"))
+    args = featurize_args(db, sample_dir)
     kill_at("featurize.before_commit", *args)
     tables = {r[0] for r in q(db, "SELECT table_name FROM information_schema.tables")}
     assert "post_features" not in tables or q(db, "SELECT count(*) FROM post_features") == [(0,)]
@@ -86,7 +91,7 @@ def test_featurize_killed_before_commit(ingested, reference, sample_dir, tmp_pat
 
 def test_featurize_killed_between_image_batches_resumes(ingested, reference, sample_dir, tmp_path):
     db = _copy(ingested, tmp_path)
-    args = ("featurize", "--db", str(db), "--no-backbones", "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"))
+    args = featurize_args(db, sample_dir)
     kill_at("quality.after_batch", *args)
     done = q(db, "SELECT count(*) FROM image_quality")[0][0]
     total = q(reference, "SELECT count(*) FROM image_quality")[0][0]
