@@ -175,11 +175,11 @@ def featurize(
         help="'post': history strictly before each post (default). 'end': the paper's leaky average over all "
              "the user's posts, for the leak benchmark only; recorded on every row and in model cards.")] = "post",
     objects: Annotated[str | None, typer.Option(
-        help="ImageNet classifier (timm name) for the objects branch [default: inception_resnet_v2, "
+        help="ImageNet classifier (timm name) for the objects branch, or 'none' [default: inception_resnet_v2, "
              "run only when its weights are found].")] = None,
     aesthetics: Annotated[str | None, typer.Option(
-        help="MobileNet backbone (timm name) for the aesthetics embedding [default: run only when its "
-             "weights are found].")] = None,
+        help="MobileNet backbone (timm name) for the aesthetics embedding, or 'none' [default: "
+             "mobilenetv1_100, run only when its weights are found].")] = None,
     objects_weights: Annotated[Path | None, typer.Option(help="Local weights file for the classifier.")] = None,
     aesthetics_weights: Annotated[Path | None, typer.Option(help="Local weights file for the MobileNet.")] = None,
     nima_weights: Annotated[Path | None, typer.Option(help="NIMA checkpoint (MobileNet with a 10-bin head).")] = None,
@@ -205,8 +205,11 @@ def featurize(
     from igcli.features import featurize as run
     from igcli.imagefeatures import ImageFeatureOptions
 
+    roles = tuple(r for r, name in (("objects", objects), ("aesthetics", aesthetics)) if name != "none")
+    objects = None if objects == "none" else objects
+    aesthetics = None if aesthetics == "none" else aesthetics
     img = ImageFeatureOptions(
-        objects=objects, aesthetics=aesthetics, objects_explicit=objects is not None,
+        roles=roles, objects=objects, aesthetics=aesthetics, objects_explicit=objects is not None,
         aesthetics_explicit=aesthetics is not None or aesthetics_weights is not None or nima_weights is not None,
         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights, nima_weights=nima_weights,
         random_init=random_init, device=device, batch_size=batch_size, workers=workers,

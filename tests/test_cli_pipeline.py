@@ -1,0 +1,115 @@
+"""`igcli featurize`, `train` and `score` driven as a user would, including the objects branch fed by
+`ingest-classes` and the seven-combination ablation."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import run_cli
+
+from igcli.families import imagenet_classes
+
+
+def ok(*args: str):
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict:
+    """Ingest + precomputed classes + featurize with a tiny random-init embedder (the CLI's own flags)."""
+    base = tmp_path_factory.mktemp("cli")
+    db = base / "s.duckdb"
+    ok("ingest", str(sample_dir / "posts.csv"), "--db", str(db))
+    con = duckdb.connect(str(db), read_only=True)
+    post_ids = [r[0] for r in con.execute("SELECT post_id FROM posts ORDER BY post_id").fetchall()]
+    con.close()
+    rng = random.Random(0)
+    wnids = [c.wnid for c in imagenet_classes()][:60]  # a few dozen classes, so families repeat
+    lines = ["post_id,rank,wnid,label,prob"]
+    for pid in post_ids:
+        for rank, w in enumerate(rng.sample(wnids, 5), start=1):
+            lines.append(f"{pid},{rank},{w},x,{0.5 / rank:.3f}")
+    (base / "classes.csv").write_text("\n".join(lines) + "\n")
+    r = ok("ingest-classes", str(base / "classes.csv"), "--db", str(db))
+    assert f"for {len(post_ids):,} posts" in r.stdout
+    r = ok("featurize", "--db", str(db), "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"),
+           "--objects", "none", "--aesthetics", "test_vit", "--random-init", "--workers", "0")
+    return {"db": db, "base": base, "sample": sample_dir, "featurize_out": r}
+
+
+def test_featurize_reports_what_it_did(pipeline):
+    r = pipeline["featurize_out"]
+    assert "ranking file" in r.stdout and "aesthetics: test_vit (random init)" in r.stdout
+    assert "objects" not in r.stdout.replace("objects-", "")   # --objects none: no classifier ran
+
+
+def test_backbone_without_weights_is_skipped_with_the_fix(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    r = ok("featurize", "--db", str(db), "--aesthetics", "none")
+    assert "skipped the objects backbone" in r.stderr and "--objects-weights" in r.stderr
+
+
+def test_second_featurize_is_a_no_op(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    r = ok("featurize", "--db", str(db), "--hashtag-ranking", str(pipeline["sample"] / "hashtag_ranking.txt"),
+           "--objects", "none", "--aesthetics", "test_vit", "--random-init", "--workers", "0")
+    assert "0 / 0 / 600" in r.stdout and "0 images on cpu" in r.stdout
+
+
+def test_explicit_backbone_without_weights_fails_in_one_line(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    r = run_cli("featurize", "--db", str(db), "--objects", "inception_resnet_v2")
+    assert r.returncode == 1 and "--objects-weights" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_json_and_objects_from_precomputed_classes(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    r = ok("train", "--db", str(db), "--branches", "metadata,objects", "--exports", str(tmp_path / "ex"),
+           "--epochs", "20", "--json")
+    run = json.loads(r.stdout)
+    assert run["branches"] == ["metadata", "objects"] and run["split"] == "random"
+    assert set(run["baselines"]) == {"constant_train_mean", "user_mean_earlier_posts"}
+    assert run["metrics"]["mae"] > 0 and run["family_effects"]
+    card = json.loads((Path(run["export_dir"]) / "model_card.json").read_text())
+    assert card["backbones"]["objects"]["backbone"] == "precomputed"
+
+
+def test_all_combinations_prints_the_ablation(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    ex = tmp_path / "ex"
+    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8")
+    for label in ("metadata+objects+aesthetics", "objects+aesthetics", "baseline: training mean",
+                  "random-init backbone", "object families"):
+        assert label in r.stdout, label
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchall() == [(7,)]
+    con.close()
+    latest = (ex / "latest").read_text().strip()
+    assert (ex / latest / "ablation.png").stat().st_size > 1000
+
+
+def test_score_cli_json_and_table(pipeline, tmp_path: Path):
+    db = tmp_path / "s.duckdb"
+    shutil.copy(pipeline["db"], db)
+    ex = tmp_path / "ex"
+    ok("train", "--db", str(db), "--branches", "metadata,objects,aesthetics", "--exports", str(ex), "--epochs", "10")
+    # the new posts have no precomputed classes: scored with the objects branch masked, and counted
+    r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
+    summary = json.loads(r.stdout)
+    assert summary["provider"] == "CPUExecutionProvider" and summary["posts"] > 0
+    assert summary["masked"]["objects"] == summary["posts"]
+    assert summary["masked"]["aesthetics"] == summary["without_image"]
+    r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex))
+    assert "onnxruntime provider" in r.stdout and "CPUExecutionProvider" in r.stdout and "examples" in r.stdout
