@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from igcli.errors import InputError, WeightsMissing
+from igcli.util import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,11 +195,7 @@ def file_sha256(path: Path | str, flag: str | None = None) -> str:
     if not path.is_file():
         hint = f": pass an existing file to {flag}" if flag else ""
         raise InputError(f"weights file {path} does not exist{hint}")
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _check_model_name(name: str) -> None:

@@ -20,20 +20,13 @@ import numpy as np
 
 from igcli import __version__
 from igcli.errors import ModelError
+from igcli.util import sha256_file
 
 OPSET = 17
 PARITY_BATCHES = (1, 7, 1024)
 RTOL, ATOL = 1e-4, 1e-5
 CARD = "model_card.json"
 ONNX = "model.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def card_digest(card: dict) -> str:

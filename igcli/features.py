@@ -61,12 +61,12 @@ class FeaturizeResult:
 
 def load_ranking(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """Store a hashtag ranking file (idempotent per content); returns its id (the file's sha256)."""
-    from igcli.ingest import file_sha256
+    from igcli.util import sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such hashtag ranking file: {path}")
-    ranking_id = file_sha256(path)
+    ranking_id = sha256_file(path)
     if con.execute("SELECT count(*) FROM hashtag_rankings WHERE ranking_id = ?", [ranking_id]).fetchall()[0][0]:
         return ranking_id
     tags, seen = [], set()

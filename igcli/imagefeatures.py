@@ -43,6 +43,7 @@ from igcli.backbones import (
     resolve_weights,
 )
 from igcli.errors import FeatureMismatch, InputError, WeightsMissing
+from igcli.util import sha256_file
 
 QUALITY_BATCH = 256
 QUALITY_BACKBONE = "quality"     # image_feature_errors.backbone for the weight-free features
@@ -219,14 +220,11 @@ CHANGED = "the file changed since it was ingested: run igcli ingest again"
 
 def content_changed(path: str, sha256: str) -> str | None:
     """Why the file at ``path`` can no longer stand for the ingested content ``sha256``, or None."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        digest = sha256_file(path)
     except OSError as err:
         return f"cannot read image file: {err.strerror or err}"
-    return None if h.hexdigest() == sha256 else CHANGED
+    return None if digest == sha256 else CHANGED
 
 
 # -------------------------------------------------------------------------------- backbones

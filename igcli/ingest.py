@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import pyarrow as pa
 from igcli import store
 from igcli.errors import InputError
 from igcli.images import ImageProbe, probe_many, resolve_image
+from igcli.util import sha256_file
 
 REQUIRED = ("post_id", "username", "posted_at")
 COLUMNS = (
@@ -64,14 +64,6 @@ class IngestResult:
     @property
     def rows_per_s(self) -> float:
         return self.rows_read / self.seconds if self.seconds else 0.0
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- CSV
@@ -318,7 +310,7 @@ def ingest_posts(
             if col not in present:
                 con.execute(f"ALTER TABLE raw ADD COLUMN {col} VARCHAR")  # our constant names only
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
-        sha = file_sha256(source)
+        sha = sha256_file(source)
         with store.transaction(con):
             store.run_block(con, "ingest", "stage", {"now": now, **flags})
             _image_keys(con, images_dir, progress)
@@ -407,7 +399,7 @@ def ingest_classes(
         raise InputError(f"{source} lacks column(s) {', '.join(missing)} (expected post_id, rank, wnid, prob)")
     own = con is None
     con = con or store.connect(db)
-    sha = file_sha256(source)
+    sha = sha256_file(source)
     try:
         try:
             con.execute(
