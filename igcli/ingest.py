@@ -114,26 +114,6 @@ def _map_columns(path: Path, header: list[str]) -> tuple[list[str], list[str]]:
     return names, [h or f"(unnamed column {i + 1})" for i, h in enumerate(header) if h not in COLUMNS]
 
 
-def _physical_lines(data_newlines: np.ndarray, reject_records: list[tuple[int, int]]) -> np.ndarray:
-    """Physical start line of each good row.
-
-    ``data_newlines[i]``: newlines inside good row i's fields. ``reject_records``: (DuckDB record
-    number, physical lines spanned) of each rejected record; DuckDB numbers records from 1 with the
-    header as record 1.
-    """
-    n = len(data_newlines)
-    spans = 1 + data_newlines.astype(np.int64)
-    lines = 2 + np.concatenate([[0], np.cumsum(spans)[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    if reject_records and n:
-        recs = sorted(reject_records)
-        # good rows before reject m = record_m - 2 - m; rows at or after that index shift by its span
-        first_after = np.array([r - 2 - m for m, (r, _) in enumerate(recs)])
-        shift = np.cumsum([s for _, s in recs])
-        k = np.searchsorted(first_after, np.arange(n), side="right")
-        lines = lines + np.where(k > 0, shift[np.maximum(k - 1, 0)], 0)
-    return lines
-
-
 def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
     enc = _detect_encoding(path, encoding)
     header = _read_header(path, enc)
@@ -160,37 +140,32 @@ def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
         line = path.read_bytes().count(b"\n", 0, bad_encoding[0][1] or 0) + 1
         raise InputError(f"{path} is not valid {enc} (first bad bytes on line {line}): if it is Latin-1 / "
                          "Windows-1252, pass --encoding latin-1")
-    # Embedded newlines shift the physical lines of the rows after them; only rows holding one are counted.
+    # Embedded newlines shift the physical lines of the rows after them; only rows holding one are listed.
     joined = "concat_ws('', " + ", ".join(names) + ")"  # column names are ours (COLUMNS or extra_<i>)
-    n_rows = con.execute("SELECT count(*) FROM raw_in").fetchall()[0][0]
-    newlines = np.zeros(n_rows, dtype=np.int64)
     multi = con.execute(
         f"SELECT rowid, length({joined}) - length(replace({joined}, chr(10), '')) FROM raw_in "
-        f"WHERE strpos({joined}, chr(10)) > 0"
+        f"WHERE strpos({joined}, chr(10)) > 0 ORDER BY rowid"
     ).fetchall()
-    if multi:
-        idx, counts = zip(*multi, strict=True)
-        newlines[list(idx)] = counts
     csv_rejects: list[tuple[int, str | None, str]] = []
-    records: list[tuple[int, int]] = []
+    shifts: dict[int, int] = {}
     if rejected:
         raw_bytes = path.read_bytes()
-        for rec, byte_pos, etype, found, csv_line in rejected:
+        total = 0
+        for m, (rec, byte_pos, etype, found, csv_line) in enumerate(rejected):
             line = raw_bytes.count(b"\n", 0, byte_pos or 0) + 1
-            span = 1 + (csv_line or "").rstrip("\r\n").count("\n")
-            records.append((rec, span))
+            total += 1 + (csv_line or "").rstrip("\r\n").count("\n")
+            # DuckDB numbers records from 1 with the header as record 1: `rec - 2 - m` good rows precede
+            # this reject, so rows from that index on start `total` lines further down
+            shifts[rec - 2 - m] = total
             reason = _CSV_ERRORS.get(etype, f"malformed CSV row ({etype.lower()})")
             if etype in ("TOO MANY COLUMNS", "MISSING COLUMNS") and found:
                 reason += f" (expected {len(names)}, found {found})"
             csv_rejects.append((line, None, reason))
-    lines = _physical_lines(np.asarray(newlines, dtype=np.int64), records)
-    con.register("igc_line_map", pa.table({"rownum": np.arange(len(lines)), "line": lines}))
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE raw_in2 AS SELECT l.rownum, l.line, r.* "
-        "FROM (SELECT rowid AS rid, * FROM raw_in) r JOIN igc_line_map l ON l.rownum = r.rid"
+    line_info = (
+        [r for r, _ in multi], np.cumsum([n for _, n in multi], dtype=np.int64).tolist(),
+        list(shifts), list(shifts.values()),
     )
-    con.unregister("igc_line_map")
-    return names, ignored, csv_rejects
+    return names, ignored, csv_rejects, line_info
 
 
 # ------------------------------------------------------------------------------------------ Parquet
@@ -217,13 +192,39 @@ def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path):
                 "write it as a string, number or timestamp"
             ) from None
     kept = [n for n in names if not n.startswith("extra_")]
-    n = table.num_rows
-    arrow = pa.table([pa.array(np.arange(n)), pa.array(np.arange(1, n + 1))] + cols,
-                     names=["rownum", "line", *kept])
-    con.register("igc_parquet", arrow)
-    con.execute("CREATE OR REPLACE TEMP TABLE raw_in2 AS SELECT * FROM igc_parquet")
+    con.register("igc_parquet", pa.table(cols, names=kept))
+    con.execute("CREATE OR REPLACE TEMP TABLE raw_in AS SELECT * FROM igc_parquet")
     con.unregister("igc_parquet")
-    return kept, ignored, []
+    return kept, ignored, [], None
+
+
+def _build_raw(con: duckdb.DuckDBPyConnection, present: set[str], line_info) -> None:
+    """``raw``: the canonical columns (absent ones NULL), file order ``rownum`` and physical ``line``.
+
+    CSV: line = 2 + row index + newlines inside earlier rows + lines of earlier rejected records.
+    Parquet (``line_info`` None): line is the 1-based row number.
+    """
+    n = con.execute("SELECT count(*) FROM raw_in").fetchall()[0][0]
+    idx = np.arange(n, dtype=np.int64)
+    if line_info is None:
+        lines = idx + 1
+    else:
+        multi_rows, multi_cum, shift_rows, shift_lines = (np.asarray(x, dtype=np.int64) for x in line_info)
+        lines = idx + 2
+        if len(multi_rows):  # newlines inside rows strictly before each row
+            k = np.searchsorted(multi_rows, idx, side="left")
+            lines += np.where(k > 0, multi_cum[np.maximum(k - 1, 0)], 0)
+        if len(shift_rows):  # lines of rejected records before each row
+            k = np.searchsorted(shift_rows, idx, side="right")
+            lines += np.where(k > 0, shift_lines[np.maximum(k - 1, 0)], 0)
+    con.register("igc_lines", pa.table({"rownum": idx, "line": lines}))
+    cols = ", ".join(f"r.{c}" if c in present else f"NULL::VARCHAR AS {c}" for c in COLUMNS)  # our constants
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE raw AS SELECT l.rownum, l.line, {cols} "
+                    "FROM raw_in r POSITIONAL JOIN igc_lines l")
+    finally:
+        con.unregister("igc_lines")
+    con.execute("DROP TABLE raw_in")
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -300,15 +301,12 @@ def ingest_posts(
     try:
         store.run_block(con, "ingest", "macros")
         if source.suffix.lower() in (".parquet", ".pq"):
-            names, ignored, csv_rejects = _load_parquet(con, source)
+            names, ignored, csv_rejects, line_info = _load_parquet(con, source)
         else:
-            names, ignored, csv_rejects = _load_csv(con, source, encoding)
+            names, ignored, csv_rejects, line_info = _load_csv(con, source, encoding)
         result.ignored_columns = ignored
         present = set(names)
-        con.execute("CREATE OR REPLACE TEMP TABLE raw AS SELECT * FROM raw_in2")
-        for col in COLUMNS:
-            if col not in present:
-                con.execute(f"ALTER TABLE raw ADD COLUMN {col} VARCHAR")  # our constant names only
+        _build_raw(con, present, line_info)
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
         sha = sha256_file(source)
         with store.transaction(con):
