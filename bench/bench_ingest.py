@@ -21,8 +21,12 @@ CHILD = """
 import sys, time
 from igcli.ingest import ingest_posts
 r = ingest_posts(sys.argv[1], db=sys.argv[2])
-print(r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, r.seconds)
+print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, r.seconds)
 """
+
+
+def _result(out: str) -> list[str]:
+    return next(line.split()[1:] for line in out.splitlines() if line.startswith("RESULT "))
 
 
 def main() -> None:
@@ -47,12 +51,13 @@ def main() -> None:
         for i in range(a.repeats):
             db = tmp / f"s{i}.duckdb"
             secs, rss, out = run_child(["-c", CHILD, str(csv), str(db)])
-            n, loaded, _, _, rejected, inner = out.split()
+            n, loaded, _, _, rejected, inner = _result(out)
             assert int(loaded) == a.rows and int(rejected) == 0, out
             first.append((float(inner), secs, rss))
             secs2, rss2, out2 = run_child(["-c", CHILD, str(csv), str(db)])
-            assert int(out2.split()[3]) == a.rows, out2
-            again.append((float(out2.split()[5]), secs2, rss2))
+            res2 = _result(out2)
+            assert int(res2[3]) == a.rows, out2
+            again.append((float(res2[5]), secs2, rss2))
         header = ["run", "rows", "CSV MiB", "ingest s (median)", "rows/s", "process s", "peak RSS MiB"]
         rows = []
         for label, runs in (("first load", first), ("same file again (no-op)", again)):

@@ -307,6 +307,8 @@ def ingest_posts(
         result.ignored_columns = ignored
         present = set(names)
         _build_raw(con, present, line_info)
+        # Every later step carries rownum / line explicitly, so DuckDB may write in parallel, out of order.
+        con.execute("SET preserve_insertion_order = false")
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
         sha = sha256_file(source)
         with store.transaction(con):
@@ -360,6 +362,7 @@ def ingest_posts(
                 result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM plan").fetchall()]
             store.fault_point("ingest.before_commit")
     finally:
+        con.execute("RESET preserve_insertion_order")
         if own:
             con.close()
     result.seconds = time.perf_counter() - t0

@@ -71,6 +71,7 @@ def connect(path: Path | str = DEFAULT_DB, read_only: bool = False) -> duckdb.Du
     except (duckdb.IOException, duckdb.Error) as err:
         raise _translate(err, path) from err
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # DuckDB's own bar would write into our stdout
     if not read_only:
         try:
             _migrate(con)
