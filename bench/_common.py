@@ -19,23 +19,25 @@ DEV_DATA = Path(os.environ.get("IGCLI_DEV_DATA", REPO.parent / "shared" / "data"
 
 
 def run_child(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
-    """Run ``python args...``; returns (wall seconds, peak RSS in MiB, stdout). Raises on failure."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})}, cwd=cwd, text=True)
-    out, err = proc.communicate()
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
-    seconds = time.perf_counter() - t0
+    """Run ``python args...``; returns (wall seconds, peak RSS of that child in MiB, stdout). Raises on failure.
+
+    Output goes to temporary files and the child is reaped with ``os.wait4``, whose rusage is the child's own.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err,
+                                env={**os.environ, **(env or {})}, cwd=cwd, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{err[-2000:]}")
-    rss = usage.ru_maxrss / 1024 if usage else _children_maxrss()
-    return seconds, rss, out
-
-
-def _children_maxrss() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, stdout
 
 
 def median(xs: list[float]) -> float:

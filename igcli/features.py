@@ -83,8 +83,9 @@ def load_ranking(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     return ranking_id
 
 
-def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> str:
-    """Fill the temp table ``pf_new`` with every post's metadata features; returns the hashtag source."""
+def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, users: list[str] | None = None) -> str:
+    """Fill the temp table ``pf_new`` with the metadata features of every post of ``users`` (all users when
+    None); returns the hashtag source."""
     if opts.user_stats_as_of not in ("post", "end"):
         raise InputError("--user-stats-as-of takes 'post' (point in time) or 'end' (the paper's leak)")
     if not opts.half_life_days > 0:
@@ -93,7 +94,10 @@ def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> 
     if opts.hashtag_ranking is not None:
         ranking_id = load_ranking(con, opts.hashtag_ranking)
     leaky = opts.user_stats_as_of == "end"
-    store.run_block(con, "features", "base")
+    con.register("igc_users", pa.table({"username": pa.array(users or [], pa.string())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE pf_users AS SELECT DISTINCT username FROM igc_users")
+    con.unregister("igc_users")
+    store.run_block(con, "features", "base", {"all_users": users is None})
     store.run_block(con, "features", "history", {"half_life_days": opts.half_life_days})
     store.run_block(con, "features", "snapshots")
     if ranking_id:

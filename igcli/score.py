@@ -110,8 +110,9 @@ def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
-def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict) -> None:
-    """Metadata features of every post with the card's parameters, into the temp table ``pf_new``."""
+def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, users: list[str]) -> None:
+    """Metadata features of the scored users' posts with the card's parameters, into the temp table
+    ``pf_new`` (``post_features`` is left as featurize made it)."""
     from igcli.features import FeaturizeOptions, compute_metadata
 
     params = card["feature_params"]
@@ -126,7 +127,8 @@ def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict) -> None:
         if not known[0][0]:
             raise FeatureMismatch("the model's hashtag ranking is not in this store: run `igcli featurize "
                                   "--hashtag-ranking FILE` with the file it was trained with")
-    compute_metadata(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])))
+    compute_metadata(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])),
+                     users=users)
 
 
 def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> None:
@@ -174,15 +176,21 @@ def score(
     providers = session.get_providers()
     con = store.connect(db)
     try:
+        t_ing = time.perf_counter()
+        timings["model_load_s"] = t_ing - t0
         ing = ingest_posts(posts, con=con, images_dir=opts.images_dir, keep_ids=True, progress=progress)
         ids = ing.post_ids
-        timings["ingest_s"] = time.perf_counter() - t0
+        timings["ingest_s"] = time.perf_counter() - t_ing
         if not ids:
             raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
         t1 = time.perf_counter()
         _ensure_image_features(con, card, opts, progress)
         with store.transaction(con):
-            _features_for_card(con, card)
+            con.register("igc_batch", pa.table({"post_id": pa.array(ids, pa.string())}))
+            users = [r[0] for r in con.execute(
+                "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM igc_batch)").fetchall()]
+            con.unregister("igc_batch")
+            _features_for_card(con, card, users)
             frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
                                features_table="pf_new")
         timings["features_s"] = time.perf_counter() - t1

@@ -197,3 +197,21 @@ def test_matches_brute_force_on_random_histories(tmp_path: Path, db: Path):
             assert got["hist_last5"] == pytest.approx(sum(vals[-5:]) / len(vals[-5:])), pid
         else:
             assert got["hist_mean"] is None and got["no_history"], pid
+
+
+def test_features_for_some_users_equal_the_full_computation(tmp_path: Path, db: Path):
+    """score computes only the scored users' features: they must equal what a full featurize gives."""
+    from igcli import store
+    from igcli.features import compute_metadata
+
+    load(tmp_path, db, [r.replace(",,,", ",#x #y,,") for r in HISTORY] + ["z1,zed,2020-01-03,,#x,,3,1,1,1,"])
+    con = store.connect(db)
+    compute_metadata(con, meta_only())
+    full = {r[0]: r for r in con.execute("SELECT * FROM pf_new WHERE username = 'ann'").fetchall()}
+    compute_metadata(con, meta_only(), users=["ann"])
+    part = {r[0]: r for r in con.execute("SELECT * FROM pf_new").fetchall()}
+    weight = con.execute("SELECT hashtag_weight FROM pf_new WHERE post_id = 'a5'").fetchall()[0][0]
+    con.close()
+    assert part == full and len(part) == 5
+    # #x: a1, a2, a3, a4 and zed's z1 came before a5; #y: a1 to a4. zed's post counts though zed is not computed
+    assert weight == pytest.approx(math.log(6) + math.log(5))
