@@ -204,7 +204,7 @@ def test_features_for_some_users_equal_the_full_computation(tmp_path: Path, db: 
     from igcli import store
     from igcli.features import compute_metadata
 
-    load(tmp_path, db, [r.replace(",,,", ",#x #y,,") for r in HISTORY] + ["z1,zed,2020-01-03,,#x,,3,1,1,1,"])
+    load(tmp_path, db, [r.replace(",,,,", ",,#x #y,,") for r in HISTORY] + ["z1,zed,2020-01-03,,#x,,3,1,1,1,"])
     con = store.connect(db)
     compute_metadata(con, meta_only())
     full = {r[0]: r for r in con.execute("SELECT * FROM pf_new WHERE username = 'ann'").fetchall()}
