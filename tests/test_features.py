@@ -213,5 +213,6 @@ def test_features_for_some_users_equal_the_full_computation(tmp_path: Path, db: 
     weight = con.execute("SELECT hashtag_weight FROM pf_new WHERE post_id = 'a5'").fetchall()[0][0]
     con.close()
     assert part == full and len(part) == 5
-    # #x: a1, a2, a3, a4 and zed's z1 came before a5; #y: a1 to a4. zed's post counts though zed is not computed
-    assert weight == pytest.approx(math.log(6) + math.log(5))
+    # before a5: #x in a1-a4, bob's b1 and zed's z1; #y in a1-a4 and b1. Other users' posts count, though
+    # only ann's features were computed
+    assert weight == pytest.approx(math.log(7) + math.log(6))
