@@ -1,0 +1,212 @@
+"""Scoring throughput: 100,000 new posts whose features are already stored, scored end to end.
+
+    .venv/bin/python bench/bench_score.py [--posts 100000] [--history 200000] [--users 10000] [--epochs 30]
+                                          [--repeats 3] [--json out.json]
+
+Setup (untimed, printed): a generated sample of ``--history`` posts plus ``--posts`` later ones with likes
+blank, image columns blanked (no files: the tabular path is measured, images are bench_featurize's); the
+history is ingested and featurized and a metadata model is trained (``--epochs``) and exported; then the new
+posts are ingested and featurized once, so each timed run finds them in the store (its ingest reports every
+row unchanged, which is checked).
+
+Timed: ``igcli.score.score`` on the new-posts CSV, each run in a fresh child process (median of
+``--repeats``; peak RSS is the child's own ``ru_maxrss``), with the split from ``ScoreResult.timings``.
+Then the model alone on the same input batch (``Preprocessor.transform`` of the new posts): the torch model
+in eager mode (``igcli.train.predict``) against its ONNX export in onnxruntime (``igcli.score.make_session``
++ ``run_session``, CPUExecutionProvider), median of ``--repeats`` after a warm-up, and their max |diff|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median, print_table, run_child, write_json  # noqa: E402
+
+CHILD = """
+import json, resource, sys
+from pathlib import Path
+from igcli.score import ScoreOptions, score
+r = score(sys.argv[1], sys.argv[2], ScoreOptions(exports_dir=Path(sys.argv[3])))
+print(json.dumps({"posts": r.posts, "seconds": r.seconds, "timings": r.timings, "provider": r.provider,
+                  "rejected": r.rejected, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _blank_images(src: Path, dst: Path, blank_likes: bool = False) -> None:
+    """Copy a generated CSV with ``image`` (and optionally ``likes``) set to NULL."""
+    import duckdb
+
+    replace = "NULL AS image" + (", NULL AS likes" if blank_likes else "")
+    # bench-local temp paths, not user values
+    duckdb.sql(f"COPY (SELECT * REPLACE ({replace}) FROM read_csv('{src}', all_varchar = true)) "
+               f"TO '{dst}' (HEADER)")
+
+
+def setup(tmp: Path, a: argparse.Namespace, log: list[str]) -> tuple[Path, Path, Path, list[str]]:
+    """Store with history + trained model + the new posts already featurized; returns (csv, db, exports, ids)."""
+    from igcli.features import FeaturizeOptions, featurize
+    from igcli.imagefeatures import ImageFeatureOptions
+    from igcli.ingest import ingest_posts
+    from igcli.sample import generate_sample
+    from igcli.train import TrainOptions, train
+
+    def step(label: str, t0: float) -> None:
+        log.append(f"{label} {time.perf_counter() - t0:.1f} s")
+        print(f"  setup: {log[-1]}", flush=True)
+
+    t0 = time.perf_counter()
+    generate_sample(tmp / "gen", posts=a.history, users=a.users, seed=1, images=False, new_posts=a.posts)
+    hist, new = tmp / "history.csv", tmp / "new_posts.csv"
+    _blank_images(tmp / "gen" / "posts.csv", hist)
+    _blank_images(tmp / "gen" / "new_posts.csv", new, blank_likes=True)
+    step(f"generate {a.history:,} + {a.posts:,} posts", t0)
+    db, exports = tmp / "store.duckdb", tmp / "exports"
+    feat = FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True))
+    t0 = time.perf_counter()
+    r = ingest_posts(hist, db=db)
+    assert r.loaded == a.history and not r.rejected, r
+    step("ingest history", t0)
+    t0 = time.perf_counter()
+    featurize(db, feat)
+    step("featurize history", t0)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batches of 512 rows: on a shared machine, one thread trains several times faster
+    t0 = time.perf_counter()
+    try:
+        run = train(db, TrainOptions(branches=("metadata",), epochs=a.epochs, exports_dir=exports, plots=False))
+    finally:
+        torch.set_num_threads(threads)
+    step(f"train + export ({int(run.timings['epochs'])} epochs, 1 torch thread, test MAE {run.metrics['mae']:.3f})",
+         t0)
+    t0 = time.perf_counter()
+    r = ingest_posts(new, db=db, keep_ids=True)
+    assert r.loaded == a.posts and not r.rejected, r
+    ids = r.post_ids
+    step("ingest new posts once", t0)
+    t0 = time.perf_counter()
+    featurize(db, feat)
+    step("featurize new posts once", t0)
+    return new, db, exports, ids
+
+
+def model_only(db: Path, ids: list[str], tmp: Path, a: argparse.Namespace) -> dict:
+    """Torch eager vs onnxruntime on the same ``Preprocessor.transform`` batch of the new posts."""
+    import numpy as np
+    import torch
+
+    from igcli import store
+    from igcli.export import onnx_export
+    from igcli.preprocess import load_frame
+    from igcli.score import make_session, run_session
+    from igcli.train import TrainOptions, predict, train_on_frame
+
+    con = store.connect(db)
+    try:
+        everything = load_frame(con)  # the new posts have no likes: train_on_frame leaves them out
+        # One epoch is enough here: the speed of these dense layers and the parity do not depend on the weights.
+        model, pre, _, _ = train_on_frame(everything, TrainOptions(branches=("metadata",), epochs=1))
+        inputs = pre.transform(load_frame(con, ids))   # {"meta": (N, n_meta)}
+    finally:
+        con.close()
+    path = tmp / "model_only.onnx"
+    onnx_export(model, path)
+    session = make_session(path, "cpu")
+    n = len(inputs["meta"])
+
+    def timed(fn) -> tuple[float, np.ndarray]:
+        fn({k: v[:1024] for k, v in inputs.items()})  # warm-up: kernel selection, weight packing
+        times, out = [], None
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            out = fn(inputs)
+            times.append(time.perf_counter() - t0)
+        return median(times), out
+
+    ort_s, got = timed(lambda x: run_session(session, x))
+    torch_s, want = timed(lambda x: predict(model, x))
+    return {"rows": n, "n_meta": inputs["meta"].shape[1], "ort_s": ort_s, "torch_s": torch_s,
+            "diff": float(np.max(np.abs(got - want))), "torch_threads": torch.get_num_threads(),
+            "ort_threads": session.get_session_options().intra_op_num_threads,
+            "provider": session.get_providers()[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--posts", type=int, default=100_000, help="new posts to score")
+    ap.add_argument("--history", type=int, default=200_000, help="posts already in the store (with likes)")
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--epochs", type=int, default=30, help="training epochs of the model that scores")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    import duckdb
+
+    log: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="igcli-bench-score-") as tmp:
+        tmp = Path(tmp)
+        csv, db, exports, ids = setup(tmp, a, log)
+        runs = []
+        for i in range(a.repeats):
+            secs, _, out = run_child(["-c", CHILD, str(csv), str(db), str(exports)])
+            r = json.loads(out.strip().splitlines()[-1])
+            assert r["posts"] == a.posts and not r["rejected"], r
+            runs.append((secs, r))
+            print(f"  score run {i + 1}: {r['seconds']:.2f} s in score(), {secs:.2f} s process", flush=True)
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            counts = con.execute("SELECT loaded, updated, unchanged FROM ingests WHERE source_file = ? "
+                                 "ORDER BY started_at", [str(csv.resolve())]).fetchall()
+        finally:
+            con.close()
+        assert len(counts) == a.repeats + 1 and all(c == (0, 0, a.posts) for c in counts[1:]), counts
+        m = model_only(db, ids, tmp, a)
+
+    inner = median([r["seconds"] for _, r in runs])
+    parts = {k: median([r["timings"][k] for _, r in runs]) for k in ("ingest_s", "features_s", "onnxruntime_s")}
+    other = median([r["seconds"] - sum(r["timings"].values()) for _, r in runs])
+    rss = max(r["rss"] for _, r in runs)
+
+    def row(label: str, rows: int, s: float, share: bool = True, mem: float | None = None) -> list:
+        return [label, rows, f"{s:.3f}", round(rows / s) if s else "", f"{100 * s / inner:.0f}%" if share else "",
+                round(mem) if mem else ""]
+
+    header = ["measure", "rows", "s (median)", "rows/s", "share of score()", "peak RSS MiB"]
+    rows = [
+        row("score() end to end", a.posts, inner, mem=rss),
+        row("  ingest_s: card + session + ingest (all unchanged)", a.posts, parts["ingest_s"]),
+        row("  features_s: image check + metadata SQL + load", a.posts, parts["features_s"]),
+        row("  onnxruntime_s", a.posts, parts["onnxruntime_s"]),
+        row("  rest: transform + predictions write", a.posts, other),
+        row("child process (python start + imports + score)", a.posts, median([s for s, _ in runs]), share=False),
+        row(f"model only: onnxruntime {m['provider'].replace('ExecutionProvider', '')}", m["rows"], m["ort_s"],
+            share=False),
+        row("model only: torch eager", m["rows"], m["torch_s"], share=False),
+    ]
+    notes = [
+        f"median of {a.repeats} runs, each score() in a fresh child process; store: {a.history:,} history "
+        f"posts of {a.users:,} users + the {a.posts:,} new posts (already ingested and featurized before "
+        f"the timed runs); no image files; provider {runs[0][1]['provider']}",
+        "features_s recomputes the metadata features of every post in the store (history included), not "
+        "only of the scored file's posts",
+        f"model only: the same {m['rows']:,} x {m['n_meta']} input batch (Preprocessor.transform), "
+        f"of a metadata model retrained in-process with train_on_frame (1 epoch) and exported with onnx_export; "
+        f"onnxruntime {m['ort_threads']} threads vs torch {m['torch_threads']} threads, batches of 65,536, "
+        f"median of {a.repeats} after a warm-up; max |onnx - torch| = {m['diff']:.1e} (ln-likes)",
+        "setup (untimed): " + "; ".join(log),
+    ]
+    print_table(f"score, {a.posts:,} new posts with stored features", header, rows)
+    for n_ in notes:
+        print(n_)
+    write_json(a.json, "score", header, rows, notes)
+
+
+if __name__ == "__main__":
+    main()
