@@ -3,16 +3,20 @@
 -- never sees its own likes or any later post. Parameters: $half_life_days, $leaky, $ranking_id, $now.
 
 -- name: base
+-- `pf_users`: the users to compute (empty with $all_users: every user). A user's features only depend on
+-- that user's posts, except the store-frequency hashtag weight, which counts every post (below).
+CREATE OR REPLACE TEMP MACRO igc_tags(h) AS
+    list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
+                                 lambda t: lower(ltrim(t, '#'))));
 CREATE OR REPLACE TEMP TABLE pf_posts AS
 SELECT post_id, username, posted_at, likes,
        CASE WHEN likes > 0 THEN ln(likes) END AS ln_likes,
        coalesce(caption, '') AS caption,
-       list_distinct(list_transform(
-           list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%'),
-           lambda t: lower(ltrim(t, '#')))) AS tags,
+       igc_tags(hashtags) AS tags,
        len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
        len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions
-FROM posts;
+FROM posts
+WHERE $all_users OR username IN (SELECT username FROM pf_users);
 
 -- name: history
 -- Posts with likes, numbered per user in time order; cumulative stats are taken at the last post of
@@ -87,13 +91,17 @@ FROM t JOIN hashtag_rankings r ON r.tag = t.tag AND r.ranking_id = $ranking_id, 
 GROUP BY t.post_id;
 
 -- name: hashtags_store
--- Weight of a tag = ln(1 + number of the store's posts that used it strictly before this post).
+-- Weight of a tag = ln(1 + number of the store's posts, any user, that used it strictly before this post).
 CREATE OR REPLACE TEMP TABLE pf_tagw AS
-WITH t AS (SELECT post_id, posted_at, unnest(tags) AS tag FROM pf_posts),
+WITH wanted AS (SELECT DISTINCT unnest(tags) AS tag FROM pf_posts),
+     t AS (SELECT p.post_id, p.posted_at, u.tag
+           FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
+           WHERE u.tag IN (SELECT tag FROM wanted)),
      c AS (SELECT post_id, count(*) OVER (PARTITION BY tag ORDER BY posted_at
                                          RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
            FROM t)
-SELECT post_id, sum(ln(1 + uses)) AS hashtag_weight FROM c GROUP BY post_id;
+SELECT post_id, sum(ln(1 + uses)) AS hashtag_weight
+FROM c WHERE post_id IN (SELECT post_id FROM pf_posts) GROUP BY post_id;
 
 -- name: assemble
 CREATE OR REPLACE TEMP TABLE pf_new AS
