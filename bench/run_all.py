@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for name in names:
         extra = quick_args(name, scripts[name]) if a.quick else []
+        # e.g. IGCLI_BENCH_ARGS_QUALITY="--store /tmp/q.duckdb" reuses an already featurized store
+        extra += shlex.split(os.environ.get(f"IGCLI_BENCH_ARGS_{name.upper()}", ""))
         print(f"{name}: running {scripts[name].name} {' '.join(extra)}".rstrip(), file=sys.stderr, flush=True)
         o = run_one(name, scripts[name], extra, timeout)
         print(f"{name}: {'ok' if o.ok else 'FAILED (' + o.why + ')'} in {o.seconds:.0f} s", file=sys.stderr,
