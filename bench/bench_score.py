@@ -194,8 +194,8 @@ def main() -> None:
         f"median of {a.repeats} runs, each score() in a fresh child process; store: {a.history:,} history "
         f"posts of {a.users:,} users + the {a.posts:,} new posts (already ingested and featurized before "
         f"the timed runs); no image files; provider {runs[0][1]['provider']}",
-        "features_s recomputes the metadata features of every post in the store (history included), not "
-        "only of the scored file's posts",
+        "features_s recomputes the metadata features of every post of the scored file's users (here every "
+        "user of the store, so all of its posts)",
         f"model only: the same {m['rows']:,} x {m['n_meta']} input batch (Preprocessor.transform), "
         f"of a metadata model retrained in-process with train_on_frame (1 epoch) and exported with onnx_export; "
         f"onnxruntime {m['ort_threads']} threads vs torch {m['torch_threads']} threads, batches of 65,536, "

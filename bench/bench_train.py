@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300, help="cap on epochs (early stopping usually ends first)")
     ap.add_argument("--splits", default="random,user,time")
-    ap.add_argument("--threads", default="default,1",
+    ap.add_argument("--threads", default="default",
                     help="comma-separated torch thread counts to run, 'default' = torch's own choice")
     ap.add_argument("--generated", type=int, default=0, help="use a generated sample of this many posts")
     ap.add_argument("--with-images", action="store_true", help="read the images and compute quality inputs")
@@ -108,7 +108,7 @@ def main() -> None:
                 epochs = median([r["timings"]["epochs"] for r in runs])
                 per_epoch = median([r["timings"]["train_s"] / r["timings"]["epochs"] for r in runs])
                 n = runs[0]["n"]
-                label = f"{runs[0]['threads']}" + (" (torch default)" if not n_threads else "")
+                label = f"{runs[0]['threads']}" + (" (process default; train() fits on 1)" if not n_threads else "")
                 rows.append([split, label, f"{n[0]:,} / {n[1]:,} / {n[2]:,}", f"{epochs:g}", f"{total:.1f}",
                              f"{fit:.1f}", f"{per_epoch:.3f}", f"{median([r['mae'] for r in runs]):.3f}",
                              f"{median([r['first_use'] for r in runs]):.1f}", round(max(r["rss"] for r in runs))])

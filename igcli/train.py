@@ -303,6 +303,9 @@ def train_on_frame(frame, opts: TrainOptions, progress=None, sources: dict | Non
     names = pre.meta_names()
     anchor = names.index("hist_mean") if opts.anchor else None
     history = np.array([n.startswith(("hist_", "days_since_")) for n in names])   # unknown at cold start
+    import torch
+
+    torch.manual_seed(opts.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor,
                         history_columns=history)
     timings["prepare_s"] = time.perf_counter() - t0
