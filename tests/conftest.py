@@ -34,6 +34,17 @@ def dev_data() -> Path:
     return DEV_DATA
 
 
+def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of one query on a store, through a read-only connection closed afterwards."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
     """Run ``python -m igcli`` in a subprocess, as a user would."""
     import subprocess

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import duckdb
 import pytest
+from conftest import query
 from PIL import Image
 
 from igcli.errors import InputError
@@ -17,12 +17,7 @@ HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,f
 GOOD = "g1,ann,2020-01-01,ok,,,10,100,1,1,\n"
 
 
-def q(db: Path, sql: str):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+q = query
 
 
 def rejects(db: Path) -> list[tuple]:

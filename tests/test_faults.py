@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
-from conftest import run_cli
+from conftest import query, run_cli
 
 
 def kill_at(fault: str, *args: str, timeout: float = 240) -> None:
@@ -34,12 +33,7 @@ def kill_at(fault: str, *args: str, timeout: float = 240) -> None:
     assert seen, f"the process never reached {fault}"
 
 
-def q(db: Path, sql: str):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+q = query
 
 
 def ok(*args: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import duckdb
 import pytest
+from conftest import query
 from PIL import Image
 
 from igcli import store
@@ -26,12 +26,7 @@ def jpeg(path: Path, color=(200, 30, 30), size=(16, 16)) -> None:
     Image.new("RGB", size, color).save(path, "JPEG")
 
 
-def q(db: Path, sql: str, params=None):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+q = query
 
 
 NASTY = (
