@@ -63,9 +63,10 @@ class Frame:
         )
 
 
-def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None) -> str:
+def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, features_table: str) -> str:
+    """SQL selecting the wanted post ids: every row of ``features_table``, or the registered ``post_ids``."""
     if post_ids is None:
-        return "SELECT post_id FROM post_features"
+        return f"SELECT post_id FROM {features_table}"  # one of our two table names, checked by the caller
     con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
     return "SELECT post_id FROM igc_ids"
 
@@ -84,7 +85,7 @@ def load_frame(
     """
     if features_table not in ("post_features", "pf_new"):
         raise ValueError(f"unknown features table {features_table!r}")
-    ids_sql = _register_ids(con, post_ids).replace("post_features", features_table)
+    ids_sql = _register_ids(con, post_ids, features_table)
     has_pf = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [features_table]).fetchall()[0][0]
     if not has_pf:

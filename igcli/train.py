@@ -277,7 +277,7 @@ def _labelled(frame) -> tuple[np.ndarray, int]:
     return np.flatnonzero(has_likes & (frame.likes > 0)), zero
 
 
-def train_on_frame(frame, opts: TrainOptions, progress=None, sources: dict | None = None):
+def train_on_frame(frame, opts: TrainOptions, progress=None):
     """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices)."""
     from igcli.families import DEFAULT_FAMILY_DEPTH
     from igcli.model import build_model
@@ -364,7 +364,7 @@ def train(
         sources = _choose_sources(con, opts, branches)
         frame = load_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
-        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress, sources)
+        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress)
         res["timings"]["load_s"] = load_s
         random_init = any(s and s.get("random_init") for s in sources.values())
         leaky = bool(frame.feature_params.get("leaky_user_stats"))
