@@ -387,6 +387,35 @@ def score(
     out.print(ex)
 
 
+# ------------------------------------------------------------------------------------------ report
+
+@app.command()
+def report(
+    db: DbOpt = DEFAULT_DB,
+    model: Annotated[str, typer.Option(
+        help="'latest', a model id under --exports (or recorded in the runs table), or a model directory.")
+    ] = "latest",
+    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    out_file: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page of the store, the model and its last scores (no network, no other file).
+
+    Store: posts, users, likes, rejects, images, backbones. Model: test metrics next to the baselines,
+    predicted vs actual, calibration, error by history, branch combinations, object families. Last scores:
+    the latest batch the model scored, with the posts furthest above and below. Sections without data are
+    left out; with no trained model the page shows the store only.
+
+    [bold]Example:[/] igcli report --db igcli.duckdb --model latest --out report.html
+    """
+    from igcli.report import build_report
+
+    r = build_report(db, model=model, exports_dir=exports, out=out_file)
+    for note in r.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    out.print(f"wrote {r.path} ({r.bytes / 1024:,.0f} KiB: {', '.join(r.sections) or 'no section'})", highlight=False)
+    out.print(r.summary, highlight=False, markup=False, soft_wrap=True)
+
+
 # ------------------------------------------------------------------------------------------ status
 
 @app.command()

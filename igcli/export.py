@@ -1,6 +1,7 @@
 """Export a trained model: ONNX graph + JSON model card (+ plots), checked before it is published.
 
-``exports/<model_id>/`` holds ``model.onnx``, ``model_card.json`` and PNG plots; ``exports/latest`` names
+``exports/<model_id>/`` holds ``model.onnx``, ``model_card.json``, PNG plots and ``test_part.parquet``
+(each test post's actual and predicted ln-likes, as the metrics saw them); ``exports/latest`` names
 the newest model. The directory is written under a temporary name and renamed only after the ONNX checker
 and the torch-vs-onnxruntime parity check pass, so a failed or killed export never leaves a half model.
 """
@@ -164,7 +165,16 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
     return final
 
 
+TEST_PART = "test_part.parquet"
+
+
 def write_plots(out: Path, data: dict) -> None:
+    if "test_part" in data:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = {k: (v.tolist() if v.dtype == object else v) for k, v in data["test_part"].items()}
+        pq.write_table(pa.table(cols), out / TEST_PART)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -250,6 +250,15 @@ def _user_baseline(frame, y_mean: float) -> np.ndarray:
     return np.where(np.isfinite(hist), hist, y_mean)
 
 
+def _test_part(sub, train_idx: np.ndarray, test: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Per test post, exactly the arrays its metrics and baselines were computed from (exported beside the
+    model as test_part.parquet, so `igcli report` can plot them without recomputing anything)."""
+    t = sub.take(test)
+    return {"post_id": t.post_id, "username": t.username, "actual_log_likes": t.ln_likes,
+            "p10": pred[:, 0], "p50": pred[:, 1], "p90": pred[:, 2], "hist_n": t.cols["hist_n"],
+            "baseline_user_mean": _user_baseline(t, float(np.mean(sub.ln_likes[train_idx])))}
+
+
 def _family_effects(model, pre, inputs: dict[str, np.ndarray], rows: np.ndarray, top: int = 8):
     """The paper's Table 2: change of the predicted ln-likes when a post's objects are all one family,
     against no objects, averaged over test posts."""
@@ -381,8 +390,8 @@ def train(
             t2 = time.perf_counter()
             out_dir = export_model(
                 model, pre, run, opts, sources, frame.feature_params, fingerprint, Path(opts.exports_dir),
-                plots={"y_test": sub.ln_likes[test], "pred_test": pred[:, 1], "likes_all": sub.likes}
-                if opts.plots else None,
+                plots={"y_test": sub.ln_likes[test], "pred_test": pred[:, 1], "likes_all": sub.likes,
+                       "test_part": _test_part(sub, train_idx, test, pred)} if opts.plots else None,
             )
             run.export_dir = str(out_dir)
             run.timings["export_s"] = time.perf_counter() - t2
