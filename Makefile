@@ -25,6 +25,7 @@ demo: venv
 	$(BIN)/igcli train --db $(DB) --branches metadata --split random --seed 0
 	$(BIN)/igcli score $(DEMO)/new_posts.csv --db $(DB) --out $(DEMO)/predictions.csv
 	$(BIN)/igcli status --db $(DB)
+	$(BIN)/igcli report --db $(DB) --out $(DEMO)/report.html
 
 # pytest exits 5 when it collects no test: that fails here like any other failure.
 test: venv

@@ -381,3 +381,17 @@ def test_figures_are_valid_pngs(scored, tmp_path: Path):
     for s in pngs:
         im = Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1])))
         assert np.asarray(im.convert("L")).std() > 5      # not a blank canvas
+
+
+def test_random_init_features_are_marked_in_red(scored, tmp_path: Path):
+    html = Path(report(scored["db"], tmp_path, scored["exports"]).path).read_text(encoding="utf-8")
+    assert "data-random-init" not in html and "random init" not in html
+    db = copy_db(scored, tmp_path)
+    con = duckdb.connect(str(db))
+    sha = con.execute("SELECT sha256 FROM images WHERE status = 'ok' LIMIT 1").fetchall()[0][0]
+    con.execute("INSERT INTO image_embeddings VALUES (?, 'test_vit', 'fp-random-1234', TRUE, [0.1, 0.2], NULL, NULL,"
+                " now()::TIMESTAMP)", [sha])
+    con.close()
+    html = Path(report(db, tmp_path, scored["exports"], name="r2.html").path).read_text(encoding="utf-8")
+    row = next(r for r in html.split('data-part="backbones"')[1].split("</tr>") if "test_vit" in r)
+    assert "fp-random-1234" in row and '<span class="bad" data-random-init>random init</span>' in row
