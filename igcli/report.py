@@ -84,7 +84,7 @@ def build_report(
         notes.append(f"model {model_sec['model_id']} has scored nothing in this store yet: run `igcli score`")
     summary = _summary(store_sec, model_sec, scores_sec)
     html = render({"db": str(db), "store": store_sec, "model": model_sec, "scores": scores_sec,
-                   "notes": notes, "summary": summary, "generated_at": store.utcnow().isoformat(timespec="seconds")})
+                   "notes": notes, "summary": summary, "generated_at": f"{store.utcnow():%Y-%m-%d %H:%M:%S}"})
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         tmp.write_text(html, encoding="utf-8")
@@ -308,32 +308,41 @@ def _scores_section(con: duckdb.DuckDBPyConnection, model_id: str) -> dict | Non
     if scored_at is None:
         return None
     columns = {r[0] for r in _rows(con, "predictions_columns")}
-    cur = store.run_block(con, "report", "batch_rows", {"model_id": model_id, "scored_at": scored_at})
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    pred = np.array([r["predicted_likes"] for r in rows], dtype=np.float64)
-    sec = {"scored_at": scored_at, "posts": len(rows), "median": float(np.median(pred)),
+    # a batch can hold millions of rows: numpy over the columns, Python dicts only for the posts shown
+    batch = con.sql(store.sql_blocks("report")["batch_rows"], params={"model_id": model_id, "scored_at": scored_at}
+                    ).to_arrow_table()   # ordered by post_id, so ties below stay in that order
+    pred = _floats(batch, "predicted_likes")
+    sec = {"scored_at": scored_at, "posts": batch.num_rows, "median": float(np.median(pred)),
            "p10": float(np.quantile(pred, 0.1)), "p90": float(np.quantile(pred, 0.9)),
            "pred_figure": _hist_figure(pred, "predicted likes", "posts", log_x=True),
            "vs_usual_figure": None, "has_usual": "usual_likes" in columns}
+    actual = _floats(batch, "actual_likes")
     if "vs_usual" in columns:
-        vs = np.array([r["vs_usual"] for r in rows if r["vs_usual"] is not None], dtype=np.float64)
-        vs = vs[np.isfinite(vs) & (vs > 0)]
-        if len(vs):
-            sec["vs_usual_figure"] = _hist_figure(vs, "predicted / usual likes", "posts", log_x=True, mark=1.0)
-        key, sec["extremes_kind"] = (lambda r: r["vs_usual"]), "usual"
-        ranked = [r for r in rows if r["vs_usual"] is not None]
-    elif any((r["actual_likes"] or 0) > 0 for r in rows):
-        key, sec["extremes_kind"] = (lambda r: r["actual_likes"] / r["predicted_likes"]), "actual"
-        ranked = [r for r in rows if (r["actual_likes"] or 0) > 0]
+        key, sec["extremes_kind"] = _floats(batch, "vs_usual"), "usual"
+        shown = key[np.isfinite(key) & (key > 0)]
+        if len(shown):
+            sec["vs_usual_figure"] = _hist_figure(shown, "predicted / usual likes", "posts", log_x=True, mark=1.0)
+    elif np.any(actual > 0):
+        key, sec["extremes_kind"] = np.where(actual > 0, actual / pred, np.nan), "actual"
     else:
-        key, sec["extremes_kind"] = (lambda r: r["predicted_likes"]), "predicted"
-        ranked = rows
-    ranked = sorted(ranked, key=lambda r: (key(r), r["post_id"]))
+        key, sec["extremes_kind"] = pred, "predicted"
+    idx = np.flatnonzero(np.isfinite(key))
+    ranked = idx[np.argsort(key[idx], kind="stable")]
     n = min(EXTREMES, len(ranked) // 2) if len(ranked) > 1 else len(ranked)
-    sec["above"] = [_post_view(r, key(r)) for r in reversed(ranked[-n:])] if n else []
-    sec["below"] = [_post_view(r, key(r)) for r in ranked[:n]] if len(ranked) > 1 else []
+    sec["above"] = _post_views(batch, ranked[::-1][:n], key)
+    sec["below"] = _post_views(batch, ranked[:n], key) if len(ranked) > 1 else []
     return sec
+
+
+def _floats(table, column: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(table.column(column).cast(pa.float64()), math.nan).to_numpy()
+
+
+def _post_views(batch, rows: np.ndarray, key: np.ndarray) -> list[dict]:
+    return [_post_view(r, float(key[i])) for i, r in zip(rows, batch.take(rows).to_pylist(), strict=True)]
 
 
 def _post_view(r: dict, value: float) -> dict:

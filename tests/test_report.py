@@ -116,6 +116,14 @@ def scored(trained_store, tmp_path_factory) -> dict:
     return {**trained_store, "db": db, "base": base, "score": res}
 
 
+@pytest.fixture(scope="module")
+def full(scored, tmp_path_factory) -> dict:
+    """The report of the scored store, written once for the tests that only read it."""
+    r = report(scored["db"], tmp_path_factory.mktemp("full"), scored["exports"])
+    html = Path(r.path).read_text(encoding="utf-8")
+    return {"result": r, "html": html, "page": Page(html)}
+
+
 def copy_db(scored: dict, tmp_path: Path) -> Path:
     dst = tmp_path / "s.duckdb"
     shutil.copy(scored["db"], dst)
@@ -128,10 +136,8 @@ def report(db: Path, tmp_path: Path, exports: Path | None = None, model: str | N
 
 # ------------------------------------------------------------------------------------------- tests
 
-def test_full_report_has_every_section_with_data(scored, tmp_path: Path):
-    r = report(scored["db"], tmp_path, scored["exports"])
-    html = Path(r.path).read_text(encoding="utf-8")
-    p = Page(html)
+def test_full_report_has_every_section_with_data(scored, full):
+    r, html, p = full["result"], full["html"], full["page"]
     assert p.sections == ["store", "model", "scores"] == r.sections
     assert r.model_id == scored["run"].model_id
     assert {"likes", "posts-per-user", "predicted-vs-actual", "calibration", "history", "predicted-likes"} <= set(
@@ -147,9 +153,8 @@ def test_full_report_has_every_section_with_data(scored, tmp_path: Path):
     assert f"{scored['score'].posts:,} posts at" in r.summary and scored["run"].model_id in r.summary
 
 
-def test_metrics_shown_equal_the_runs_table(scored, tmp_path: Path):
-    r = report(scored["db"], tmp_path, scored["exports"])
-    p = page(r)
+def test_metrics_shown_equal_the_runs_table(scored, full):
+    r, p = full["result"], full["page"]
     metrics, baselines = run_row(scored["db"], r.model_id)
     shown = p.metric("metrics", "model")
     assert set(shown) >= set(metrics)
@@ -194,8 +199,8 @@ def test_exported_test_part_reproduces_the_run_metrics(scored):
     assert math.isclose(base["mae"], baselines["user_mean_earlier_posts"]["mae"], rel_tol=1e-12)
 
 
-def test_history_buckets_cover_every_test_post(scored, tmp_path: Path):
-    html = Path(report(scored["db"], tmp_path, scored["exports"]).path).read_text(encoding="utf-8")
+def test_history_buckets_cover_every_test_post(scored, full):
+    html = full["html"]
     metrics, _ = run_row(scored["db"], scored["run"].model_id)
     part = html.split('data-part="history"')[1].split("</table>")[0]
     counts = [int(n.replace(",", "")) for n in re.findall(r"<tr><td>[^<]+</td><td>([\d,]+)</td>", part)]
@@ -355,13 +360,13 @@ def test_ablation_runs_on_another_split_are_not_mixed_in(ablation, tmp_path: Pat
     assert "ablation" not in page(report(db, tmp_path, ablation["exports"])).parts
 
 
-def test_thumbnails_are_small(scored, tmp_path: Path):
+def test_thumbnails_are_small(full):
     import base64
     import io
 
     from PIL import Image
 
-    p = page(report(scored["db"], tmp_path, scored["exports"]))
+    p = full["page"]
     thumbs = [s for s in p.images if s.startswith("data:image/jpeg")]
     assert thumbs
     for s in thumbs:
@@ -369,13 +374,13 @@ def test_thumbnails_are_small(scored, tmp_path: Path):
         assert max(im.size) <= 72
 
 
-def test_figures_are_valid_pngs(scored, tmp_path: Path):
+def test_figures_are_valid_pngs(full):
     import base64
     import io
 
     from PIL import Image
 
-    p = page(report(scored["db"], tmp_path, scored["exports"]))
+    p = full["page"]
     pngs = [s for s in p.images if s.startswith("data:image/png")]
     assert len(pngs) >= 6
     for s in pngs:
@@ -383,8 +388,8 @@ def test_figures_are_valid_pngs(scored, tmp_path: Path):
         assert np.asarray(im.convert("L")).std() > 5      # not a blank canvas
 
 
-def test_random_init_features_are_marked_in_red(scored, tmp_path: Path):
-    html = Path(report(scored["db"], tmp_path, scored["exports"]).path).read_text(encoding="utf-8")
+def test_random_init_features_are_marked_in_red(scored, full, tmp_path: Path):
+    html = full["html"]
     assert "data-random-init" not in html and "random init" not in html
     db = copy_db(scored, tmp_path)
     con = duckdb.connect(str(db))
