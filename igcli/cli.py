@@ -195,7 +195,8 @@ def featurize(
         help="onnxruntime (exported once per backbone and weights into $IGCLI_CACHE/onnx, default "
              "~/.cache/igcli/onnx) or torch (eager, for comparisons).")] = "onnxruntime",
     quantize: Annotated[str | None, typer.Option(
-        help="int8: onnxruntime dynamic quantization; rows get a weights fingerprint ending in ':int8'.")] = None,
+        help="int8: onnxruntime dynamic quantization. Refused today: it fails the 95% top-5 agreement with fp32 "
+             "on the dev images (BENCHMARKS.md).")] = None,
 ) -> None:
     """Compute point-in-time metadata features and image features for everything that lacks them.
 
@@ -242,6 +243,8 @@ def featurize(
             if b.skipped_reason:
                 continue
             mark = " (random init)" if b.random_init else (" (int8)" if b.weights_fp.endswith(":int8") else "")
+            if b.role == "aesthetics" and not b.nima:
+                mark += " (ImageNet embedding)"
             shared = f", same pass as {'+'.join(b.shared_with)}" if b.shared_with else ""
             if b.device == "-":
                 t.add_row(f"{b.role}: {b.name}{mark}", "nothing pending")

@@ -48,6 +48,11 @@ QUALITY_COLUMNS = (
 )
 
 Progress = Callable[[str, int, int], None]
+# int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with
+# `bench/bench_featurize.py --int8-agreement 10539` (BENCHMARKS.md), onnxruntime dynamic quantization does not.
+INT8_REFUSED = ("--quantize int8 is refused: onnxruntime's dynamic int8 gives the same top-5 classes as fp32 on "
+                "far fewer than the required 95% of the dev images, and runs slower on this CPU "
+                "(bench/bench_featurize.py --int8-agreement; BENCHMARKS.md): leave --quantize out")
 
 
 @dataclass
@@ -67,6 +72,7 @@ class ImageFeatureOptions:
     runtime: str = "onnxruntime"          # onnxruntime | torch (eager; for comparisons)
     quantize: str | None = None           # None (fp32) | "int8": rows fingerprinted <weights_fp>:int8
     threads: int | None = None            # inference threads; None = all cores
+    allow_unverified_int8: bool = False   # tests / benchmarks only: run int8 although it failed the quality bar
     skip_backbones: bool = False          # only the weight-free quality features
     roles: tuple[str, ...] | None = None  # run only these backbone roles (None: every registered role)
     expect_fingerprints: dict[str, str] = field(default_factory=dict)  # role -> weights_fp a model card needs
@@ -87,6 +93,7 @@ class BackboneRun:
     seconds: float = 0.0
     shared_with: list[str] = field(default_factory=list)  # roles served by the same forward pass
     exported: bool = False                # the ONNX file was exported by this run (not found in the cache)
+    nima: bool = False                    # aesthetics from a NIMA checkpoint (else an ImageNet embedding)
 
 
 @dataclass
@@ -107,6 +114,8 @@ def featurize_images(
         raise InputError(f"--workers must be 0 or more, got {options.workers}")
     if options.quantize not in (None, "int8"):
         raise InputError(f"unknown --quantize {options.quantize!r}: use int8 (or leave it out for fp32)")
+    if options.quantize and not options.allow_unverified_int8:
+        raise InputError(INT8_REFUSED)
     result = ImageFeaturesResult()
     # Weights first (cheap: no model is built), so a named backbone without weights fails before any work.
     resolved: list[tuple[BackboneRequest, Weights | None, WeightsMissing | None]] = []
@@ -254,7 +263,7 @@ def run_group(
         params[req.role] = {"random_init": weights.random_init, **keys}
         todo[req.role] = {sha: path for sha, path in con.execute(get_role(req.role).pending_sql, keys).fetchall()}
         runs[req.role] = BackboneRun(req.role, req.name, keys["weights_fp"], weights.random_init,
-                                     weights_source=weights.source, device="-",
+                                     weights_source=weights.source, device="-", nima=weights.nima,
                                      shared_with=[r.role for r, _ in group if r.role != req.role])
     pending = sorted({sha: path for paths in todo.values() for sha, path in paths.items()}.items())
     if progress:

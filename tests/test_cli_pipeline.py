@@ -141,6 +141,7 @@ def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir
     card = json.loads((ex / (ex / "latest").read_text().strip() / "model_card.json").read_text())
     assert card["backbones"]["objects"]["backbone"] == card["backbones"]["aesthetics"]["backbone"] == \
         "efficientnet_lite0"
+    assert card["backbones"]["aesthetics"]["kind"] == "ImageNet embedding"
     r = ok("score", str(sample_dir / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)
     assert summary["posts"] > 0 and summary["masked"]["aesthetics"] == summary["without_image"]
