@@ -22,7 +22,7 @@ test rows:
   included (what a leaky feature store would give: about 0.29 on a random split);
 * the paper's published Table 1 rows (random split, its user features leak the target), read from
   ``paper-tables.md`` beside the dev data, and its Table 2 object families next to the family effects of
-  the Lite0 objects model.
+  the objects-only models (Lite0 classes and the paper's IRv2 classes; ``--families-only`` runs just those).
 
 MAE / MSE are on ln-likes; "±10%" is the share of posts whose predicted likes are within 10% of the true
 likes (the paper's accuracy); p10-p90 coverage is the share of test posts inside the predicted interval.
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-aesthetics", action="store_true", help="skip the aesthetics embeddings: the "
                     "combinations with the aesthetics branch are then skipped")
     ap.add_argument("--data", type=Path, default=DEV_DATA, help="the dev data folder")
+    ap.add_argument("--families-only", action="store_true",
+                    help="only the objects-only models (Lite0 and IRv2 classes) and their family effects")
     ap.add_argument("--json", help="write the rows here for bench/run_all.py")
     a = ap.parse_args(argv)
     splits = [s.strip() for s in a.splits.split(",") if s.strip()]
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         db = a.store or Path(tmp) / "quality.duckdb"
         built = build_store(db, a.data, not a.no_aesthetics, log)
         table1, table2 = paper_tables(a.data.parent / "paper-tables.md")
-        rows, skipped, fit_s, families = evaluate(db, splits, list(range(max(1, a.seeds))), log, table1)
+        rows, skipped, fit_s, families = evaluate(db, splits, list(range(max(1, a.seeds))), log, table1,
+                                                  a.families_only)
     total = time.perf_counter() - t_start
     notes = [
         f"dev data {a.data}; seeds 0..{max(1, a.seeds) - 1}, mean over seeds (MAE ± its standard deviation); "
@@ -269,10 +272,10 @@ def main(argv: list[str] | None = None) -> None:
         "paper rows: #LearnDeeply's Table 1 (paper-tables.md), random split of ~13.6k posts, user features over "
         "all posts (leaky); it reports MAE and MSE only (MAE 0.35 ~ 25% within ±10%)",
     ]
-    if families:
-        ours = ", ".join(f"{f} {e:+.3f}" for f, e in families)
-        notes.append(f"object families, {BACKBONE} objects (metadata+objects+aesthetics, random split, seed 0; change "
-                     f"of predicted ln-likes when a post's objects are all that family): {ours}")
+    for source, effects in families.items():
+        ours = ", ".join(f"{f} {e:+.3f}" for f, e in effects)
+        notes.append(f"object families, objects-only model on {source} classes (random split, seed 0; change of "
+                     f"predicted ln-likes when a post's objects are all that family, top and bottom 8): {ours}")
     if table2:
         notes.append("paper Table 2 (summed weights): " + ", ".join(f"{f} {w:+.3f}" for f, w in table2))
     if built:
@@ -285,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
         print(n)
 
 
-def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | None = None):
+def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | None = None,
+             families_only: bool = False):
     """Every combination, baseline and reference on each split and seed; returns (rows, skipped, fit seconds,
     family effects of the random split's full model)."""
     import torch
@@ -298,7 +302,7 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
     rows: list[Row] = []
     skipped: dict[tuple[str, ...], str] = {}
     fit_s: list[float] = []
-    families: list = []
+    families: dict[str, list] = {}
     con = store.connect(db)
     try:
         avail = available_sources(con)
@@ -320,6 +324,8 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
                 first = None
                 variants = [(combo, BACKBONE, "") for combo in all_combinations()]
                 variants += [(combo, "precomputed", IRV2) for combo in all_combinations() if "objects" in combo]
+                if families_only:
+                    variants = [v for v in variants if v[0] == ("objects",)]
                 for combo, objects_source, suffix in variants:
                     if "aesthetics" in combo and not avail["aesthetics"]:
                         skipped[combo] = "no aesthetics embeddings in the store (--no-aesthetics)"
@@ -339,8 +345,8 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
                     seconds = time.perf_counter() - t0
                     fit_s.append(seconds)
                     name = "+".join(combo) + suffix
-                    if split == "random" and seed == seeds[0] and not suffix and len(combo) == 3:
-                        families = run.family_effects
+                    if split == "random" and seed == seeds[0] and combo == ("objects",):
+                        families["the paper's IRv2" if suffix else BACKBONE] = run.family_effects
                     notes = (["random-init backbone"] if run.random_init_inputs else []) + \
                         (["LEAKY features"] if run.leaky_features else [])
                     add(combos, name, run.metrics, "; ".join(notes), seconds)
@@ -358,6 +364,8 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
                 add(other, "reference: user mean, all train posts", metrics(
                     user_mean_not_pit(sub, keep, te, float(np.mean(sub.ln_likes[keep]))), sub.ln_likes[te]),
                     "no test user in training: the mean" if split == "user" else "NOT PIT: sees later posts")
+                if families_only:
+                    continue
                 for with_objects in (False, True):
                     t0 = time.perf_counter()
                     lgbm = lightgbm_run(sub, tr, va, te, with_objects, seed)
