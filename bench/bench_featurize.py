@@ -1,22 +1,22 @@
-"""Benchmark the image side of ``igcli featurize``: decode + resize, each default backbone in torch eager and
-in onnxruntime, and the whole pipeline end to end.
+"""Benchmark the image side of ``igcli featurize``: decode, torch eager, onnxruntime fp32 / int8, end to end.
 
-    .venv/bin/python bench/bench_featurize.py                       # real dev images, ~2-3 min on 2 cores
-    .venv/bin/python bench/bench_featurize.py --images DIR --n 1000 --n-model 256 --n-big 32 --random-init
+    .venv/bin/python bench/bench_featurize.py                        # lite0 on the dev images, ~3 min on 2 cores
+    .venv/bin/python bench/bench_featurize.py --backbones efficientnet_lite0,mobilenetv1_100 --json out.json
+    .venv/bin/python bench/bench_featurize.py --int8-agreement 10539  # int8 vs fp32 top-5 on every dev image
 
-Rows, per backbone (objects: inception_resnet_v2, aesthetics: mobilenetv1_100):
+Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per backbone:
 
-* decode + resize: the featurize DataLoader (``--workers`` processes, the model's own timm transform), no model;
-* torch eager: the model alone on already decoded batches (channels_last, inference_mode), CPU;
-* onnxruntime: the same model exported with ``torch.onnx.export`` (dynamic batch), CPUExecutionProvider, with
-  the same number of threads as torch, and the max |difference| from torch on the same batch;
-* end to end: ``featurize_images`` on a temporary store (decode in workers overlapping inference, DuckDB writes);
-* GPU rows (eager with bf16 autocast, onnxruntime CUDAExecutionProvider) when CUDA is present.
+* decode + resize: igcli's decode threads (``--workers``) producing the model's uint8 input, no model;
+* torch eager: the model (with the uint8 -> normalised input step) on decoded batches, ``inference_mode``;
+* onnxruntime fp32: the cached ONNX export featurize uses, CPUExecutionProvider, same thread count;
+* onnxruntime int8: its dynamic quantization (``--quantize int8``), when it builds;
+* end to end: ``featurize_images`` on a temporary store (decode overlapped with inference, DuckDB writes),
+  both roles from one forward pass for the packaged backbones.
 
-GFLOP/s = images/s x FLOPs per image, counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image
-(a multiply-add counts as 2 FLOPs). Speed does not depend on the weight values, so without pretrained weights
-(no hub access here) the models are randomly initialised, and the output says so. Throughput is the best of
-``--repeats`` timed passes after a warm-up batch; other processes on the machine make single passes noisy.
+GFLOP/s = images/s x FLOPs per image (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs). The machine's
+fp32 GEMM rate (torch matmul 2048 x 2048, all threads, best of 5) is measured in the same run and printed
+beside, with ``uptime``'s load average: other processes on a shared machine slow every row. Backbones
+without pretrained weights here run random-init (speed does not depend on the values) and say so.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-DEV_IMAGES = REPO.parent / "shared" / "data" / "instagram-dev" / "images"
+from _common import DEV_DATA, write_json  # noqa: E402
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+HEADER = ["stage", "backbone", "runtime", "images", "batch", "images/s", "GFLOP/img", "GFLOP/s", "note"]
 
 
 @dataclass
@@ -47,148 +50,149 @@ class Row:
     gflop_per_image: float | None = None
     note: str = ""
 
-    @property
-    def gflop_per_s(self) -> float | None:
-        return None if self.gflop_per_image is None else self.images_per_s * self.gflop_per_image
+    def cells(self) -> list:
+        gf = None if self.gflop_per_image is None else round(self.images_per_s * self.gflop_per_image, 1)
+        return [self.stage, self.backbone, self.runtime, self.images, self.batch, round(self.images_per_s, 1),
+                None if self.gflop_per_image is None else round(self.gflop_per_image, 3), gf, self.note]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=Path, default=DEV_IMAGES, help="folder of images (default: the dev data)")
-    p.add_argument("--n", type=int, default=1000, help="images for the decode + resize rows")
-    p.add_argument("--n-model", type=int, default=256, help="images for the MobileNet rows")
-    p.add_argument("--n-big", type=int, default=32, help="images for the inception_resnet_v2 rows")
-    p.add_argument("--batch", type=int, default=32, help="batch size")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for decode + resize")
-    p.add_argument("--repeats", type=int, default=2, help="timed passes per row; the best is reported")
-    p.add_argument("--random-init", action="store_true", help="random weights even if pretrained ones are cached")
-    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime rows")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end featurize rows")
+    p.add_argument("--images", type=Path, default=DEV_DATA / "images", help="folder of images")
+    p.add_argument("--backbones", default="efficientnet_lite0", help="comma-separated backbone names")
+    p.add_argument("--n", type=int, default=512, help="images for the decode rows")
+    p.add_argument("--n-model", type=int, default=256, help="images for the model and end-to-end rows")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="decode threads")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="inference threads (torch and ORT)")
+    p.add_argument("--repeats", type=int, default=2, help="timed passes per model row; the best is reported")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 rows")
+    p.add_argument("--int8-agreement", type=int, default=0,
+                   help="also measure int8 vs fp32 top-5 agreement on this many images (first backbone)")
+    p.add_argument("--json", help="write the rows as JSON for bench/run_all.py")
     args = p.parse_args(argv)
 
+    images = sorted(str(f) for f in args.images.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+    if not images:
+        raise SystemExit(f"no images in {args.images}: set IGCLI_DEV_DATA or pass --images DIR")
     import torch
 
-    from igcli.backbones import ROLES
-
+    torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    gemm = gemm_gflops()
+    load = os.getloadavg()
+    rows: list[Row] = []
+    notes = [f"fp32 GEMM (torch matmul 2048x2048, {torch.get_num_threads()} threads): {gemm:,.0f} GFLOP/s; "
+             f"load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores"]
     with tempfile.TemporaryDirectory(prefix="igcli-bench-") as tmp:
-        images, source = _images(args.images, max(args.n, args.n_model, args.n_big), Path(tmp))
-        print(f"images: {source}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-        rows: list[Row] = []
-        notes: list[str] = []
-        for role in ("aesthetics", "objects"):
-            name = ROLES[role].default_model
-            n = args.n_big if role == "objects" else args.n_model
-            rows += bench_backbone(role, name, images, n, args, notes, Path(tmp))
-        if not args.no_e2e:
-            rows += bench_end_to_end(images, args, Path(tmp))
-    _print(rows, notes, time.perf_counter() - t_start)
+        for name in args.backbones.split(","):
+            rows += bench_backbone(name.strip(), images, args, Path(tmp), notes)
+        if args.int8_agreement:
+            notes.append(int8_agreement(args.backbones.split(",")[0].strip(), images[:args.int8_agreement], args))
+    load = os.getloadavg()
+    notes.append(f"load average at end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+                 f"total {time.perf_counter() - t_start:.0f} s")
+    from _common import print_table
+
+    print_table("igcli featurize: image throughput", HEADER, [r.cells() for r in rows])
+    for n in notes:
+        print(f"  {n}")
+    write_json(args.json, "featurize", HEADER, [r.cells() for r in rows], notes)
 
 
-def _images(folder: Path, n: int, tmp: Path) -> tuple[list[str], str]:
-    if folder.is_dir():
-        files = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        if files:
-            return files[:n], f"{folder} ({len(files):,} files, using up to {min(n, len(files)):,})"
-    from igcli.sample import generate_sample
-
-    out = tmp / "sample"
-    generate_sample(out, posts=n, users=max(1, n // 20), image_size=224, new_posts=0)
-    files = sorted(str(f) for f in (out / "images").iterdir())[:n]
-    return files, f"{len(files):,} generated 224x224 sample images ({folder} not found)"
-
-
-# --------------------------------------------------------------------------------------- per backbone
-
-def bench_backbone(role: str, name: str, images: list[str], n: int, args, notes: list[str], tmp: Path) -> list[Row]:
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     import torch
 
-    from igcli.backbones import BackboneRequest, load_backbone, resolve_weights
-    from igcli.errors import WeightsMissing
-
-    req = BackboneRequest(role, name, random_init=args.random_init)
-    try:
-        weights = resolve_weights(req)
-    except WeightsMissing:
-        req = BackboneRequest(role, name, random_init=True)
-        weights = resolve_weights(req)
-    notes.append(f"{name}: weights {weights.source}"
-                 + (" (no pretrained weights offline; speed does not depend on the values)"
-                    if weights.random_init else f" {weights.fingerprint[:12]}"))
-    bb = load_backbone(req, weights, "cpu")
-    gflop = flops_per_image(bb.model, bb.data_config["input_size"]) / 1e9
-    rows: list[Row] = []
-    size = "x".join(str(s) for s in bb.data_config["input_size"][1:])
-
-    # (a) decode + resize alone
-    best, x = decode_resize(images[:args.n], bb, args)
-    rows.append(Row("decode + resize", name, f"{args.workers} workers, {size}", min(args.n, len(images)),
-                    args.batch, best))
-    x = x[:n]  # (n, 3, H, W)
-    n = len(x)
-    print(f"  {name}: decode done, {gflop:.2f} GFLOP/image", flush=True)
-
-    # (b) torch eager, CPU
-    def eager(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():  # plain forward, like the ONNX graph
-            return bb.model(batch.contiguous(memory_format=torch.channels_last))
-
-    rows.append(Row("model only", name, "torch eager cpu", n, args.batch, _throughput(eager, x, args), gflop))
-    print(f"  {name}: eager done", flush=True)
-
-    # (c) onnxruntime
-    if not args.no_onnx:
-        onnx_path = tmp / f"{name}.onnx"
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        export_onnx(bb.model, bb.data_config["input_size"], onnx_path)
-        export_s = time.perf_counter() - t0
-        for provider in _ort_providers():
-            run, diff = _ort_runner(onnx_path, provider, bb.model, x[:min(4, n)])
-            rt = "onnxruntime " + provider.replace("ExecutionProvider", "").lower()
-            rows.append(Row("model only", name, rt, n, args.batch, _throughput(run, x, args), gflop,
-                            f"export {export_s:.0f} s; max|onnx-torch| {diff:.1e}"))
-        print(f"  {name}: onnx done", flush=True)
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
-    # GPU eager
-    if torch.cuda.is_available():
-        gpu = load_backbone(req, weights, "cuda")
 
-        def on_gpu(batch: torch.Tensor) -> torch.Tensor:
-            out = gpu(batch)
-            torch.cuda.synchronize()
-            return out
+def _pairs(name: str) -> tuple[list, str]:
+    """Both roles when the backbone is an ImageNet classifier with weights here, else random-init."""
+    from igcli.backbones import BackboneRequest, resolve_weights
+    from igcli.errors import IgcliError
 
-        rows.append(Row("model only", name, "torch eager cuda bf16", n, args.batch, _throughput(on_gpu, x, args),
-                        gflop))
+    note = ""
+    try:
+        pairs = [(r, resolve_weights(r)) for r in (BackboneRequest("objects", name),
+                                                   BackboneRequest("aesthetics", name))]
+    except IgcliError:
+        pairs = [(r, resolve_weights(r)) for r in (BackboneRequest("objects", name, random_init=True),
+                                                   BackboneRequest("aesthetics", name, random_init=True))]
+        note = "random-init (no weights here)"
+    return pairs, note
+
+
+def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[str]) -> list[Row]:
+    import numpy as np
+
+    from igcli.imagefeatures import decoded_batches
+    from igcli.runtime import group_requests, open_runner
+
+    pairs, weights_note = _pairs(name)
+    (group,) = group_requests(pairs)
+    t0 = time.perf_counter()
+    ort_fp32 = open_runner(group, "cpu", threads=args.threads)
+    notes.append(f"{name}: ONNX {'exported' if ort_fp32.exported else 'from the cache'} in "
+                 f"{time.perf_counter() - t0:.1f} s ({ort_fp32.onnx_path}), parity vs torch "
+                 f"{ort_fp32.parity_max_abs_diff:.1e}{'; ' + weights_note if weights_note else ''}")
+    gflop = flops_per_image(group) / 1e9
+    rows: list[Row] = []
+
+    t0 = time.perf_counter()
+    decoded = [x for x, _ in decoded_batches(images[:args.n], None, ort_fp32, args.batch, args.workers)]
+    dec_rate = args.n / (time.perf_counter() - t0)
+    rows.append(Row("decode + resize", name, f"{args.workers} threads", args.n, args.batch, dec_rate, None,
+                    f"to {ort_fp32.input_size[0]}px uint8"))
+    x = np.concatenate(decoded)[:args.n_model]
+
+    torch_runner = open_runner(group, "cpu", runtime="torch", threads=args.threads)
+    t_rate = throughput(torch_runner.infer, x, args)
+    rows.append(Row("model only", name, f"torch eager, {args.threads} threads", len(x), args.batch, t_rate, gflop,
+                    weights_note))
+    o_rate = throughput(ort_fp32.infer, x, args)
+    rows.append(Row("model only", name, f"onnxruntime fp32, {args.threads} threads", len(x), args.batch, o_rate,
+                    gflop, f"{o_rate / t_rate:.2f}x torch eager (target >= 2x)"))
+    if not args.no_int8:
+        try:
+            ort_int8 = open_runner(group, "cpu", quantize="int8", threads=args.threads)
+            i_rate = throughput(ort_int8.infer, x, args)
+            rows.append(Row("model only", name, f"onnxruntime int8, {args.threads} threads", len(x), args.batch,
+                            i_rate, gflop, f"{i_rate / t_rate:.2f}x torch eager, {i_rate / o_rate:.2f}x fp32"))
+        except Exception as err:  # quantization tooling failing is a result, not a crash
+            notes.append(f"{name}: int8 did not build ({type(err).__name__}: {str(err)[:120]})")
+
+    e2e, seconds = end_to_end(pairs, images[:args.n_model], args, tmp / name)
+    rows.append(Row("end to end", name, f"featurize, ORT + {args.workers} decode threads", args.n_model, args.batch,
+                    e2e, gflop, f"{e2e / o_rate:.0%} of ORT model-only (target >= 90%); both roles, rows written"))
     return rows
 
 
-def flops_per_image(model, input_size) -> float:
+def flops_per_image(group) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, *input_size, device=next(model.parameters()).device)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
+    from igcli.backbones import load_backbone
+    from igcli.runtime import graph_module
+
+    req, weights = group[0]
+    bb = load_backbone(req, weights)
+    module = graph_module(bb.model, ["logits", "embedding"] if len(group) > 1 else ["logits"], bb.data_config)
+    h, w = bb.data_config["input_size"][1:]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.zeros(1, h, w, 3, dtype=torch.uint8))
     return float(counter.get_total_flops())
 
 
-def decode_resize(images: list[str], bb, args):
-    """Images/s of the featurize DataLoader over ``images`` (worker start included), and the decoded
-    tensor (N, 3, H, W)."""
-    import torch
-
-    from igcli.imagefeatures import image_loader
-
-    loader = image_loader(images, bb.transform(), bb.data_config, args.batch, args.workers)
-    t0 = time.perf_counter()
-    batches = [b for b, _ in loader]  # one pass: --n images is long enough to average the noise
-    return len(images) / (time.perf_counter() - t0), torch.cat(batches)
-
-
-def _throughput(fn, x, args) -> float:
-    fn(x[:2])  # warm-up: weights prepacking, oneDNN / ORT kernel selection
+def throughput(fn, x, args) -> float:
+    fn(x[:2])  # warm-up: kernel selection, weight prepacking
     best = 0.0
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -198,110 +202,63 @@ def _throughput(fn, x, args) -> float:
     return best
 
 
-def export_onnx(model, input_size, path: Path) -> None:
-    """torch.onnx.export with a dynamic batch dimension (the torch.export-based exporter)."""
-    import warnings
-
-    import torch
-
-    model = model.to(memory_format=torch.contiguous_format)
-    x = torch.randn(2, *input_size)
-    with warnings.catch_warnings(), open(os.devnull, "w") as devnull:
-        warnings.simplefilter("ignore")
-        stdout, sys.stdout = sys.stdout, devnull  # the exporter prints its progress
-        try:
-            torch.onnx.export(
-                model, (x,), str(path), input_names=["image"], output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
-            )
-        finally:
-            sys.stdout = stdout
-    model.to(memory_format=torch.channels_last)
-
-
-def _ort_providers() -> list[str]:
-    import onnxruntime as ort
-    import torch
-
-    providers = ["CPUExecutionProvider"]
-    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.append("CUDAExecutionProvider")
-    return providers
-
-
-def _ort_runner(path: Path, provider: str, model, check):
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()  # the same cores as torch
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=[provider])
-    name = sess.get_inputs()[0].name
-
-    def run(batch):
-        return sess.run(None, {name: batch.numpy()})[0]
-
-    with torch.inference_mode():
-        ref = model(check.contiguous()).float().numpy()
-    return run, float(np.abs(run(check) - ref).max())
-
-
-# ----------------------------------------------------------------------------------------- end to end
-
-def bench_end_to_end(images: list[str], args, tmp: Path) -> list[Row]:
-    """The featurize path on a temporary store of posts pointing at the images (nothing is copied)."""
+def end_to_end(pairs, images: list[str], args, tmp: Path) -> tuple[float, float]:
+    """featurize_images for both roles on a store whose posts point at ``images`` (nothing is copied)."""
     from igcli import store
-    from igcli.backbones import ROLES, BackboneRequest, resolve_weights
-    from igcli.imagefeatures import ImageFeatureOptions, compute_quality, run_backbone
+    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
     from igcli.ingest import ingest_posts
 
+    tmp.mkdir(parents=True)
+    csv = tmp / "posts.csv"
     folder = Path(images[0]).parent
-    rows: list[Row] = []
-    for role, n in (("aesthetics", args.n_model), ("objects", args.n_big)):
-        csv = tmp / f"posts_{role}.csv"
-        lines = ["post_id,username,posted_at,likes,image"]
-        lines += [f"p{i},u{i % 50},2017-04-01,{i},{Path(f).name}" for i, f in enumerate(images[:n])]
-        csv.write_text("\n".join(lines) + "\n")
-        con = store.connect(tmp / f"e2e_{role}.duckdb")
-        try:
-            ingest_posts(csv, con=con, images_dir=folder)
-            if role == "aesthetics":
-                t0 = time.perf_counter()
-                computed, _ = compute_quality(con, max(1, args.workers))
-                rows.append(Row("end to end", "weight-free quality", f"{max(1, args.workers)} threads", computed,
-                                0, computed / (time.perf_counter() - t0), None, "image_quality rows written"))
-            name = ROLES[role].default_model
-            req = BackboneRequest(role, name, random_init=True)
-            opts = ImageFeatureOptions(device="cpu", batch_size=args.batch, workers=args.workers)
-            t0 = time.perf_counter()
-            run = run_backbone(con, req, resolve_weights(req), "cpu", opts)
-            rows.append(Row("end to end", name, f"featurize cpu, {args.workers} workers", run.images_run, args.batch,
-                            run.images_per_s, None,
-                            f"decode overlapped, rows written; {time.perf_counter() - t0:.0f} s with model build"))
-        finally:
-            con.close()
-        print(f"  end to end {role} done", flush=True)
-    return rows
+    lines = ["post_id,username,posted_at,likes,image"]
+    lines += [f"p{i},u{i % 50},2017-04-01,{i},{Path(f).name}" for i, f in enumerate(images)]
+    csv.write_text("\n".join(lines) + "\n")
+    con = store.connect(tmp / "e2e.duckdb")
+    try:
+        ingest_posts(csv, con=con, images_dir=folder)
+        req = pairs[0][0]
+        opts = ImageFeatureOptions(objects=req.name, aesthetics=req.name, random_init=pairs[0][1].random_init,
+                                   batch_size=args.batch, workers=args.workers, threads=args.threads, device="cpu")
+        from igcli.imagefeatures import compute_quality
+
+        compute_quality(con, args.workers)  # not part of the timed backbone pass
+        t0 = time.perf_counter()
+        res = featurize_images(con, opts)
+        seconds = time.perf_counter() - t0
+    finally:
+        con.close()
+    run = res.backbones[0]
+    assert run.images_run == len(images) and run.shared_with == ["aesthetics"], run
+    return run.images_per_s, seconds
 
 
-def _print(rows: list[Row], notes: list[str], seconds: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def int8_agreement(name: str, images: list[str], args) -> str:
+    """How often int8 gives the same top-5 (as a set, and the same top-1) as fp32, on real images."""
+    import numpy as np
 
-    t = Table(title="igcli featurize: image throughput")
-    for col in ("stage", "backbone", "runtime", "images", "batch", "images/s", "GFLOP/img", "GFLOP/s", "note"):
-        t.add_column(col, justify="right" if col in ("images", "batch", "images/s", "GFLOP/img", "GFLOP/s") else "left")
-    for r in rows:
-        t.add_row(r.stage, r.backbone, r.runtime, f"{r.images:,}", str(r.batch or ""), f"{r.images_per_s:,.1f}",
-                  "" if r.gflop_per_image is None else f"{r.gflop_per_image:.2f}",
-                  "" if r.gflop_per_s is None else f"{r.gflop_per_s:,.0f}", r.note)
-    console = Console(width=200)
-    console.print(t)
-    for note in notes:
-        console.print(f"  {note}")
-    console.print(f"  total {seconds:.0f} s")
+    from igcli.backbones import softmax, top_k
+    from igcli.imagefeatures import decoded_batches
+    from igcli.runtime import group_requests, open_runner
+
+    pairs, note = _pairs(name)
+    group = group_requests(pairs)[0][:1]  # objects only
+    fp32 = open_runner(group, "cpu", threads=args.threads)
+    int8 = open_runner(group, "cpu", quantize="int8", threads=args.threads)
+    same5 = same1 = overlap = n = 0
+    for x, reasons in decoded_batches(images, None, fp32, args.batch, args.workers):
+        ok = [i for i, why in enumerate(reasons) if not why]
+        if not ok:
+            continue
+        _, a = top_k(softmax(fp32.infer(x[ok])["logits"]))
+        _, b = top_k(softmax(int8.infer(x[ok])["logits"]))
+        same5 += sum(set(u) == set(v) for u, v in zip(a.tolist(), b.tolist(), strict=True))
+        same1 += int(np.sum(a[:, 0] == b[:, 0]))
+        overlap += sum(len(set(u) & set(v)) for u, v in zip(a.tolist(), b.tolist(), strict=True))
+        n += len(ok)
+    verdict = "meets" if same5 / n >= 0.95 else "FAILS"
+    return (f"{name} int8 vs fp32 on {n:,} images: same top-5 set {same5 / n:.1%} ({verdict} the 95% bar), "
+            f"same top-1 {same1 / n:.1%}, mean top-5 overlap {overlap / n:.2f} of 5{'; ' + note if note else ''}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Prediction quality on the real dev data: the paper's Table 1 (every branch combination) on three splits,
-next to baselines, LightGBM on the same rows and features, and the paper's published numbers.
+with real EfficientNet-Lite0 objects and embeddings, next to the paper's precomputed Inception-ResNet-v2
+classes, baselines, LightGBM on the same rows and features, and the paper's published Tables 1 and 2.
 
     .venv/bin/python bench/bench_quality.py                                  # ~15 min on 2 cores
     .venv/bin/python bench/bench_quality.py --store /tmp/q.duckdb --json q.json   # reuse the store next time
@@ -7,17 +8,21 @@ next to baselines, LightGBM on the same rows and features, and the paper's publi
 
 Steps, all through the library: ingest ``posts.csv`` and the precomputed Inception-ResNet-v2 top-5
 (``imagenet_top5.csv``) into a temporary store (or ``--store PATH``, reused when it already has features),
-featurize with the paper's hashtag ranking, the weight-free image quality features and aesthetics embeddings
-from a randomly initialised ``mobilenetv1_100`` (no pretrained weights on this machine: those rows measure the
-plumbing, not NIMA, and are marked "random-init backbone"). Then, per split and seed, one model per branch
-combination (``igcli.train.train``), and on exactly the same train / validation / test rows:
+featurize with the paper's hashtag ranking, the weight-free image quality features and igcli's default
+backbone, the pretrained EfficientNet-Lite0 of its pip package (top-5 classes for objects, its pooled 1280-d
+ImageNet embedding for aesthetics: not NIMA, which is not available offline). Then, per split and seed, one
+model per branch combination (``igcli.train.train``) with Lite0 objects, each combination with objects once
+more with the paper's precomputed Inception-ResNet-v2 classes, and on exactly the same train / validation /
+test rows:
 
 * baselines from the run: the training mean, and the user's mean ln-likes over EARLIER posts (point in time);
 * LightGBM (objective l1, early stopping on the same validation rows) on the same metadata + quality inputs,
   and once more with the object family vector;
 * a reference that is NOT point in time: the user's mean over all their other training posts, later ones
   included (what a leaky feature store would give: about 0.29 on a random split);
-* the paper's published numbers (random split, its user features leak the target; see the notes).
+* the paper's published Table 1 rows (random split, its user features leak the target), read from
+  ``paper-tables.md`` beside the dev data, and its Table 2 object families next to the family effects of
+  the objects-only models (Lite0 classes and the paper's IRv2 classes; ``--families-only`` runs just those).
 
 MAE / MSE are on ln-likes; "±10%" is the share of posts whose predicted likes are within 10% of the true
 likes (the paper's accuracy); p10-p90 coverage is the share of test posts inside the predicted interval.
@@ -44,9 +49,34 @@ from _common import DEV_DATA, print_table, write_json  # noqa: E402
 
 METRICS = ("mae", "mse", "within_10pct", "spearman", "coverage_p10_p90")
 HEADER = ["split", "model", "MAE", "MSE", "±10%", "Spearman", "p10-p90 cov.", "n test", "fit s", "note"]
-# The paper's own numbers: random split, ln-likes, its best branch combination. Its user features (mean likes
-# and followers per user) are computed over all of a user's posts, test posts included: a target leak.
-PAPER = {"mae": 0.338, "within_10pct": 0.25}
+BACKBONE = "efficientnet_lite0"
+IRV2 = " [objects: paper's IRv2]"   # suffix of the rows whose objects are the precomputed Inception-ResNet-v2
+
+
+def paper_tables(path: Path) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
+    """The paper's Table 1 rows (label, MAE, MSE) and Table 2 families (family, weight) from paper-tables.md.
+
+    Its user features (mean likes per user) are computed over all of a user's posts, test posts included:
+    a target leak. Returns empty lists when the file is absent."""
+    import re
+
+    if not path.is_file():
+        return [], []
+    t1: list[tuple[str, float, float]] = []
+    t2: list[tuple[str, float]] = []
+    section = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) < 3 or set(cells[0]) <= set("-: ") or cells[0] in ("paper row", "object family"):
+            continue
+        if "Table 1" in section and len(cells) == 4 and re.fullmatch(r"[\d.]+", cells[2]):
+            t1.append((f"paper Table 1 row {cells[0]}: {cells[1]}", float(cells[2]), float(cells[3])))
+        elif "Table 2" in section and re.fullmatch(r"-?[\d.]+", cells[1]):
+            t2.append((cells[0], float(cells[1])))
+    return t1, t2
 
 
 @dataclass
@@ -90,8 +120,9 @@ def build_store(db: Path, data: Path, aesthetics: bool, log) -> dict:
     from igcli.imagefeatures import ImageFeatureOptions, featurize_images
     from igcli.ingest import ingest_classes, ingest_posts
 
-    images = ImageFeatureOptions(aesthetics="mobilenetv1_100", aesthetics_explicit=True, random_init=True,
-                                 roles=("aesthetics",), skip_backbones=not aesthetics)
+    images = ImageFeatureOptions(objects=BACKBONE, aesthetics=BACKBONE, objects_explicit=True,
+                                 aesthetics_explicit=True,
+                                 roles=("objects", "aesthetics") if aesthetics else ("objects",))
     done: dict = {}
     con = store.connect(db)
     try:
@@ -106,19 +137,18 @@ def build_store(db: Path, data: Path, aesthetics: bool, log) -> dict:
             log(f"ingested {r.loaded:,} posts ({r.rejected} rejected) and {c.rows:,} precomputed class rows "
                 f"in {done['ingest_s']:.0f} s")
             t0 = time.perf_counter()
-            log("featurizing (image quality" + (", random-init mobilenetv1_100 embeddings" if aesthetics else "")
-                + "): a few minutes on CPU")
+            log(f"featurizing (image quality, {BACKBONE} classes" + (" and embeddings" if aesthetics else "")
+                + "): several minutes on CPU")
             f = featurize(db, FeaturizeOptions(hashtag_ranking=data / "hashtag_ranking.txt", images=images), con=con)
             done["featurize_s"] = time.perf_counter() - t0
             log(f"featurized {f.posts:,} posts in {done['featurize_s']:.0f} s")
         else:
             log(f"reusing {db}: {n_features:,} posts with features")
-            n_emb = con.execute("SELECT count(*) FROM image_embeddings").fetchall()[0][0]
-            if aesthetics and not n_emb:
-                t0 = time.perf_counter()
-                log("computing the missing random-init mobilenetv1_100 embeddings: a few minutes on CPU")
-                featurize_images(con, images)
+            t0 = time.perf_counter()
+            r = featurize_images(con, images)  # a no-op when the Lite0 rows are there
+            if any(b.images_run for b in r.backbones):
                 done["featurize_s"] = time.perf_counter() - t0
+                log(f"computed the missing {BACKBONE} rows in {done['featurize_s']:.0f} s")
     finally:
         con.close()
     return done
@@ -191,9 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--splits", default="random,user,time", help="comma-separated: random,user,time")
     ap.add_argument("--seeds", type=int, default=1, help="average over seeds 0..N-1 (default 1)")
     ap.add_argument("--store", type=Path, help="store to build, or reuse when it already has features")
-    ap.add_argument("--no-aesthetics", action="store_true", help="skip the (slow) random-init aesthetics "
-                    "embeddings: the combinations with the aesthetics branch are then skipped")
+    ap.add_argument("--no-aesthetics", action="store_true", help="skip the aesthetics embeddings: the "
+                    "combinations with the aesthetics branch are then skipped")
     ap.add_argument("--data", type=Path, default=DEV_DATA, help="the dev data folder")
+    ap.add_argument("--families-only", action="store_true",
+                    help="only the objects-only models (Lite0 and IRv2 classes) and their family effects")
     ap.add_argument("--json", help="write the rows here for bench/run_all.py")
     a = ap.parse_args(argv)
     splits = [s.strip() for s in a.splits.split(",") if s.strip()]
@@ -216,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="igcli-quality-") as tmp:
         db = a.store or Path(tmp) / "quality.duckdb"
         built = build_store(db, a.data, not a.no_aesthetics, log)
-        rows, skipped, fit_s = evaluate(db, splits, list(range(max(1, a.seeds))), log)
+        table1, table2 = paper_tables(a.data.parent / "paper-tables.md")
+        rows, skipped, fit_s, families = evaluate(db, splits, list(range(max(1, a.seeds))), log, table1,
+                                                  a.families_only)
     total = time.perf_counter() - t_start
     notes = [
         f"dev data {a.data}; seeds 0..{max(1, a.seeds) - 1}, mean over seeds (MAE ± its standard deviation); "
@@ -225,9 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch 1 thread",
         "MAE / MSE on ln-likes; ±10% = predicted likes within 10% of the true likes (the paper's accuracy); "
         "p10-p90 cov. = share of test posts inside the predicted p10..p90 interval (80% is calibrated)",
-        "objects = the paper's precomputed Inception-ResNet-v2 top-5 as WordNet family weights; aesthetics = "
-        "embeddings of a RANDOM-INIT mobilenetv1_100 (no pretrained weights here): those rows measure the "
-        "plumbing, not NIMA",
+        f"objects = the top-5 classes of the pretrained {BACKBONE} (its pip package's weights) as WordNet family "
+        f"weights, or, in rows marked{IRV2}, the paper's precomputed Inception-ResNet-v2 top-5; aesthetics = "
+        f"{BACKBONE}'s pooled 1280-d ImageNet embedding (NIMA is not available offline)",
         "every history feature uses only the same user's posts strictly before the post (point in time); "
         "the 'reference' row averages the user's training posts whenever posted, so it sees later posts' likes",
         "with history / cold start: the test posts whose user has / has no earlier post with likes (dates are "
@@ -235,10 +269,15 @@ def main(argv: list[str] | None = None) -> None:
         "random split: a user's later posts can be in the training part, and followers / following / post "
         "count (one snapshot per user) identify the user, so a model that memorises users learns from later "
         "posts; the user split (unseen users) and time split (each user's latest third) can't do that",
-        f"paper: #LearnDeeply reports MAE {PAPER['mae']} on ln-likes and about {PAPER['within_10pct']:.0%} "
-        "within ±10% for its best combination, random split, with user features over all posts (leaky); its "
-        "per-combination Table 1 could not be found offline, so only that row is shown",
+        "paper rows: #LearnDeeply's Table 1 (paper-tables.md), random split of ~13.6k posts, user features over "
+        "all posts (leaky); it reports MAE and MSE only (MAE 0.35 ~ 25% within ±10%)",
     ]
+    for source, effects in families.items():
+        ours = ", ".join(f"{f} {e:+.3f}" for f, e in effects)
+        notes.append(f"object families, objects-only model on {source} classes (random split, seed 0; change of "
+                     f"predicted ln-likes when a post's objects are all that family, top and bottom 8): {ours}")
+    if table2:
+        notes.append("paper Table 2 (summed weights): " + ", ".join(f"{f} {w:+.3f}" for f, w in table2))
     if built:
         notes.append("store built in this run: " + ", ".join(f"{k} {v:.0f}" for k, v in built.items()))
     notes += [f"skipped {'+'.join(combo)}: {why}" for combo, why in skipped.items()]
@@ -249,8 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         print(n)
 
 
-def evaluate(db: Path, splits: list[str], seeds: list[int], log):
-    """Every combination, baseline and reference on each split and seed; returns (rows, skipped, fit seconds)."""
+def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | None = None,
+             families_only: bool = False):
+    """Every combination, baseline and reference on each split and seed; returns (rows, skipped, fit seconds,
+    family effects of the random split's full model)."""
     import torch
 
     from igcli import store
@@ -261,6 +302,7 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log):
     rows: list[Row] = []
     skipped: dict[tuple[str, ...], str] = {}
     fit_s: list[float] = []
+    families: dict[str, list] = {}
     con = store.connect(db)
     try:
         avail = available_sources(con)
@@ -280,7 +322,11 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log):
 
             for seed in seeds:
                 first = None
-                for combo in all_combinations():
+                variants = [(combo, BACKBONE, "") for combo in all_combinations()]
+                variants += [(combo, "precomputed", IRV2) for combo in all_combinations() if "objects" in combo]
+                if families_only:
+                    variants = [v for v in variants if v[0] == ("objects",)]
+                for combo, objects_source, suffix in variants:
                     if "aesthetics" in combo and not avail["aesthetics"]:
                         skipped[combo] = "no aesthetics embeddings in the store (--no-aesthetics)"
                         continue
@@ -288,14 +334,19 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log):
                     # models ran earlier in this process: seed here to make every row reproducible alone.
                     torch.manual_seed(seed)
                     t0 = time.perf_counter()
+                    opts = TrainOptions(branches=combo, split=split, seed=seed, export=False,
+                                        objects_source=objects_source if "objects" in combo else None,
+                                        aesthetics_source=BACKBONE if "aesthetics" in combo else None)
                     try:
-                        run = train(db, TrainOptions(branches=combo, split=split, seed=seed, export=False), con=con)
+                        run = train(db, opts, con=con)
                     except FeatureMismatch as err:
-                        skipped[combo] = str(err)
+                        skipped[combo + (suffix,)] = str(err)
                         continue
                     seconds = time.perf_counter() - t0
                     fit_s.append(seconds)
-                    name = "+".join(combo)
+                    name = "+".join(combo) + suffix
+                    if split == "random" and seed == seeds[0] and combo == ("objects",):
+                        families["the paper's IRv2" if suffix else BACKBONE] = run.family_effects
                     notes = (["random-init backbone"] if run.random_init_inputs else []) + \
                         (["LEAKY features"] if run.leaky_features else [])
                     add(combos, name, run.metrics, "; ".join(notes), seconds)
@@ -313,6 +364,8 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log):
                 add(other, "reference: user mean, all train posts", metrics(
                     user_mean_not_pit(sub, keep, te, float(np.mean(sub.ln_likes[keep]))), sub.ln_likes[te]),
                     "no test user in training: the mean" if split == "user" else "NOT PIT: sees later posts")
+                if families_only:
+                    continue
                 for with_objects in (False, True):
                     t0 = time.perf_counter()
                     lgbm = lightgbm_run(sub, tr, va, te, with_objects, seed)
@@ -337,11 +390,11 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log):
                      "LightGBM l1: meta+quality+objects"]
             rows += ranked + [other[k] for k in order if k in other]
         if "random" in splits:
-            rows.append(Row("random", "paper (published), best combo", [PAPER],
-                            "leaky user features"))
+            for label, mae, mse in table1 or []:
+                rows.append(Row("random", label, [{"mae": mae, "mse": mse}], "published; leaky user features"))
     finally:
         con.close()
-    return rows, skipped, fit_s
+    return rows, skipped, fit_s, families
 
 
 if __name__ == "__main__":

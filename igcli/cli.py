@@ -175,11 +175,12 @@ def featurize(
         help="'post': history strictly before each post (default). 'end': the paper's leaky average over all "
              "the user's posts, for the leak benchmark only; recorded on every row and in model cards.")] = "post",
     objects: Annotated[str | None, typer.Option(
-        help="ImageNet classifier (timm name) for the objects branch, or 'none' [default: inception_resnet_v2, "
-             "run only when its weights are found].")] = None,
+        help="ImageNet classifier for the objects branch (efficientnet_lite0..2 or a timm name, e.g. the paper's "
+             "inception_resnet_v2), or 'none' [default: efficientnet_lite0, weights from its pip package].")] = None,
     aesthetics: Annotated[str | None, typer.Option(
-        help="MobileNet backbone (timm name) for the aesthetics embedding, or 'none' [default: "
-             "mobilenetv1_100, run only when its weights are found].")] = None,
+        help="Backbone for the aesthetics branch's embedding, or 'none' [default: efficientnet_lite0: an ImageNet "
+             "embedding, not an aesthetics score, unless --nima-weights is given; mobilenetv1_100 is NIMA's "
+             "family]. With the same backbone as --objects, one forward pass serves both.")] = None,
     objects_weights: Annotated[Path | None, typer.Option(help="Local weights file for the classifier.")] = None,
     aesthetics_weights: Annotated[Path | None, typer.Option(help="Local weights file for the MobileNet.")] = None,
     nima_weights: Annotated[Path | None, typer.Option(help="NIMA checkpoint (MobileNet with a 10-bin head).")] = None,
@@ -189,15 +190,23 @@ def featurize(
         "--no-backbones", help="Only metadata and weight-free image quality features.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 32,
-    workers: Annotated[int, typer.Option(help="DataLoader workers decoding and resizing images.")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images, overlapped with inference.")] = 2,
+    runtime: Annotated[str, typer.Option(
+        help="onnxruntime (exported once per backbone and weights into $IGCLI_CACHE/onnx, default "
+             "~/.cache/igcli/onnx) or torch (eager, for comparisons).")] = "onnxruntime",
+    quantize: Annotated[str | None, typer.Option(
+        help="int8: onnxruntime dynamic quantization. Refused today: it fails the 95% top-5 agreement with fp32 "
+             "on the dev images (BENCHMARKS.md).")] = None,
 ) -> None:
     """Compute point-in-time metadata features and image features for everything that lacks them.
 
     Metadata: the user's history strictly before each post (count, mean / median / std of ln-likes, last 5
     and 10, time-decayed mean, days since previous and first post), followers / following / post count from
     the latest snapshot at or before the post, caption length, #hashtags, #mentions, hashtag weight, month,
-    weekday, hour group. Images: weight-free quality features always; each backbone whose weights are found
-    (timm / Hugging Face cache, or a local file). A second run is a no-op; an interrupted run resumes.
+    weekday, hour group. Images: weight-free quality features always; the backbones (default efficientnet_lite0
+    for both the object classes and the ImageNet embedding, weights from its installed pip package, one
+    forward pass for both) through onnxruntime. Other backbones run when their weights are found (timm /
+    Hugging Face cache, or a local file). A second run is a no-op; an interrupted run resumes.
 
     [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
     """
@@ -213,7 +222,7 @@ def featurize(
         aesthetics_explicit=aesthetics is not None or aesthetics_weights is not None or nima_weights is not None,
         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights, nima_weights=nima_weights,
         random_init=random_init, device=device, batch_size=batch_size, workers=workers,
-        skip_backbones=no_backbones,
+        skip_backbones=no_backbones, runtime=runtime, quantize=quantize,
     )
     opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
                             user_stats_as_of=user_stats_as_of, images=img)
@@ -233,9 +242,16 @@ def featurize(
         for b in r.images.backbones:
             if b.skipped_reason:
                 continue
-            mark = " (random init)" if b.random_init else ""
+            mark = " (random init)" if b.random_init else (" (int8)" if b.weights_fp.endswith(":int8") else "")
+            if b.role == "aesthetics" and not b.nima:
+                mark += " (ImageNet embedding)"
+            shared = f", same pass as {'+'.join(b.shared_with)}" if b.shared_with else ""
+            if b.device == "-":
+                t.add_row(f"{b.role}: {b.name}{mark}", "nothing pending")
+                continue
             t.add_row(f"{b.role}: {b.name}{mark}",
-                      f"{b.images_run:,} images on {b.device}, {b.images_per_s:,.1f} img/s, {b.images_failed} failed")
+                      f"{b.images_run:,} images on {b.device}, {b.images_per_s:,.1f} img/s, {b.images_failed} failed"
+                      f"{shared}")
     t.add_row("seconds", f"{r.seconds:.2f}")
     out.print(t)
     for m in r.messages:

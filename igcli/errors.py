@@ -31,3 +31,7 @@ class FeatureMismatch(IgcliError):
 
 class ModelError(IgcliError):
     """A model directory is missing, altered or unusable."""
+
+
+class WeightsMismatch(IgcliError):
+    """A weights file (or weights package) whose tensors do not fit the architecture."""

@@ -9,9 +9,11 @@ Everything is keyed by the image's content (sha256), so duplicate images run onc
 batch, so an interrupted run resumes where it stopped and a second run is a no-op:
 
 1. ``image_quality``: ``igcli.imagequality`` features for every decodable image (no weights needed).
-2. For each role in ``igcli.backbones.ROLES`` (objects, aesthetics): the images of posts with no row
-   and no error for that (backbone, weights fingerprint) go through a torch DataLoader whose workers
-   decode and resize them with the model's own timm transform; results land in the role's table.
+2. For each backbone (``igcli.runtime.group_requests``: both roles share one when they name the same
+   backbone and weights, the default ``efficientnet_lite0``): the images of posts with no row and no
+   error for a role's (backbone, weights fingerprint) are decoded and resized by worker threads, a few
+   batches ahead, while ``igcli.runtime`` runs the model (onnxruntime by default); one forward pass per
+   image gives every role of the backbone its rows.
 
 An image that fails to decode goes to ``image_feature_errors`` with the reason and is not retried; it
 never stops the run. A backbone the user did not name whose weights cannot be found is skipped with
@@ -33,16 +35,9 @@ from typing import Any, BinaryIO
 import duckdb
 
 from igcli import store
-from igcli.backbones import (
-    ROLES,
-    BackboneRequest,
-    Weights,
-    get_role,
-    load_backbone,
-    resolve_device,
-    resolve_weights,
-)
+from igcli.backbones import ROLES, BackboneRequest, Weights, get_role, resolve_device, resolve_weights
 from igcli.errors import FeatureMismatch, InputError, WeightsMissing
+from igcli.runtime import INT8_SUFFIX, group_requests
 from igcli.util import sha256_file
 
 QUALITY_BATCH = 256
@@ -53,12 +48,17 @@ QUALITY_COLUMNS = (
 )
 
 Progress = Callable[[str, int, int], None]
+# int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with
+# `bench/bench_featurize.py --int8-agreement 10539` (BENCHMARKS.md), onnxruntime dynamic quantization does not.
+INT8_REFUSED = ("--quantize int8 is refused: onnxruntime's dynamic int8 gives the same top-5 classes as fp32 on "
+                "far fewer than the required 95% of the dev images, and runs slower on this CPU "
+                "(bench/bench_featurize.py --int8-agreement; BENCHMARKS.md): leave --quantize out")
 
 
 @dataclass
 class ImageFeatureOptions:
-    objects: str | None = None            # timm classifier name; None = "inception_resnet_v2"
-    aesthetics: str | None = None         # timm MobileNet name; None = "mobilenetv1_100"
+    objects: str | None = None            # ImageNet classifier name; None = "efficientnet_lite0"
+    aesthetics: str | None = None         # embedding backbone name; None = "efficientnet_lite0"
     objects_explicit: bool = False        # the user named it: missing weights is an error, not a skip
     aesthetics_explicit: bool = False
     objects_weights: Path | None = None   # local state dict (.pth / .pt / .safetensors) for the classifier
@@ -68,7 +68,11 @@ class ImageFeatureOptions:
                                           # weights file), fixed seed, rows marked random_init
     device: str = "auto"                  # auto | cpu | cuda (auto = cuda when torch sees a GPU)
     batch_size: int = 32
-    workers: int = 2                      # DataLoader workers decoding + resizing (threads for quality)
+    workers: int = 2                      # threads decoding + resizing, overlapped with inference
+    runtime: str = "onnxruntime"          # onnxruntime | torch (eager; for comparisons)
+    quantize: str | None = None           # None (fp32) | "int8": rows fingerprinted <weights_fp>:int8
+    threads: int | None = None            # inference threads; None = all cores
+    allow_unverified_int8: bool = False   # tests / benchmarks only: run int8 although it failed the quality bar
     skip_backbones: bool = False          # only the weight-free quality features
     roles: tuple[str, ...] | None = None  # run only these backbone roles (None: every registered role)
     expect_fingerprints: dict[str, str] = field(default_factory=dict)  # role -> weights_fp a model card needs
@@ -84,9 +88,12 @@ class BackboneRun:
     images_failed: int = 0
     images_per_s: float = 0.0
     skipped_reason: str | None = None     # None when it ran (images_run may still be 0: nothing pending)
-    device: str = "cpu"
-    weights_source: str | None = None     # file | cache | download | random-init
+    device: str = "-"                     # the provider that ran it: CPUExecutionProvider, torch:cpu, ...
+    weights_source: str | None = None     # file | package | cache | download | random-init
     seconds: float = 0.0
+    shared_with: list[str] = field(default_factory=list)  # roles served by the same forward pass
+    exported: bool = False                # the ONNX file was exported by this run (not found in the cache)
+    nima: bool = False                    # aesthetics from a NIMA checkpoint (else an ImageNet embedding)
 
 
 @dataclass
@@ -105,12 +112,15 @@ def featurize_images(
         raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {options.workers}")
+    if options.quantize not in (None, "int8"):
+        raise InputError(f"unknown --quantize {options.quantize!r}: use int8 (or leave it out for fp32)")
+    if options.quantize and not options.allow_unverified_int8:
+        raise InputError(INT8_REFUSED)
     result = ImageFeaturesResult()
     # Weights first (cheap: no model is built), so a named backbone without weights fails before any work.
     resolved: list[tuple[BackboneRequest, Weights | None, WeightsMissing | None]] = []
-    device = "cpu"
     if not options.skip_backbones:
-        device = resolve_device(options.device)
+        resolve_device(options.device)
         roles = [r for r in ROLES if options.roles is None or r in options.roles]
         for req, explicit in (_request(options, role) for role in roles):
             try:
@@ -121,20 +131,23 @@ def featurize_images(
                 resolved.append((req, None, err))
                 continue
             want = options.expect_fingerprints.get(req.role)
-            if want and weights.fingerprint != want:
+            got = weights.fingerprint + (INT8_SUFFIX if options.quantize else "")
+            if want and got != want:
                 raise FeatureMismatch(
                     f"the model needs {req.role} features from {req.name} with weights {want[:20]}…, but the "
-                    f"weights found have fingerprint {weights.fingerprint[:20]}…: pass the weights file the "
+                    f"weights found have fingerprint {got[:20]}…{' (int8)' if options.quantize else ''}: pass "
+                    "the weights file (and --quantize) the "
                     f"model was trained with (--{req.role}-weights FILE)")
             resolved.append((req, weights, None))
     result.quality_computed, result.quality_failed = compute_quality(con, max(1, options.workers), progress)
-    for req, weights, missing in resolved:
-        if weights is None:
-            result.backbones.append(BackboneRun(req.role, req.name, None, False, skipped_reason=str(missing),
-                                                device=device))
+    for req, _, missing in resolved:
+        if missing is not None:
+            result.backbones.append(BackboneRun(req.role, req.name, None, False, skipped_reason=str(missing)))
             result.messages.append(f"skipped the {req.role} backbone: {missing}")
-            continue
-        result.backbones.append(run_backbone(con, req, weights, device, options, progress))
+    for group in group_requests([(req, w) for req, w, _ in resolved if w is not None]):
+        result.backbones += run_group(con, group, options, progress)
+    order = {role: i for i, role in enumerate(ROLES)}
+    result.backbones.sort(key=lambda b: order[b.role])
     return result
 
 
@@ -229,131 +242,154 @@ def content_changed(path: str, sha256: str) -> str | None:
 
 # -------------------------------------------------------------------------------- backbones
 
-def run_backbone(
+def run_group(
     con: duckdb.DuckDBPyConnection,
-    req: BackboneRequest,
-    weights: Weights,
-    device: str,
+    group: list[tuple[BackboneRequest, Weights]],
     options: ImageFeatureOptions,
     progress: Progress | None = None,
-) -> BackboneRun:
-    """Run one backbone over the images that have no row (and no error) for its weights."""
-    import torch
+) -> list[BackboneRun]:
+    """Run one backbone (``igcli.runtime.group_requests``) over the images that lack a row (and an error)
+    for any of its roles; one forward pass per image serves every role of the group."""
+    import numpy as np
 
-    role = get_role(req.role)
-    keys = {"backbone": req.name, "weights_fp": weights.fingerprint}
-    pending = con.execute(role.pending_sql, keys).fetchall()
-    stage = f"{req.role}: {req.name}"
-    run = BackboneRun(req.role, req.name, weights.fingerprint, weights.random_init, device=device,
-                      weights_source=weights.source)
+    from igcli.runtime import INT8_SUFFIX, open_runner
+
+    suffix = INT8_SUFFIX if options.quantize else ""
+    name = group[0][0].name
+    stage = f"{'+'.join(r.role for r, _ in group)}: {name}"
+    runs, params, todo = {}, {}, {}
+    for req, weights in group:
+        keys = {"backbone": req.name, "weights_fp": weights.fingerprint + suffix}
+        params[req.role] = {"random_init": weights.random_init, **keys}
+        todo[req.role] = {sha: path for sha, path in con.execute(get_role(req.role).pending_sql, keys).fetchall()}
+        runs[req.role] = BackboneRun(req.role, req.name, keys["weights_fp"], weights.random_init,
+                                     weights_source=weights.source, device="-", nima=weights.nima,
+                                     shared_with=[r.role for r, _ in group if r.role != req.role])
+    pending = sorted({sha: path for paths in todo.values() for sha, path in paths.items()}.items())
     if progress:
         progress(stage, 0, len(pending))
     if not pending:
-        return run  # nothing to do: the model is not even built
-    backbone = load_backbone(req, weights, device)
+        return list(runs.values())  # nothing to do: the model is not even loaded
+    runner = open_runner(group, resolve_device(options.device), options.runtime, options.quantize, options.threads)
+    for run in runs.values():
+        run.device, run.exported = runner.provider, runner.exported
     sha256s = [sha for sha, _ in pending]
-    loader = image_loader([p for _, p in pending], backbone.transform(), backbone.data_config,
-                          options.batch_size, options.workers, pin_memory=device.startswith("cuda"), sha256s=sha256s)
-    params = {"random_init": weights.random_init, **keys}
     t0 = time.perf_counter()
     done = 0
-    batches = iter(loader)
-    try:
-        for x, reasons in batches:  # x: (B, 3, H, W); reasons[i] == "" when image i decoded
-            shas = sha256s[done:done + len(reasons)]
-            ok = [i for i, why in enumerate(reasons) if not why]
-            table = None
-            if ok:
-                out = backbone(x if len(ok) == len(reasons) else x[torch.tensor(ok)])
-                out = {k: v.cpu().numpy() for k, v in out.items()}
-                table = role.rows(backbone, [shas[i] for i in ok], out)
-            errors = [(shas[i], why) for i, why in enumerate(reasons) if why]
-            _write_batch(con, role.insert_sql, table, errors, params)
-            done += len(reasons)
-            run.images_run += len(ok)
-            run.images_failed += len(errors)
-            run.seconds = time.perf_counter() - t0
-            run.images_per_s = done / run.seconds if run.seconds > 0 else 0.0
-            if progress:
-                progress(stage, done, len(pending))
-    finally:
-        del batches  # stops the DataLoader workers now, also when a batch raised
-    return run
+    for x, reasons in decoded_batches([p for _, p in pending], sha256s, runner, options.batch_size, options.workers):
+        shas = sha256s[done:done + len(reasons)]
+        ok = [i for i, why in enumerate(reasons) if not why]
+        graph = runner.infer(x[ok] if len(ok) < len(reasons) else x) if ok else None  # x: (B, H, W, 3) uint8
+        now = store.utcnow()
+        with store.transaction(con):
+            for role, run in runs.items():
+                mine = [i for i in range(len(shas)) if shas[i] in todo[role]]
+                good = [j for j, i in enumerate(ok) if shas[i] in todo[role]]  # positions within graph
+                table = None
+                if good:
+                    sub = {k: v[np.array(good)] for k, v in graph.items()}
+                    table = runner.rows(role, [shas[ok[j]] for j in good], sub)
+                errors = [(shas[i], reasons[i]) for i in mine if reasons[i]]
+                _write_batch(con, get_role(role).insert_sql, table, errors, params[role], now)
+                run.images_run += len(good)
+                run.images_failed += len(errors)
+        store.fault_point("backbone.after_batch")
+        done += len(reasons)
+        seconds = time.perf_counter() - t0
+        for run in runs.values():
+            run.seconds = seconds
+            run.images_per_s = done / seconds if seconds > 0 else 0.0
+        if progress:
+            progress(stage, done, len(pending))
+    return list(runs.values())
 
 
 def _write_batch(
-    con: duckdb.DuckDBPyConnection, insert_sql: str, table: Any, errors: list[tuple[str, str]], params: dict
+    con: duckdb.DuckDBPyConnection, insert_sql: str, table: Any, errors: list[tuple[str, str]], params: dict,
+    now: Any,
 ) -> None:
-    now = store.utcnow()
-    with store.transaction(con):
-        if table is not None:
-            values = {**params, "now": now}
-            used = {k: v for k, v in values.items() if re.search(rf"\${k}\b", insert_sql)}
-            con.register("igc_backbone_batch", table)
-            try:
-                con.execute(insert_sql, used).fetchall()
-            finally:
-                con.unregister("igc_backbone_batch")
-        if errors:
-            con.executemany(_ERROR_INSERT, [[sha, params["backbone"], params["weights_fp"], why, now]
-                                            for sha, why in errors])
-    store.fault_point("backbone.after_batch")
+    """One role's rows and errors of one batch; the caller holds the transaction."""
+    if table is not None:
+        values = {**params, "now": now}
+        used = {k: v for k, v in values.items() if re.search(rf"\${k}\b", insert_sql)}
+        con.register("igc_backbone_batch", table)
+        try:
+            con.execute(insert_sql, used).fetchall()
+        finally:
+            con.unregister("igc_backbone_batch")
+    if errors:
+        con.executemany(_ERROR_INSERT, [[sha, params["backbone"], params["weights_fp"], why, now]
+                                        for sha, why in errors])
 
 
 # ------------------------------------------------------------------------------ decode + resize
 
-def image_loader(
+def decoded_batches(
     paths: list[str],
-    transform: Callable,
-    data_config: dict[str, Any],
+    sha256s: list[str] | None,
+    runner: Any,
     batch_size: int = 32,
     workers: int = 2,
-    pin_memory: bool = False,
-    sha256s: list[str] | None = None,
+    prefetch: int = 2,
 ):
-    """A DataLoader yielding ``(x, reasons)``: x (B, 3, H, W) float32, reasons[i] "" or why image i failed.
+    """Yield ``(x, reasons)`` per batch, in order: x (B, H, W, 3) uint8 for ``runner`` (its ``prepare`` and
+    ``input_size``), reasons[i] "" or why image i could not be used (its x is zeros).
 
-    With ``sha256s`` a file whose content no longer matches its ingested hash is refused, so a row is never
-    stored under the wrong image.
+    ``workers`` threads decode and resize up to ``prefetch`` batches ahead, while the caller runs the
+    model on the current one (PIL and onnxruntime release the GIL). With ``sha256s`` a file whose content
+    no longer matches its ingested hash is refused, so a row is never stored under the wrong image.
     """
-    from torch.utils.data import DataLoader
+    import numpy as np
 
-    dataset = DecodedImages(paths, transform, data_config, sha256s)
-    workers = min(workers, math.ceil(len(paths) / batch_size))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=2 if workers else None)
+    h, w = runner.input_size
+    min_side = math.ceil(max(h, w) / runner.data_config.get("crop_pct", 1.0))
+    prepare = runner.prepare
+
+    def one(i: int) -> tuple[np.ndarray | None, str]:
+        return decode_image(paths[i], sha256s[i] if sha256s is not None else None, prepare, min_side)
+
+    def collect(results: list[tuple[np.ndarray | None, str]]):
+        x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
+        for j, (arr, _) in enumerate(results):
+            if arr is not None:
+                x[j] = arr
+        return x, [why for _, why in results]
+
+    starts = range(0, len(paths), batch_size)
+    if workers <= 0:
+        for s in starts:
+            yield collect([one(i) for i in range(s, min(s + batch_size, len(paths)))])
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="igcli-decode")
+    queue: deque = deque()
+    todo = iter(starts)
+    try:
+        for s in todo:
+            queue.append([pool.submit(one, i) for i in range(s, min(s + batch_size, len(paths)))])
+            if len(queue) > prefetch:
+                break
+        while queue:
+            futures = queue.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append([pool.submit(one, i) for i in range(nxt, min(nxt + batch_size, len(paths)))])
+            yield collect([f.result() for f in futures])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DecodedImages:
-    """Map-style dataset: image file -> (tensor, "") or, when it cannot be used, (zeros, reason).
-
-    Runs in DataLoader workers; a broken file becomes a marker, never an exception that kills the run.
-    """
-
-    def __init__(
-        self, paths: list[str], transform: Callable, data_config: dict[str, Any], sha256s: list[str] | None = None
-    ):
-        self.paths = paths
-        self.sha256s = sha256s
-        self.transform = transform
-        self.input_size = tuple(data_config["input_size"])  # (3, H, W)
-        # The transform resizes the shorter side to input / crop_pct; JPEGs may be decoded at a
-        # reduced DCT scale as long as they stay at least that large.
-        self.min_side = math.ceil(max(self.input_size[1:]) / data_config.get("crop_pct", 1.0))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        try:
-            data = Path(self.paths[i]).read_bytes()
-            if self.sha256s is not None and hashlib.sha256(data).hexdigest() != self.sha256s[i]:
-                return torch.zeros(self.input_size), CHANGED
-            return self.transform(open_rgb(io.BytesIO(data), self.min_side)), ""
-        except Exception as err:  # any decoder failure is data, not a crash
-            return torch.zeros(self.input_size), f"cannot decode image ({type(err).__name__}: {err})"[:500]
+def decode_image(path: str, sha256: str | None, prepare: Callable, min_side: int | None = None):
+    """(H, W, 3) uint8 and "" , or (None, reason): a broken file is data, never an exception."""
+    try:
+        data = Path(path).read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return None, CHANGED
+        return prepare(open_rgb(io.BytesIO(data), min_side)), ""
+    except Exception as err:  # any decoder failure is data, not a crash
+        return None, f"cannot decode image ({type(err).__name__}: {err})"[:500]
 
 
 def open_rgb(path: str | Path | BinaryIO, min_side: int | None = None):

@@ -288,9 +288,12 @@ def available_sources(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
         ).fetchall()
     ]
     aesthetics = [
-        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n, "dim": d}
-        for b, fp, ri, n, d in con.execute(
-            """SELECT backbone, weights_fp, bool_or(random_init), count(*), max(len(embedding))
+        # Without a NIMA checkpoint the embedding is a classifier's pooled features: say so, not "aesthetics".
+        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n, "dim": d,
+         "kind": "NIMA aesthetics embedding and scores" if nima else "ImageNet embedding"}
+        for b, fp, ri, n, d, nima in con.execute(
+            """SELECT backbone, weights_fp, bool_or(random_init), count(*), max(len(embedding)),
+                      bool_or(nima_mean IS NOT NULL)
                FROM image_embeddings GROUP BY 1, 2 ORDER BY 4 DESC"""
         ).fetchall()
     ]

@@ -141,6 +141,10 @@ def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> Non
     if not run_obj and aes is None:
         featurize_images(con, ImageFeatureOptions(skip_backbones=True), progress=progress)
         return
+    from igcli.runtime import INT8_SUFFIX
+
+    expect = {r: s["weights_fp"] for r, s in (("objects", obj), ("aesthetics", aes))
+              if s and (r != "objects" or run_obj)}
     img = ImageFeatureOptions(
         objects=obj["backbone"] if run_obj else None, objects_explicit=run_obj,
         aesthetics=aes["backbone"] if aes else None, aesthetics_explicit=aes is not None,
@@ -148,8 +152,8 @@ def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> Non
         nima_weights=opts.nima_weights,
         random_init=bool((obj and obj.get("random_init")) or (aes and aes.get("random_init"))),
         device=opts.device, roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
-        expect_fingerprints={r: s["weights_fp"] for r, s in (("objects", obj), ("aesthetics", aes))
-                             if s and (r != "objects" or run_obj)},
+        expect_fingerprints=expect,
+        quantize="int8" if any(fp.endswith(INT8_SUFFIX) for fp in expect.values()) else None,
     )
     featurize_images(con, img, progress=progress)
 

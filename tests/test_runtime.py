@@ -1,0 +1,107 @@
+"""igcli.runtime: onnxruntime vs torch on the real EfficientNet-Lite0 weights, the ONNX export cache, int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from igcli.backbones import BackboneRequest, resolve_weights
+from igcli.runtime import export_cached, group_requests, open_runner
+
+TINY = "test_efficientnet"  # timm's tiny ImageNet classifier: exports in a second
+
+
+def generated_images(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8: smooth colour gradients with a few bright discs, not noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        t = (np.cos(rng.uniform(0, 6.3)) * xx + np.sin(rng.uniform(0, 6.3)) * yy)[..., None]
+        img = c0 * (1 - t) + c1 * t
+        for _ in range(3):
+            cx, cy, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.05, 0.25)]
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lite0_pairs():
+    return [(req, resolve_weights(req)) for req in (BackboneRequest("objects", "efficientnet_lite0"),
+                                                   BackboneRequest("aesthetics", "efficientnet_lite0"))]
+
+
+def test_both_roles_of_lite0_share_one_runner(lite0_pairs):
+    (group,) = group_requests(lite0_pairs)
+    runner = open_runner(group, "cpu")
+    assert runner.roles == ["objects", "aesthetics"] and runner.outputs == ["logits", "embedding"]
+    assert runner.provider == "CPUExecutionProvider" and runner.onnx_path.is_file()
+    assert runner.fingerprints == {r.role: w.fingerprint for r, w in lite0_pairs}
+    assert runner.parity_max_abs_diff < 1e-3
+    graph = runner.infer(generated_images(3))
+    assert graph["logits"].shape == (3, 1000) and graph["embedding"].shape == (3, 1280)
+    rows = runner.rows("aesthetics", ["a", "b", "c"], graph)
+    assert rows.num_rows == 3 and len(rows.column("embedding")[0]) == 1280
+    assert runner.rows("objects", ["a", "b", "c"], graph).num_rows == 15
+
+
+def test_real_lite0_same_top5_in_torch_and_onnxruntime(lite0_pairs):
+    (group,) = group_requests(lite0_pairs)
+    x = generated_images(8)
+    ort_rows = open_runner(group, "cpu").rows("objects", list("abcdefgh"), open_runner(group, "cpu").infer(x))
+    torch_runner = open_runner(group, "cpu", runtime="torch")
+    torch_rows = torch_runner.rows("objects", list("abcdefgh"), torch_runner.infer(x))
+    assert torch_runner.provider == "torch:cpu"
+    assert ort_rows.column("wnid").to_pylist() == torch_rows.column("wnid").to_pylist()
+    assert np.allclose(ort_rows.column("prob").to_numpy(), torch_rows.column("prob").to_numpy(), atol=1e-4)
+    # real weights: confident on some image, and not the same answer for every image
+    probs = ort_rows.column("prob").to_numpy().reshape(8, 5)
+    assert probs[:, 0].max() > 0.2 and len(set(ort_rows.column("wnid").to_pylist()[::5])) > 1
+
+
+def _tiny(seed: int):
+    req = BackboneRequest("objects", TINY, random_init=True, seed=seed)
+    return req, resolve_weights(req)
+
+
+def test_onnx_cache_is_reused_and_refreshed_when_the_fingerprint_changes(tmp_path: Path):
+    cache = tmp_path / "onnx"
+    req, w = _tiny(0)
+    path, meta, exported = export_cached(req, w, ["logits"], cache)
+    assert exported and meta["key"]["weights_fp"] == w.fingerprint and path.parent == cache
+    stamp = path.stat().st_mtime_ns
+    again, _, exported = export_cached(req, w, ["logits"], cache)
+    assert (again, exported, again.stat().st_mtime_ns) == (path, False, stamp)  # reused, not rewritten
+    req1, w1 = _tiny(1)  # other weights for the same backbone
+    new, meta1, exported = export_cached(req1, w1, ["logits"], cache)
+    assert exported and new != path and meta1["key"]["weights_fp"] == w1.fingerprint
+    assert not path.exists() and not path.with_suffix(".json").exists()  # the stale export is gone
+    assert sorted(p.name for p in cache.iterdir()) == sorted([new.name, new.with_suffix(".json").name])
+
+
+def test_damaged_cache_file_is_exported_again(tmp_path: Path):
+    cache = tmp_path / "onnx"
+    req, w = _tiny(0)
+    path, _, _ = export_cached(req, w, ["logits"], cache)
+    path.write_bytes(b"truncated")
+    again, _, exported = export_cached(req, w, ["logits"], cache)
+    assert again == path and exported and path.stat().st_size > 1000
+    runner = open_runner([(req, w)], "cpu", cache=cache)
+    assert runner.infer(generated_images(2, size=runner.input_size[0]))["logits"].shape == (2, 1000)
+
+
+def test_int8_runner_is_fingerprinted_int8(tmp_path: Path):
+    req, w = _tiny(0)
+    fp32 = open_runner([(req, w)], "cpu", cache=tmp_path)
+    int8 = open_runner([(req, w)], "cpu", quantize="int8", cache=tmp_path)
+    assert int8.fingerprints == {"objects": w.fingerprint + ":int8"} and int8.onnx_path.name.endswith("-int8.onnx")
+    x = generated_images(4, size=fp32.input_size[0])
+    a, b = fp32.infer(x)["logits"], int8.infer(x)["logits"]
+    assert a.shape == b.shape and not np.array_equal(a, b)  # really another model ...
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9    # ... computing nearly the same function
+    with pytest.raises(Exception, match="onnxruntime only"):
+        open_runner([(req, w)], "cpu", runtime="torch", quantize="int8")
