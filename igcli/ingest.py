@@ -342,11 +342,13 @@ def ingest_posts(
             csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
             store.run_block(con, "ingest", "row_errors")
             _image_keys(con, images_dir, progress)
-            store.run_block(con, "ingest", "plan", flags)
-            result.loaded, result.updated, result.unchanged = con.execute(
-                store.sql_blocks("ingest")["counts"]
-            ).fetchall()[0]
+            store.run_block(con, "ingest", "plan")
+            counts = store.run_block(con, "ingest", "counts", flags).fetchall()
+            result.images = {status: sum(n[1:]) for status, *n in counts}
+            result.loaded, result.updated, result.unchanged = (sum(c[i] for c in counts) for i in (1, 2, 3))
             write = {"now": now, "source": result.source, **flags, **src}
+            if result.loaded or result.updated:
+                store.run_block(con, "ingest", "todo", flags)
             if result.loaded:
                 store.run_block(con, "ingest", "write_new", write)
             if result.updated:
@@ -382,26 +384,22 @@ def ingest_posts(
                     [result.ingest_id],
                 ).fetchall()
             ]
-            result.images = dict(con.execute(
-                """SELECT coalesce(i.status, 'no image'), count(*) FROM plan p
-                   LEFT JOIN images i ON i.path = p.image_path GROUP BY ALL"""
-            ).fetchall())
             con.execute(
                 "INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, ?, ?, ?, ?)",
                 [result.ingest_id, result.source, sha.result(), now, store.utcnow(), result.loaded,
                  result.updated, result.unchanged, result.rejected],
             )
             if keep_ids:
-                result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM plan").fetchall()]
+                result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM igc_plan(?)", [flags["has_image"]]).fetchall()]
             store.fault_point("ingest.before_commit")
     finally:
         if hashing:
             hashing.shutdown(cancel_futures=True)
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
         con.execute("SET memory_limit = ?", [memory])
-        for name in ("staged", "row_errors", "row_warnings", "plan", "snap_in", "image_keys"):
-            con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         con.execute("DROP VIEW IF EXISTS good")
+        for name in ("staged", "matched", "row_errors", "row_warnings", "todo", "snap_in", "image_keys"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered
         if own:

@@ -50,6 +50,15 @@ CREATE OR REPLACE TEMP MACRO igc_mentions(has, mentions, caption) AS (
     CASE WHEN has THEN coalesce(trim(mentions), '')
          ELSE array_to_string(regexp_extract_all(coalesce(caption, ''), '@[\p{L}\p{N}_.]*[\p{L}\p{N}_]'), ' ') END);
 
+-- What an update compares, as one 64-bit hash, so the join with the store carries 8 bytes per post
+-- instead of its text: the columns the file has (a file without captions leaves the stored ones alone).
+CREATE OR REPLACE TEMP MACRO igc_content(has_caption, has_hashtags, has_mentions, has_image,
+                                         posted_at, caption, hashtags, mentions, image_ref) AS (
+    hash(posted_at, CASE WHEN has_caption THEN caption END,
+         CASE WHEN has_caption OR has_hashtags THEN hashtags END,
+         CASE WHEN has_caption OR has_mentions THEN mentions END,
+         CASE WHEN has_image THEN image_ref END));
+
 -- name: stage
 -- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row), the store_* columns
 -- and `changed` say how it compares with the post the store holds under its post_id.
@@ -115,21 +124,27 @@ SELECT
              THEN {'column_name': NULL::VARCHAR, 'value': NULL::VARCHAR, 'reason': 'value contains a NUL byte'} END
     ], lambda x: x IS NOT NULL) END AS errs,
     CASE WHEN posted_at_ts BETWEEN TIMESTAMP '1970-01-01' AND TIMESTAMP '2010-10-06' THEN raw_posted_at END AS warn_value,
-    p.post_id IS NULL AS is_new,
-    p.username AS store_username,
-    p.source_file AS store_source,
-    p.image_path AS store_image_path,
-    CASE WHEN p.post_id IS NULL OR is_bad THEN false ELSE (
-        p.posted_at IS DISTINCT FROM c.posted_at_ts
-        OR ($has_caption AND p.caption IS DISTINCT FROM c.caption)
-        OR (($has_caption OR $has_hashtags)
-            AND p.hashtags IS DISTINCT FROM igc_hashtags($has_hashtags, raw_hashtags, c.caption))
-        OR (($has_caption OR $has_mentions)
-            AND p.mentions IS DISTINCT FROM igc_mentions($has_mentions, raw_mentions, c.caption))
-        OR (likes_d IS NOT NULL AND p.likes IS DISTINCT FROM igc_bigint(likes_d))
-        OR ($has_image AND p.image_ref IS DISTINCT FROM c.image_ref)
-    ) END AS changed
-FROM c LEFT JOIN posts p ON p.post_id = c.post_id;
+    igc_bigint(likes_d) AS likes,
+    CASE WHEN NOT is_bad THEN igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, c.posted_at_ts,
+        c.caption, igc_hashtags($has_hashtags, raw_hashtags, c.caption),
+        igc_mentions($has_mentions, raw_mentions, c.caption), c.image_ref) END AS content
+FROM c;
+
+-- How each usable row compares with the post the store holds under its post_id (none: a new post).
+CREATE OR REPLACE TEMP TABLE matched AS
+SELECT s.rn, p.username_hash <> hash(s.username) AS other_user,
+       p.content <> s.content OR (s.likes IS NOT NULL AND p.likes IS DISTINCT FROM s.likes) AS changed,
+       p.image_path AS store_image_path, p.image_path_hash AS store_image_path_hash
+FROM staged s
+JOIN (
+    SELECT post_id, hash(username) AS username_hash, likes,
+           CASE WHEN NOT $has_image THEN image_path END AS image_path,  -- kept as it is
+           CASE WHEN $has_image THEN hash(image_path) END AS image_path_hash,  -- compared with the new one
+           igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, posted_at, caption, hashtags, mentions,
+                       image_ref) AS content
+    FROM posts
+) p ON p.post_id = s.post_id
+WHERE s.errs IS NULL;
 
 -- name: row_errors
 CREATE OR REPLACE TEMP TABLE row_errors AS
@@ -141,16 +156,19 @@ INSERT INTO row_errors
 SELECT s.rn, s.line, 'post_id', s.post_id, 'duplicate post_id in this file (first at line ' || f.first_line || ')'
 FROM staged s
 JOIN (SELECT post_id, min(rn) AS first_row, arg_min(line, rn) AS first_line
-      FROM staged WHERE errs IS NULL GROUP BY post_id HAVING count(*) > 1) f
+      FROM staged
+      WHERE errs IS NULL AND hash(post_id) IN (  -- grouping 8-byte hashes first is much cheaper than text
+          SELECT hash(post_id) FROM staged WHERE errs IS NULL GROUP BY ALL HAVING count(*) > 1)
+      GROUP BY post_id HAVING count(*) > 1) f
   ON s.post_id = f.post_id AND s.rn > f.first_row
 WHERE s.errs IS NULL;
 
 -- A post_id the store already holds for another user is a conflict, not an update.
 INSERT INTO row_errors
-SELECT rn, line, 'username', username,
-       'post_id already belongs to user ' || store_username || ' (from ' || store_source || ')'
-FROM staged
-WHERE errs IS NULL AND NOT is_new AND username <> store_username AND rn NOT IN (SELECT rn FROM row_errors);
+SELECT s.rn, s.line, 'username', s.username,
+       'post_id already belongs to user ' || p.username || ' (from ' || p.source_file || ')'
+FROM (SELECT * FROM staged JOIN matched USING (rn) WHERE other_user AND rn NOT IN (SELECT rn FROM row_errors)) s
+JOIN posts p ON p.post_id = s.post_id;
 
 CREATE OR REPLACE TEMP TABLE row_warnings AS
 SELECT rn, line, 'posted_at' AS column_name, warn_value AS value,
@@ -162,22 +180,26 @@ CREATE OR REPLACE TEMP VIEW good AS
 SELECT * FROM staged WHERE errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
 
 -- name: plan
--- `image_keys(image_ref, image_path)` maps each reference to its images-table key.
-CREATE OR REPLACE TEMP TABLE plan AS
-SELECT g.rn, g.line, g.post_id, g.is_new,
-       NOT g.is_new AND (g.changed OR ($has_image AND g.store_image_path IS DISTINCT FROM k.image_path)) AS is_changed,
-       CASE WHEN $has_image THEN k.image_path ELSE g.store_image_path END AS image_path
+-- `image_keys(image_ref, image_path)` maps each reference to its images-table key. `igc_plan` is not
+-- stored: a no-op re-ingest only counts it; `todo` holds the rows to write.
+CREATE OR REPLACE TEMP MACRO igc_plan(has_image) AS TABLE
+SELECT g.rn, g.line, g.post_id, g.posted_at, g.likes, m.rn IS NULL AS is_new,
+       coalesce(m.changed OR (has_image AND m.store_image_path_hash <> hash(k.image_path)), false) AS is_changed,
+       CASE WHEN has_image THEN k.image_path ELSE m.store_image_path END AS image_path
 FROM good g
+LEFT JOIN matched m USING (rn)
 LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
+
+-- name: todo
+CREATE OR REPLACE TEMP TABLE todo AS SELECT * FROM igc_plan($has_image) WHERE is_new OR is_changed;
 
 -- name: write_new
 INSERT INTO posts
-SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at), s.caption,
+SELECT p.post_id, trim(s.username), p.posted_at, s.caption,
        igc_hashtags($has_hashtags, s.hashtags, s.caption), igc_mentions($has_mentions, s.mentions, s.caption),
-       igc_bigint(igc_count(s.likes)), nullif(trim(s.image), ''), p.image_path,
-       $source, p.line, $now::TIMESTAMP, $now::TIMESTAMP
+       p.likes, nullif(trim(s.image), ''), p.image_path, $source, p.line, $now::TIMESTAMP, $now::TIMESTAMP
 FROM igc_src($path, $columns, $encoding, $max_line) s
-JOIN (SELECT rn, line, image_path FROM plan WHERE is_new) p USING (rn);
+JOIN (SELECT * FROM todo WHERE is_new) p USING (rn);
 
 -- name: write_changed
 UPDATE posts SET
@@ -187,14 +209,14 @@ UPDATE posts SET
     mentions = CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
     likes = coalesce(u.likes, posts.likes),
     image_ref = CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END,
-    image_path = u.image_path, source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP
+    image_path = CASE WHEN $has_image THEN u.image_path ELSE posts.image_path END, source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP
 FROM (
-    SELECT trim(s.post_id) AS post_id, igc_ts(s.posted_at) AS posted_at, s.caption,
+    SELECT p.post_id, p.posted_at, s.caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
            igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
-           igc_bigint(igc_count(s.likes)) AS likes, nullif(trim(s.image), '') AS image_ref, p.image_path, p.line
+           p.likes, nullif(trim(s.image), '') AS image_ref, p.image_path, p.line
     FROM igc_src($path, $columns, $encoding, $max_line) s
-    JOIN (SELECT rn, line, image_path FROM plan WHERE is_changed) p USING (rn)
+    JOIN (SELECT * FROM todo WHERE is_changed) p USING (rn)
 ) u
 WHERE posts.post_id = u.post_id;
 
@@ -220,6 +242,8 @@ WHERE u.username IS NULL
    OR u.user_post_count IS DISTINCT FROM s.user_post_count;
 
 -- name: counts
-SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed),
+-- Per image status (this file's probes are stored by now): new, changed and unchanged posts.
+SELECT coalesce(i.status, 'no image'), count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed),
        count(*) FILTER (WHERE NOT is_new AND NOT is_changed)
-FROM plan;
+FROM igc_plan($has_image) p LEFT JOIN images i ON i.path = p.image_path
+GROUP BY ALL;
