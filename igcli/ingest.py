@@ -344,11 +344,13 @@ def ingest_posts(
             _image_keys(con, images_dir, progress)
             store.run_block(con, "ingest", "plan")
             counts = store.run_block(con, "ingest", "counts", flags).fetchall()
-            result.images = {status: sum(n[1:]) for status, *n in counts}
+            result.images = {status: sum(n) for status, *n in counts}
             result.loaded, result.updated, result.unchanged = (sum(c[i] for c in counts) for i in (1, 2, 3))
-            write = {"now": now, "source": result.source, **flags, **src}
+            parsed = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+            write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
+                     "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
             if result.loaded or result.updated:
-                store.run_block(con, "ingest", "todo", flags)
+                store.run_block(con, "ingest", "pick", write)
             if result.loaded:
                 store.run_block(con, "ingest", "write_new", write)
             if result.updated:
@@ -376,7 +378,7 @@ def ingest_posts(
             result.warned = con.execute("SELECT count(*) FROM row_warnings").fetchall()[0][0]
             bad_rows = con.execute("SELECT count(DISTINCT rn) FROM row_errors").fetchall()[0][0]
             result.rejected = bad_rows + len(csv_rejects)
-            result.rows_read = con.execute("SELECT count(*) FROM staged").fetchall()[0][0] + len(csv_rejects)
+            result.rows_read = parsed + len(csv_rejects)
             result.reasons = [
                 tuple(r) for r in con.execute(
                     "SELECT line_number, column_name, reason FROM rejects WHERE ingest_id = ? "
@@ -390,7 +392,8 @@ def ingest_posts(
                  result.updated, result.unchanged, result.rejected],
             )
             if keep_ids:
-                result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM igc_plan(?)", [flags["has_image"]]).fetchall()]
+                result.post_ids = [r[0] for r in con.execute(
+                    "SELECT post_id FROM igc_plan(?)", [flags["has_image"]]).fetchall()]
             store.fault_point("ingest.before_commit")
     finally:
         if hashing:
@@ -398,7 +401,7 @@ def ingest_posts(
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
         con.execute("SET memory_limit = ?", [memory])
         con.execute("DROP VIEW IF EXISTS good")
-        for name in ("staged", "matched", "row_errors", "row_warnings", "todo", "snap_in", "image_keys"):
+        for name in ("staged", "matched", "row_errors", "row_warnings", "pick", "changed", "snap_in", "image_keys"):
             con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered

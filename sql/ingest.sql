@@ -190,16 +190,29 @@ FROM good g
 LEFT JOIN matched m USING (rn)
 LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
 
--- name: todo
-CREATE OR REPLACE TEMP TABLE todo AS SELECT * FROM igc_plan($has_image) WHERE is_new OR is_changed;
+-- name: pick
+-- Which rows the write reads: `pick` holds the smaller of the new rows and the other parsed rows, so a
+-- first load (all new) or a re-ingest (nearly all known) joins a small set, never one as large as the file.
+CREATE OR REPLACE TEMP TABLE pick AS
+SELECT rn FROM igc_plan($has_image) WHERE $pick_new AND is_new
+UNION ALL
+SELECT rn FROM (SELECT rn FROM row_errors UNION SELECT rn FROM matched) WHERE NOT $pick_new;
+
+CREATE OR REPLACE TEMP TABLE changed AS
+SELECT rn, line, posted_at, likes, image_path FROM igc_plan($has_image) WHERE is_changed;
 
 -- name: write_new
+-- Lines come from the stream again; after records DuckDB's parser refused they come from `staged`, where
+-- they were shifted (`$shifted`, rare).
 INSERT INTO posts
-SELECT p.post_id, trim(s.username), p.posted_at, s.caption,
+SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at), s.caption,
        igc_hashtags($has_hashtags, s.hashtags, s.caption), igc_mentions($has_mentions, s.mentions, s.caption),
-       p.likes, nullif(trim(s.image), ''), p.image_path, $source, p.line, $now::TIMESTAMP, $now::TIMESTAMP
-FROM igc_src($path, $columns, $encoding, $max_line) s
-JOIN (SELECT * FROM todo WHERE is_new) p USING (rn);
+       igc_bigint(igc_count(s.likes)), nullif(trim(s.image), ''), k.image_path,
+       $source, coalesce(f.line, s.line), $now::TIMESTAMP, $now::TIMESTAMP
+FROM igc_rows($path, $columns, $encoding, $max_line) s
+LEFT JOIN (SELECT rn, line FROM staged WHERE $shifted) f USING (rn)
+LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
+WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new;
 
 -- name: write_changed
 UPDATE posts SET
@@ -209,14 +222,15 @@ UPDATE posts SET
     mentions = CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
     likes = coalesce(u.likes, posts.likes),
     image_ref = CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END,
-    image_path = CASE WHEN $has_image THEN u.image_path ELSE posts.image_path END, source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP
+    image_path = CASE WHEN $has_image THEN u.image_path ELSE posts.image_path END,
+    source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP
 FROM (
-    SELECT p.post_id, p.posted_at, s.caption,
+    SELECT trim(s.post_id) AS post_id, c.posted_at, s.caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
            igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
-           p.likes, nullif(trim(s.image), '') AS image_ref, p.image_path, p.line
+           c.likes, nullif(trim(s.image), '') AS image_ref, c.image_path, c.line
     FROM igc_src($path, $columns, $encoding, $max_line) s
-    JOIN (SELECT * FROM todo WHERE is_changed) p USING (rn)
+    JOIN changed c USING (rn)
 ) u
 WHERE posts.post_id = u.post_id;
 
