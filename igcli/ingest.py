@@ -248,7 +248,9 @@ def _canonical(present: set[str]) -> str:
 def _image_keys(
     con: duckdb.DuckDBPyConnection, images_dir: Path, progress: Callable[[str, int, int], None] | None,
 ) -> None:
-    refs = [r[0] for r in con.execute("SELECT DISTINCT image_ref FROM good WHERE image_ref IS NOT NULL").fetchall()]
+    refs = [r[0] for r in con.execute(
+        "SELECT DISTINCT image_ref FROM staged WHERE image_ref IS NOT NULL AND errs IS NULL "
+        "AND rn NOT IN (SELECT rn FROM row_errors)").fetchall()]
     keys, refused, to_probe = [], {}, []
     known = dict(
         con.execute("SELECT path, (byte_size, mtime_ns, status) FROM images").fetchall()
@@ -331,12 +333,14 @@ def ingest_posts(
         result.ignored_columns = ignored
         present = set(names)
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
+        full = {"full": flags["has_caption"] and flags["has_image"]}  # compares every stored value
         hashing = ThreadPoolExecutor(1)
         sha = hashing.submit(sha256_file, source)  # hashlib releases the GIL: it overlaps the load
         with store.transaction(con):
             con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
+            store.run_block(con, "ingest", "backfill")
             try:
-                store.run_block(con, "ingest", "stage", {"now": now, **flags, **src})
+                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src})
             except duckdb.Error as err:
                 raise InputError(f"{source} cannot be read: {str(err).splitlines()[0]}") from None
             csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []

@@ -59,6 +59,11 @@ CREATE OR REPLACE TEMP MACRO igc_content(has_caption, has_hashtags, has_mentions
          CASE WHEN has_caption OR has_mentions THEN mentions END,
          CASE WHEN has_image THEN image_ref END));
 
+-- name: backfill
+-- Posts stored before `content_hash` existed get it once.
+UPDATE posts SET content_hash = igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
+WHERE content_hash IS NULL;
+
 -- name: stage
 -- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row), the store_* columns
 -- and `changed` say how it compares with the post the store holds under its post_id.
@@ -140,8 +145,10 @@ JOIN (
     SELECT post_id, hash(username) AS username_hash, likes,
            CASE WHEN NOT $has_image THEN image_path END AS image_path,  -- kept as it is
            CASE WHEN $has_image THEN hash(image_path) END AS image_path_hash,  -- compared with the new one
-           igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, posted_at, caption, hashtags, mentions,
-                       image_ref) AS content
+           -- a file with captions and images compares everything: the stored hash, no text read back
+           CASE WHEN $full THEN content_hash
+                ELSE igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, posted_at, caption, hashtags,
+                                 mentions, image_ref) END AS content
     FROM posts
 ) p ON p.post_id = s.post_id
 WHERE s.errs IS NULL;
@@ -205,14 +212,18 @@ SELECT rn, line, posted_at, likes, image_path FROM igc_plan($has_image) WHERE is
 -- Lines come from the stream again; after records DuckDB's parser refused they come from `staged`, where
 -- they were shifted (`$shifted`, rare).
 INSERT INTO posts
-SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at), s.caption,
-       igc_hashtags($has_hashtags, s.hashtags, s.caption), igc_mentions($has_mentions, s.mentions, s.caption),
-       igc_bigint(igc_count(s.likes)), nullif(trim(s.image), ''), k.image_path,
-       $source, coalesce(f.line, s.line), $now::TIMESTAMP, $now::TIMESTAMP
-FROM igc_rows($path, $columns, $encoding, $max_line) s
-LEFT JOIN (SELECT rn, line FROM staged WHERE $shifted) f USING (rn)
-LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
-WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new;
+SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
+FROM (
+    SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
+           igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
+           igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
+           igc_bigint(igc_count(s.likes)), nullif(trim(s.image), '') AS image_ref, k.image_path,
+           $source, coalesce(f.line, s.line), $now::TIMESTAMP, $now::TIMESTAMP
+    FROM igc_rows($path, $columns, $encoding, $max_line) s
+    LEFT JOIN (SELECT rn, line FROM staged WHERE $shifted) f USING (rn)
+    LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
+    WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new
+);
 
 -- name: write_changed
 UPDATE posts SET
@@ -223,7 +234,12 @@ UPDATE posts SET
     likes = coalesce(u.likes, posts.likes),
     image_ref = CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END,
     image_path = CASE WHEN $has_image THEN u.image_path ELSE posts.image_path END,
-    source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP
+    source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP,
+    content_hash = igc_content(true, true, true, true, u.posted_at,
+        CASE WHEN $has_caption THEN u.caption ELSE posts.caption END,
+        CASE WHEN $has_caption OR $has_hashtags THEN u.hashtags ELSE posts.hashtags END,
+        CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
+        CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END)
 FROM (
     SELECT trim(s.post_id) AS post_id, c.posted_at, s.caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,

@@ -246,3 +246,26 @@ def test_line_numbers_exact_across_a_file_read_in_parallel(tmp_path: Path, db: P
     assert (r.loaded, r.rejected) == (len(expected_posts), len(expected_rejects))
     assert dict(q(db, "SELECT post_id, source_line FROM posts")) == expected_posts
     assert dict(q(db, "SELECT line_number, reason FROM rejects")) == expected_rejects
+
+
+def test_content_hash_backfilled_and_kept_current(tmp_path: Path, db: Path):
+    import duckdb
+
+    full = write(tmp_path / "full.csv", HEADER + "p1,alice,2017-04-28,cap #a,#a,,10,100,1,1,\n")
+    ingest_posts(full, db=db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE posts SET content_hash = NULL")  # a store written before the column existed
+    con.close()
+    r = ingest_posts(full, db=db)
+    assert (r.updated, r.unchanged) == (0, 1)
+    assert q(db, "SELECT count(*) FROM posts WHERE content_hash IS NULL") == [(0,)]
+    # a file without captions or images updates what it has and keeps the rest ...
+    r = ingest_posts(write(tmp_path / "p.csv", "post_id,username,posted_at,likes\np1,alice,2017-04-29,11\n"), db=db)
+    assert r.updated == 1
+    assert q(db, "SELECT caption, hashtags, posted_at::VARCHAR, likes FROM posts") == [
+        ("cap #a", "#a", "2017-04-29 00:00:00", 11)]
+    # ... and the stored hash follows: the full row as now stored is a no-op, a changed caption is not
+    r = ingest_posts(write(tmp_path / "f2.csv", HEADER + "p1,alice,2017-04-29,cap #a,#a,,11,100,1,1,\n"), db=db)
+    assert (r.updated, r.unchanged) == (0, 1)
+    r = ingest_posts(write(tmp_path / "f3.csv", HEADER + "p1,alice,2017-04-29,cap #b,#a,,11,100,1,1,\n"), db=db)
+    assert (r.updated, r.unchanged) == (1, 0)
