@@ -136,8 +136,9 @@ def main() -> None:
                      round(g / f, 2), round(median([r[1] for r in duck]), 1), round(median([r[1] for r in first]), 1),
                      round(dpeak), round(fpeak), round(fpeak / dpeak, 2), f"{min(loads):.1f}-{max(loads):.1f}"])
     notes = [
-        "medians of the runs; each load in a fresh child process; DuckDB = CREATE TABLE AS SELECT * FROM "
-        "read_csv(FILE) into a fresh database file; igcli = ingest_posts into a fresh store, then again (no-op)",
+        "; ".join(f"median of {r[2]} runs at {r[0]:,} rows" for r in rows) + "; each load in a fresh child "
+        "process; DuckDB = CREATE TABLE AS SELECT * FROM read_csv(FILE) into a fresh database file; igcli = "
+        "ingest_posts into a fresh store, then the same file again (no-op)",
         "ratio = igcli s / DuckDB s; peak = max resident set of the child (igcli: load or no-op, whichever is "
         "higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
     ]

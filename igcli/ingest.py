@@ -3,8 +3,10 @@
     from igcli.ingest import ingest_posts
     result = ingest_posts("posts.csv", db="igcli.duckdb")
 
-One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``); Python
-only reads the header, maps line numbers and probes image files in a thread pool.
+One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``), which
+reads a CSV twice as a stream (check, then write only new and changed rows) and never holds it whole;
+Python reads the header, places the records DuckDB's parser refused, and probes image files in a thread
+pool. A Parquet file is read into memory by pyarrow first.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 -- Ingest. The file is read twice as a stream, never held whole: `stage` keeps a narrow row per record
--- (keys, parsed user values, errors, how it compares with the store), `write_new` / `write_changed`
--- read the file again and write only the rows `plan` marks new or changed. A no-op re-ingest writes
--- nothing and skips the second read.
+-- (keys, parsed user values, errors, a hash of the compared values) and `matched` how it compares with the
+-- store; `write_new` / `write_changed` read the file again and write only the rows `igc_plan` marks new or
+-- changed. A no-op re-ingest writes nothing and skips the second read.
 --
 -- ingest.py defines two table macros over the source, with canonical VARCHAR columns (absent ones NULL):
 --   igc_rows(p, c, e, m): rn (file order of the parsed records), line (physical line), the columns;
@@ -188,7 +188,7 @@ SELECT * FROM staged WHERE errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors
 
 -- name: plan
 -- `image_keys(image_ref, image_path)` maps each reference to its images-table key. `igc_plan` is not
--- stored: a no-op re-ingest only counts it; `todo` holds the rows to write.
+-- stored: a no-op re-ingest only counts it; `pick` and `changed` say which rows to write.
 CREATE OR REPLACE TEMP MACRO igc_plan(has_image) AS TABLE
 SELECT g.rn, g.line, g.post_id, g.posted_at, g.likes, m.rn IS NULL AS is_new,
        coalesce(m.changed OR (has_image AND m.store_image_path_hash <> hash(k.image_path)), false) AS is_changed,
