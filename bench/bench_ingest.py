@@ -104,7 +104,7 @@ def main() -> None:
         return
 
     header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "no-op s", "no-op / load",
-              "DuckDB CPU s", "igcli CPU s", "DuckDB peak MiB", "igcli peak MiB", "peak ratio", "load avg"]
+              "DuckDB CPU s", "igcli CPU s", "DuckDB max memory MiB", "igcli peak MiB", "memory ratio", "load avg"]
     rows, peaks = [], {}
     for n_i, n in enumerate(a.rows):
         repeats = a.repeats[min(n_i, len(a.repeats) - 1)]
@@ -132,15 +132,16 @@ def main() -> None:
         d, f, g = (median([r[0] for r in x]) for x in (duck, first, again))
         dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in first), max(r[2] for r in again))
         peaks[n] = fpeak
-        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), round(f / d, 2), round(g, 1),
-                     round(g / f, 2), round(median([r[1] for r in duck]), 1), round(median([r[1] for r in first]), 1),
-                     round(dpeak), round(fpeak), round(fpeak / dpeak, 2), f"{min(loads):.1f}-{max(loads):.1f}"])
+        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(g, 1),  # ratios as
+                     f"{g / f:.2f}", round(median([r[1] for r in duck]), 1),  # text: two decimals in the report
+                     round(median([r[1] for r in first]), 1), round(dpeak), round(fpeak), f"{fpeak / dpeak:.2f}",
+                     f"{min(loads):.1f}-{max(loads):.1f}"])
     notes = [
         "; ".join(f"median of {r[2]} runs at {r[0]:,} rows" for r in rows) + "; each load in a fresh child "
         "process; DuckDB = CREATE TABLE AS SELECT * FROM read_csv(FILE) into a fresh database file; igcli = "
         "ingest_posts into a fresh store, then the same file again (no-op)",
-        "ratio = igcli s / DuckDB s; peak = max resident set of the child (igcli: load or no-op, whichever is "
-        "higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
+        "ratio = igcli s / DuckDB s; memory = max resident set of the child (igcli: load or no-op, whichever "
+        "is higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
     ]
     if len(peaks) > 1:
         lo, hi = min(peaks), max(peaks)
