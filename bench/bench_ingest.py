@@ -1,74 +1,155 @@
-"""Ingest throughput: rows/s for 1,000,000 generated posts, median of several runs, peak memory.
+"""Ingest beside DuckDB's bare CSV load: time, CPU and peak memory at 1M and 10M generated posts.
 
-    .venv/bin/python bench/bench_ingest.py [--rows 1000000] [--users 20000] [--repeats 3] [--json out.json]
+    .venv/bin/python bench/bench_ingest.py [--rows 1000000 10000000] [--repeats 3 1] [--tmp DIR] [--json out.json]
 
-Each run ingests the same CSV into a fresh store in a child process (so peak memory is that process's).
-The tabular path is measured: the generated posts carry no image files (images are measured by
-bench_featurize). A second ingest of the same file into the filled store measures the idempotent rerun.
+For each size, in one run and alternating: DuckDB's own ``CREATE TABLE t AS SELECT * FROM read_csv(FILE)``
+into a fresh database file, ``igcli ingest`` of the same file into a fresh store, and the same file again into
+that store (the no-op re-ingest). Each is a fresh child process of a small parent (the CSV is made by another
+child, since a child's peak RSS starts from its parent's); peak memory is its max resident set, CPU its user +
+system time (steadier than wall time on a loaded machine). The tabular path is measured: the file's image
+column is empty (images are measured by bench_featurize). Files above 1M rows repeat a generated 1M-post
+sample with suffixed post_ids; 10M rows is ~2.3 GB of CSV in ``--tmp`` (removed afterwards).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, print_table, run_child, write_json  # noqa: E402
+from _common import median, print_table, write_json  # noqa: E402
 
-CHILD = """
-import sys, time
+DUCKDB = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[2])
+con.execute("SET enable_progress_bar = false")
+con.execute("CREATE TABLE t AS SELECT * FROM read_csv(?)", [sys.argv[1]])
+print("RESULT", con.execute("SELECT count(*) FROM t").fetchall()[0][0])
+con.close()
+"""
+IGCLI = """
+import sys
 from igcli.ingest import ingest_posts
 r = ingest_posts(sys.argv[1], db=sys.argv[2])
-print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, r.seconds)
+print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected)
 """
 
 
-def _result(out: str) -> list[str]:
-    return next(line.split()[1:] for line in out.splitlines() if line.startswith("RESULT "))
+def run(code: str, *args: str) -> tuple[float, float, float, list[int]]:
+    """(wall s, CPU s, peak RSS MiB, RESULT numbers) of one fresh child process, reaped with wait4."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode:
+        raise RuntimeError(f"child failed ({proc.returncode}):\n{stderr[-2000:]}")
+    res = next(line.split()[1:] for line in stdout.splitlines() if line.startswith("RESULT "))
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, [int(x) for x in res]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json")
-    a = ap.parse_args()
+def make_csv(tmp: Path, rows: int, users: int) -> Path:
+    """A posts CSV of `rows` rows and no images: a generated sample, repeated with suffixed post_ids."""
     import duckdb
 
     from igcli.sample import generate_sample
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        generate_sample(tmp / "gen", posts=a.rows, users=a.users, seed=1, images=False, new_posts=0)
-        csv = tmp / "posts.csv"
-        duckdb.sql(f"COPY (SELECT * REPLACE (NULL AS image) FROM read_csv('{tmp / 'gen' / 'posts.csv'}', "
-                   f"all_varchar = true)) TO '{csv}' (HEADER)")  # bench-local temp paths, not user values
-        size_mb = csv.stat().st_size / 2**20
-        first, again = [], []
-        for i in range(a.repeats):
-            db = tmp / f"s{i}.duckdb"
-            secs, rss, out = run_child(["-c", CHILD, str(csv), str(db)])
-            n, loaded, _, _, rejected, inner = _result(out)
-            assert int(loaded) == a.rows and int(rejected) == 0, out
-            first.append((float(inner), secs, rss))
-            secs2, rss2, out2 = run_child(["-c", CHILD, str(csv), str(db)])
-            res2 = _result(out2)
-            assert int(res2[3]) == a.rows, out2
-            again.append((float(res2[5]), secs2, rss2))
-        header = ["run", "rows", "CSV MiB", "ingest s (median)", "rows/s", "process s", "peak RSS MiB"]
-        rows = []
-        for label, runs in (("first load", first), ("same file again (no-op)", again)):
-            inner = median([r[0] for r in runs])
-            rows.append([label, a.rows, round(size_mb, 1), round(inner, 2), round(a.rows / inner),
-                         round(median([r[1] for r in runs]), 2), round(max(r[2] for r in runs))])
-        notes = [f"median of {a.repeats} runs, each in a fresh child process; no image files (tabular path)"]
-        print_table(f"ingest, {a.rows:,} generated posts", header, rows)
-        for n_ in notes:
-            print(n_)
-        write_json(a.json, "ingest", header, rows, notes)
+    base_rows = min(rows, 1_000_000)
+    generate_sample(tmp / "gen", posts=base_rows, users=users, seed=1, images=False, new_posts=0)
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    parts = []
+    for k in range((rows + base_rows - 1) // base_rows):
+        part = tmp / f"part{k}.csv"
+        take = min(base_rows, rows - k * base_rows)
+        con.execute(  # bench-local temp paths and our own integers, not user values
+            f"""COPY (SELECT * REPLACE (CASE WHEN {k} = 0 THEN post_id ELSE post_id || '_{k}' END AS post_id,
+                                       NULL AS image)
+                      FROM read_csv('{tmp / "gen" / "posts.csv"}', all_varchar = true) LIMIT {take})
+                TO '{part}' (HEADER {str(k == 0).lower()})"""
+        )
+        parts.append(part)
+    con.close()
+    shutil.rmtree(tmp / "gen")
+    out = tmp / f"posts_{rows}.csv"
+    with open(out, "wb") as fh:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 24)
+            part.unlink()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--repeats", type=int, nargs="+", default=[3, 1], help="per size (the last one repeats)")
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--tmp", help="folder for the generated CSVs and stores (default: the system temp folder)")
+    ap.add_argument("--json")
+    ap.add_argument("--make-csv", nargs=3, metavar=("DIR", "ROWS", "USERS"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.make_csv:  # in its own process: a child's peak RSS starts from its parent's, so the parent stays small
+        print(make_csv(Path(a.make_csv[0]), int(a.make_csv[1]), int(a.make_csv[2])))
+        return
+
+    header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "no-op s", "no-op / load",
+              "DuckDB CPU s", "igcli CPU s", "DuckDB max memory MiB", "igcli peak MiB", "memory ratio", "load avg"]
+    rows, peaks = [], {}
+    for n_i, n in enumerate(a.rows):
+        repeats = a.repeats[min(n_i, len(a.repeats) - 1)]
+        with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
+            tmp = Path(tmp)
+            made = subprocess.run([sys.executable, __file__, "--make-csv", str(tmp), str(n), str(a.users)],
+                                  check=True, capture_output=True, text=True)
+            csv = Path(made.stdout.strip().splitlines()[-1])
+            size_mb = csv.stat().st_size / 2**20
+            duck, first, again, loads = [], [], [], [os.getloadavg()[0]]
+            for i in range(repeats):
+                wall, cpu, rss, res = run(DUCKDB, str(csv), str(tmp / f"duck{i}.duckdb"))
+                assert res == [n], res
+                duck.append((wall, cpu, rss))
+                (tmp / f"duck{i}.duckdb").unlink()
+                db = tmp / f"igcli{i}.duckdb"
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(db))
+                assert res[1] == n and res[4] == 0, res
+                first.append((wall, cpu, rss))
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(db))
+                assert res[3] == n, res
+                again.append((wall, cpu, rss))
+                db.unlink()
+                loads.append(os.getloadavg()[0])
+        d, f, g = (median([r[0] for r in x]) for x in (duck, first, again))
+        dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in first), max(r[2] for r in again))
+        peaks[n] = fpeak
+        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(g, 1),  # ratios as
+                     f"{g / f:.2f}", round(median([r[1] for r in duck]), 1),  # text: two decimals in the report
+                     round(median([r[1] for r in first]), 1), round(dpeak), round(fpeak), f"{fpeak / dpeak:.2f}",
+                     f"{min(loads):.1f}-{max(loads):.1f}"])
+    notes = [
+        "; ".join(f"median of {r[2]} runs at {r[0]:,} rows" for r in rows) + "; each load in a fresh child "
+        "process; DuckDB = CREATE TABLE AS SELECT * FROM read_csv(FILE) into a fresh database file; igcli = "
+        "ingest_posts into a fresh store, then the same file again (no-op)",
+        "ratio = igcli s / DuckDB s; memory = max resident set of the child (igcli: load or no-op, whichever "
+        "is higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
+    ]
+    if len(peaks) > 1:
+        lo, hi = min(peaks), max(peaks)
+        notes.append(f"igcli peak at {hi:,} rows / at {lo:,} rows: {peaks[hi] / peaks[lo]:.2f}")
+    print_table("ingest beside DuckDB's bare read_csv", header, rows)
+    for note in notes:
+        print(note)
+    write_json(a.json, "ingest", header, rows, notes)
 
 
 if __name__ == "__main__":

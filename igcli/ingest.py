@@ -3,8 +3,10 @@
     from igcli.ingest import ingest_posts
     result = ingest_posts("posts.csv", db="igcli.duckdb")
 
-One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``); Python
-only reads the header, maps line numbers and probes image files in a thread pool.
+One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``), which
+reads a CSV twice as a stream (check, then write only new and changed rows) and never holds it whole;
+Python reads the header, places the records DuckDB's parser refused, and probes image files in a thread
+pool. A Parquet file is read into memory by pyarrow first.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import csv
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from igcli import store
@@ -32,6 +34,9 @@ COLUMNS = (
     "followers", "following", "user_post_count", "image", "observed_at",
 )
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# DuckDB's memory while a file loads: beyond it the narrow per-row tables and hash tables spill to
+# `<store>.tmp`, so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB).
+MEMORY_LIMIT = "1GB"
 ENCODINGS = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}  # DuckDB name -> Python codec
 
 _CSV_ERRORS = {
@@ -114,63 +119,97 @@ def _map_columns(path: Path, header: list[str]) -> tuple[list[str], list[str]]:
     return names, [h or f"(unnamed column {i + 1})" for i, h in enumerate(header) if h not in COLUMNS]
 
 
-def _load_csv(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
+def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
+    """Define the source macros over the CSV file; returns (params, names, ignored)."""
     enc = _detect_encoding(path, encoding)
     header = _read_header(path, enc)
     names, ignored = _map_columns(path, header)
-    con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
-    try:
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE raw_in AS SELECT * FROM read_csv(?, header = true,
-               auto_detect = false, columns = ?, delim = ',', quote = '"', escape = '"', encoding = ?,
-               strict_mode = true, store_rejects = true, rejects_table = 'igc_rej',
-               rejects_scan = 'igc_scan', max_line_size = ?)""",
-            [str(path), {n: "VARCHAR" for n in names}, enc, MAX_LINE_BYTES],
-        )
-    except duckdb.Error as err:
-        raise InputError(f"{path} cannot be read as CSV: {str(err).splitlines()[0]}") from None
+    # Every name below is ours (COLUMNS or extra_<i>); the path and types travel as macro arguments.
+    cols = _canonical(set(names))
+    newlines = " + ".join(f"igc_nl({n})" for n in names)
+    reader = ("read_csv(p, header = true, auto_detect = false, columns = c, delim = ',', quote = '\"', "
+              "escape = '\"', encoding = e, strict_mode = true, max_line_size = m, buffer_size = 2 * m, {})")
+    # Records a file holds in file order: rn counts the parsed ones, line adds the newlines inside earlier
+    # values (rejected records are added afterwards, from DuckDB's rejects table).
+    con.execute(
+        f"""CREATE OR REPLACE TEMP MACRO igc_rows(p, c, e, m) AS TABLE
+            SELECT rn, (1 + rn + nl_upto - nl)::BIGINT AS line, {cols} FROM (
+                SELECT row_number() OVER () AS rn,
+                       sum(nl) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nl_upto, *
+                FROM (SELECT {newlines} AS nl, *
+                      FROM {reader.format("store_rejects = true, rejects_table = 'igc_rej', "
+                                          "rejects_scan = 'igc_scan'")}))"""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
+            SELECT row_number() OVER () AS rn, {cols} FROM {reader.format("ignore_errors = true")}"""
+    )
+    params = {"path": str(path), "columns": {n: "VARCHAR" for n in names}, "encoding": enc,
+              "max_line": MAX_LINE_BYTES}
+    return params, names, ignored
+
+
+def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width: int) -> list[tuple[int, str]]:
+    """Records DuckDB's parser refused, as (physical line, reason); shifts the lines of the rows after them."""
     rejected = con.execute(
         """SELECT line, min(line_byte_position), first(error_type ORDER BY column_idx),
                   max(TRY_CAST(regexp_extract(error_message, 'Found: ([0-9]+)', 1) AS INTEGER)),
                   first(csv_line)
            FROM igc_rej GROUP BY line ORDER BY line"""
     ).fetchall()
-    bad_encoding = [r for r in rejected if r[2] == "INVALID ENCODING"]
+    if not rejected:
+        return []
+    lines = _lines_at(path, [r[1] or 0 for r in rejected])
+    bad_encoding = [i for i, r in enumerate(rejected) if r[2] == "INVALID ENCODING"]
     if bad_encoding:
-        line = path.read_bytes().count(b"\n", 0, bad_encoding[0][1] or 0) + 1
-        raise InputError(f"{path} is not valid {enc} (first bad bytes on line {line}): if it is Latin-1 / "
-                         "Windows-1252, pass --encoding latin-1")
-    # Embedded newlines shift the physical lines of the rows after them; only rows holding one are listed.
-    joined = "concat_ws('', " + ", ".join(names) + ")"  # column names are ours (COLUMNS or extra_<i>)
-    multi = con.execute(
-        f"SELECT rowid, length({joined}) - length(replace({joined}, chr(10), '')) FROM raw_in "
-        f"WHERE strpos({joined}, chr(10)) > 0 ORDER BY rowid"
-    ).fetchall()
-    csv_rejects: list[tuple[int, str | None, str]] = []
+        raise InputError(f"{path} is not valid {params['encoding']} (first bad bytes on line "
+                         f"{lines[bad_encoding[0]]}): if it is Latin-1 / Windows-1252, pass --encoding latin-1")
+    out: list[tuple[int, str]] = []
     shifts: dict[int, int] = {}
-    if rejected:
-        raw_bytes = path.read_bytes()
-        total = 0
-        for m, (rec, byte_pos, etype, found, csv_line) in enumerate(rejected):
-            line = raw_bytes.count(b"\n", 0, byte_pos or 0) + 1
-            total += 1 + (csv_line or "").rstrip("\r\n").count("\n")
-            # DuckDB numbers records from 1 with the header as record 1: `rec - 2 - m` good rows precede
-            # this reject, so rows from that index on start `total` lines further down
-            shifts[rec - 2 - m] = total
-            reason = _CSV_ERRORS.get(etype, f"malformed CSV row ({etype.lower()})")
-            if etype in ("TOO MANY COLUMNS", "MISSING COLUMNS") and found:
-                reason += f" (expected {len(names)}, found {found})"
-            csv_rejects.append((line, None, reason))
-    line_info = (
-        [r for r, _ in multi], np.cumsum([n for _, n in multi], dtype=np.int64).tolist(),
-        list(shifts), list(shifts.values()),
-    )
-    return names, ignored, csv_rejects, line_info
+    total = 0
+    for m, ((rec, _, etype, found, csv_line), line) in enumerate(zip(rejected, lines, strict=True)):
+        total += 1 + (csv_line or "").rstrip("\r\n").count("\n")
+        # DuckDB numbers records from 1 with the header as record 1: `rec - 2 - m` parsed rows precede
+        # this reject, so rows from rn = rec - 1 - m on start `total` lines further down
+        shifts[rec - 1 - m] = total
+        reason = _CSV_ERRORS.get(etype, f"malformed CSV row ({etype.lower()})")
+        if etype in ("TOO MANY COLUMNS", "MISSING COLUMNS") and found:
+            reason += f" (expected {width}, found {found})"
+        out.append((line, reason))
+    con.register("igc_shift_in", pa.table({"from_rn": list(shifts), "add": list(shifts.values())}))
+    try:
+        con.execute(
+            """UPDATE staged SET line = staged.line + x.add
+               FROM (SELECT r.rn, s.add FROM staged r ASOF JOIN igc_shift_in s ON r.rn >= s.from_rn) x
+               WHERE staged.rn = x.rn"""
+        )
+    finally:
+        con.unregister("igc_shift_in")
+    return out
+
+
+def _lines_at(path: Path, positions: list[int]) -> list[int]:
+    """The 1-based line of each byte offset (sorted ascending), reading the file once in blocks."""
+    out, line, done = [], 1, 0
+    todo = iter(positions)
+    pos = next(todo, None)
+    with open(path, "rb") as fh:
+        while pos is not None:
+            block = fh.read(1 << 24)
+            while pos is not None and pos < done + len(block):
+                out.append(line + block.count(b"\n", 0, pos - done))
+                pos = next(todo, None)
+            if not block:
+                out += [line] * (len(positions) - len(out))
+                break
+            line += block.count(b"\n")
+            done += len(block)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ Parquet
 
-def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path):
+def _parquet_source(con: duckdb.DuckDBPyConnection, path: Path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -193,38 +232,17 @@ def _load_parquet(con: duckdb.DuckDBPyConnection, path: Path):
             ) from None
     kept = [n for n in names if not n.startswith("extra_")]
     con.register("igc_parquet", pa.table(cols, names=kept))
-    con.execute("CREATE OR REPLACE TEMP TABLE raw_in AS SELECT * FROM igc_parquet")
-    con.unregister("igc_parquet")
-    return kept, ignored, [], None
+    cols_sql = _canonical(set(kept))  # our names only
+    # Parquet has no physical lines: line is the 1-based row number.
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_rows(p, c, e, m) AS TABLE
+                    SELECT rn, rn AS line, {cols_sql} FROM (SELECT row_number() OVER () AS rn, * FROM igc_parquet)""")
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
+                    SELECT row_number() OVER () AS rn, {cols_sql} FROM igc_parquet""")
+    return {"path": str(path), "columns": {}, "encoding": "", "max_line": 0}, kept, ignored
 
 
-def _build_raw(con: duckdb.DuckDBPyConnection, present: set[str], line_info) -> None:
-    """``raw``: the canonical columns (absent ones NULL), file order ``rownum`` and physical ``line``.
-
-    CSV: line = 2 + row index + newlines inside earlier rows + lines of earlier rejected records.
-    Parquet (``line_info`` None): line is the 1-based row number.
-    """
-    n = con.execute("SELECT count(*) FROM raw_in").fetchall()[0][0]
-    idx = np.arange(n, dtype=np.int64)
-    if line_info is None:
-        lines = idx + 1
-    else:
-        multi_rows, multi_cum, shift_rows, shift_lines = (np.asarray(x, dtype=np.int64) for x in line_info)
-        lines = idx + 2
-        if len(multi_rows):  # newlines inside rows strictly before each row
-            k = np.searchsorted(multi_rows, idx, side="left")
-            lines += np.where(k > 0, multi_cum[np.maximum(k - 1, 0)], 0)
-        if len(shift_rows):  # lines of rejected records before each row
-            k = np.searchsorted(shift_rows, idx, side="right")
-            lines += np.where(k > 0, shift_lines[np.maximum(k - 1, 0)], 0)
-    con.register("igc_lines", pa.table({"rownum": idx, "line": lines}))
-    cols = ", ".join(f"r.{c}" if c in present else f"NULL::VARCHAR AS {c}" for c in COLUMNS)  # our constants
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE raw AS SELECT l.rownum, l.line, {cols} "
-                    "FROM raw_in r POSITIONAL JOIN igc_lines l")
-    finally:
-        con.unregister("igc_lines")
-    con.execute("DROP TABLE raw_in")
+def _canonical(present: set[str]) -> str:
+    return ", ".join(c if c in present else f"NULL::VARCHAR AS {c}" for c in COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -232,7 +250,9 @@ def _build_raw(con: duckdb.DuckDBPyConnection, present: set[str], line_info) -> 
 def _image_keys(
     con: duckdb.DuckDBPyConnection, images_dir: Path, progress: Callable[[str, int, int], None] | None,
 ) -> None:
-    refs = [r[0] for r in con.execute("SELECT DISTINCT image_ref FROM good WHERE image_ref IS NOT NULL").fetchall()]
+    refs = [r[0] for r in con.execute(
+        "SELECT DISTINCT image_ref FROM staged WHERE image_ref IS NOT NULL AND errs IS NULL "
+        "AND rn NOT IN (SELECT rn FROM row_errors)").fetchall()]
     keys, refused, to_probe = [], {}, []
     known = dict(
         con.execute("SELECT path, (byte_size, mtime_ns, status) FROM images").fetchall()
@@ -298,30 +318,53 @@ def ingest_posts(
     con = con or store.connect(db)
     now = store.utcnow()
     result = IngestResult(source=str(source.resolve()), ingest_id=uuid.uuid4().hex[:12])
+    order, memory = con.execute(
+        "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit')").fetchall()[0]
+    is_csv = source.suffix.lower() not in (".parquet", ".pq")
+    hashing = None
     try:
+        # rn is the file order of the rows (a streaming row_number over the reader), so the reader's
+        # order must be kept
+        con.execute("SET preserve_insertion_order = true")
+        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
         store.run_block(con, "ingest", "macros")
-        if source.suffix.lower() in (".parquet", ".pq"):
-            names, ignored, csv_rejects, line_info = _load_parquet(con, source)
+        if is_csv:
+            src, names, ignored = _csv_source(con, source, encoding)
         else:
-            names, ignored, csv_rejects, line_info = _load_csv(con, source, encoding)
+            src, names, ignored = _parquet_source(con, source)
         result.ignored_columns = ignored
         present = set(names)
-        _build_raw(con, present, line_info)
-        # Every later step carries rownum / line explicitly, so DuckDB may write in parallel, out of order.
-        con.execute("SET preserve_insertion_order = false")
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
-        sha = sha256_file(source)
+        full = {"full": flags["has_caption"] and flags["has_image"]}  # compares every stored value
+        hashing = ThreadPoolExecutor(1)
+        sha = hashing.submit(sha256_file, source)  # hashlib releases the GIL: it overlaps the load
         with store.transaction(con):
-            store.run_block(con, "ingest", "stage", {"now": now, **flags})
+            con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
+            store.run_block(con, "ingest", "backfill")
+            try:
+                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src})
+            except duckdb.Error as err:
+                raise InputError(f"{source} cannot be read: {str(err).splitlines()[0]}") from None
+            csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
+            store.run_block(con, "ingest", "row_errors")
             _image_keys(con, images_dir, progress)
-            store.run_block(con, "ingest", "plan", flags)
-            store.run_block(con, "ingest", "apply", {"now": now, "source": result.source})
-            result.loaded, result.updated, result.unchanged = con.execute(
-                store.sql_blocks("ingest")["counts"]
-            ).fetchall()[0]
+            store.run_block(con, "ingest", "plan")
+            counts = store.run_block(con, "ingest", "counts", flags).fetchall()
+            result.images = {status: sum(n) for status, *n in counts}
+            result.loaded, result.updated, result.unchanged = (sum(c[i] for c in counts) for i in (1, 2, 3))
+            parsed = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+            write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
+                     "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
+            if result.loaded or result.updated:
+                store.run_block(con, "ingest", "pick", write)
+            if result.loaded:
+                store.run_block(con, "ingest", "write_new", write)
+            if result.updated:
+                store.run_block(con, "ingest", "write_changed", write)
+            store.run_block(con, "ingest", "snapshots", write)
             con.register("igc_csv_rejects", pa.table({
                 "line": pa.array([r[0] for r in csv_rejects], pa.int64()),
-                "reason": pa.array([r[2] for r in csv_rejects], pa.string()),
+                "reason": pa.array([r[1] for r in csv_rejects], pa.string()),
             }))
             con.execute("DELETE FROM rejects WHERE source_file = ?", [result.source])  # latest ingest wins
             con.execute(
@@ -339,9 +382,9 @@ def ingest_posts(
             result.warnings = [tuple(r) for r in con.execute(
                 "SELECT line, column_name, message FROM row_warnings ORDER BY line LIMIT 5").fetchall()]
             result.warned = con.execute("SELECT count(*) FROM row_warnings").fetchall()[0][0]
-            bad_rows = con.execute("SELECT count(DISTINCT rownum) FROM row_errors").fetchall()[0][0]
+            bad_rows = con.execute("SELECT count(DISTINCT rn) FROM row_errors").fetchall()[0][0]
             result.rejected = bad_rows + len(csv_rejects)
-            result.rows_read = con.execute("SELECT count(*) FROM raw").fetchall()[0][0] + len(csv_rejects)
+            result.rows_read = parsed + len(csv_rejects)
             result.reasons = [
                 tuple(r) for r in con.execute(
                     "SELECT line_number, column_name, reason FROM rejects WHERE ingest_id = ? "
@@ -349,20 +392,25 @@ def ingest_posts(
                     [result.ingest_id],
                 ).fetchall()
             ]
-            result.images = dict(con.execute(
-                """SELECT coalesce(i.status, 'no image'), count(*) FROM plan p
-                   LEFT JOIN images i ON i.path = p.image_path GROUP BY ALL"""
-            ).fetchall())
             con.execute(
                 "INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, ?, ?, ?, ?)",
-                [result.ingest_id, result.source, sha, now, store.utcnow(), result.loaded,
+                [result.ingest_id, result.source, sha.result(), now, store.utcnow(), result.loaded,
                  result.updated, result.unchanged, result.rejected],
             )
             if keep_ids:
-                result.post_ids = [r[0] for r in con.execute("SELECT post_id FROM plan").fetchall()]
+                result.post_ids = [r[0] for r in con.execute(
+                    "SELECT post_id FROM igc_plan(?)", [flags["has_image"]]).fetchall()]
             store.fault_point("ingest.before_commit")
     finally:
-        con.execute("RESET preserve_insertion_order")
+        if hashing:
+            hashing.shutdown(cancel_futures=True)
+        con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
+        con.execute("SET memory_limit = ?", [memory])
+        con.execute("DROP VIEW IF EXISTS good")
+        for name in ("staged", "matched", "row_errors", "row_warnings", "pick", "changed", "snap_in", "image_keys"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
+        if not is_csv:
+            con.unregister("igc_parquet")  # a no-op when it was never registered
         if own:
             con.close()
     result.seconds = time.perf_counter() - t0

@@ -1,8 +1,18 @@
--- Ingest staging. `raw` is a temp table of VARCHAR columns with canonical names plus
--- `rownum` (file order) and `line` (physical line in the source file).
+-- Ingest. The file is read twice as a stream, never held whole: `stage` keeps a narrow row per record
+-- (keys, parsed user values, errors, a hash of the compared values) and `matched` how it compares with the
+-- store; `write_new` / `write_changed` read the file again and write only the rows `igc_plan` marks new or
+-- changed. A no-op re-ingest writes nothing and skips the second read.
+--
+-- ingest.py defines two table macros over the source, with canonical VARCHAR columns (absent ones NULL):
+--   igc_rows(p, c, e, m): rn (file order of the parsed records), line (physical line), the columns;
+--   igc_src(p, c, e, m):  rn and the columns.
+-- `p`, `c`, `e`, `m` are the path, the column types, the encoding and the longest line allowed.
 
 -- name: macros
 CREATE OR REPLACE TEMP MACRO igc_blank(s) AS (s IS NULL OR trim(s) = '');
+-- Newlines inside one value; counted only where there is one (most values have none).
+CREATE OR REPLACE TEMP MACRO igc_nl(s) AS (
+    CASE WHEN contains(s, chr(10)) THEN strlen(s) - strlen(replace(s, chr(10), '')) ELSE 0 END);
 -- Scraped counts: 1234, 1,234, 1.2k, 3,4m (comma as decimal mark before a suffix), 12.0.
 CREATE OR REPLACE TEMP MACRO igc_count(s) AS (
     CASE
@@ -16,153 +26,231 @@ CREATE OR REPLACE TEMP MACRO igc_count(s) AS (
         WHEN regexp_full_match(trim(s), '[0-9]+\.[0-9]+') THEN TRY_CAST(trim(s) AS DOUBLE)
         ELSE NULL
     END);
--- Why a non-blank raw value `s` gave the parsed value `d` (NULL) or an implausible one.
-CREATE OR REPLACE TEMP MACRO igc_count_error(s, d) AS (
-    CASE
-        WHEN d > 1e15 THEN 'count is implausibly large'
-        WHEN regexp_full_match(trim(s), '-\s*[0-9].*') THEN 'negative count'
-        ELSE 'not a count (expected e.g. 1234, 1,234, 1.2k or 3m)'
-    END);
+CREATE OR REPLACE TEMP MACRO igc_count_bad(s, d) AS ((d IS NULL AND NOT igc_blank(s)) OR d > 1e15);
+-- The reject for a count column whose raw value `s` gave the parsed value `d`, or NULL when it is fine.
+CREATE OR REPLACE TEMP MACRO igc_count_error(name, s, d) AS (
+    CASE WHEN igc_count_bad(s, d) THEN {'column_name': name, 'value': s, 'reason':
+        CASE
+            WHEN d > 1e15 THEN 'count is implausibly large'
+            WHEN regexp_full_match(trim(s), '-\s*[0-9].*') THEN 'negative count'
+            ELSE 'not a count (expected e.g. 1234, 1,234, 1.2k or 3m)'
+        END} END);
+CREATE OR REPLACE TEMP MACRO igc_bigint(d) AS (CASE WHEN d <= 1e15 THEN round(d)::BIGINT END);
 -- ISO dates and timestamps; a zone suffix (Z, +02:00, -05) is honoured, no zone means UTC. The plain
 -- TIMESTAMP cast is several times faster but ignores a zone, so it only takes zone-less text.
 CREATE OR REPLACE TEMP MACRO igc_ts(s) AS (
     CASE WHEN regexp_matches(trim(s), '(Z|[+-][0-9]{2}(:?[0-9]{2})?)$')
          THEN TRY_CAST(trim(s) AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
          ELSE TRY_CAST(trim(s) AS TIMESTAMP) END);
+-- Tags and mentions: the file's columns when it has them, else taken from the caption.
+CREATE OR REPLACE TEMP MACRO igc_hashtags(has, tags, caption) AS (
+    CASE WHEN has THEN coalesce(trim(tags), '')
+         ELSE array_to_string(regexp_extract_all(coalesce(caption, ''), '#[\p{L}\p{N}_]+'), ' ') END);
+CREATE OR REPLACE TEMP MACRO igc_mentions(has, mentions, caption) AS (
+    CASE WHEN has THEN coalesce(trim(mentions), '')
+         ELSE array_to_string(regexp_extract_all(coalesce(caption, ''), '@[\p{L}\p{N}_.]*[\p{L}\p{N}_]'), ' ') END);
+
+-- What an update compares, as one 64-bit hash, so the join with the store carries 8 bytes per post
+-- instead of its text: the columns the file has (a file without captions leaves the stored ones alone).
+CREATE OR REPLACE TEMP MACRO igc_content(has_caption, has_hashtags, has_mentions, has_image,
+                                         posted_at, caption, hashtags, mentions, image_ref) AS (
+    hash(posted_at, CASE WHEN has_caption THEN caption END,
+         CASE WHEN has_caption OR has_hashtags THEN hashtags END,
+         CASE WHEN has_caption OR has_mentions THEN mentions END,
+         CASE WHEN has_image THEN image_ref END));
+
+-- name: backfill
+-- Posts stored before `content_hash` existed get it once.
+UPDATE posts SET content_hash = igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
+WHERE content_hash IS NULL;
 
 -- name: stage
--- Parse every value once; checks below compare the parsed value with the raw text.
+-- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row), the store_* columns
+-- and `changed` say how it compares with the post the store holds under its post_id.
 CREATE OR REPLACE TEMP TABLE staged AS
-SELECT
-    rownum,
-    line,
-    nullif(trim(post_id), '') AS post_id,
-    nullif(trim(username), '') AS username,
-    igc_ts(posted_at) AS posted_at,
-    caption,
-    CASE WHEN $has_hashtags THEN coalesce(trim(hashtags), '')
-         ELSE array_to_string(regexp_extract_all(coalesce(caption, ''), '#[\p{L}\p{N}_]+'), ' ') END AS hashtags,
-    CASE WHEN $has_mentions THEN coalesce(trim(mentions), '')
-         ELSE array_to_string(regexp_extract_all(coalesce(caption, ''), '@[\p{L}\p{N}_.]*[\p{L}\p{N}_]'), ' ') END AS mentions,
-    igc_count(likes) AS likes_d,
-    igc_count(followers) AS followers_d,
-    igc_count(following) AS following_d,
-    igc_count(user_post_count) AS user_post_count_d,
-    nullif(trim(image), '') AS image_ref,
-    igc_ts(observed_at) AS observed_at_ts,
-    posted_at AS raw_posted_at, likes AS raw_likes, followers AS raw_followers, following AS raw_following,
-    user_post_count AS raw_user_post_count, observed_at AS raw_observed_at,
-    strpos(concat_ws('', post_id, username, posted_at, caption, hashtags, mentions, likes, followers, following,
-                     user_post_count, image, observed_at), chr(0)) > 0 AS has_nul
-FROM raw;
-
-CREATE OR REPLACE TEMP TABLE row_errors AS
-WITH checks AS (
-    SELECT rownum, line, 'post_id' AS column_name, NULL AS value, 'missing required value' AS reason
-    FROM staged WHERE post_id IS NULL
-    UNION ALL
-    SELECT rownum, line, 'username', NULL, 'missing required value' FROM staged WHERE username IS NULL
-    UNION ALL
-    SELECT rownum, line, 'posted_at', raw_posted_at,
-           CASE WHEN igc_blank(raw_posted_at) THEN 'missing required value'
-                ELSE 'unparseable date (expected ISO 8601, e.g. 2017-04-28 or 2017-04-28T14:05:00Z)' END
-    FROM staged WHERE posted_at IS NULL
-    UNION ALL
-    SELECT rownum, line, 'posted_at', raw_posted_at, 'date before 1970 is not a post date'
-    FROM staged WHERE posted_at < TIMESTAMP '1970-01-01'
-    UNION ALL
-    SELECT rownum, line, 'posted_at', raw_posted_at, 'date more than a year in the future'
-    FROM staged WHERE posted_at > $now::TIMESTAMP + INTERVAL 366 DAY
-    UNION ALL
-    SELECT rownum, line, 'observed_at', raw_observed_at, 'unparseable date (expected ISO 8601)'
-    FROM staged WHERE observed_at_ts IS NULL AND NOT igc_blank(raw_observed_at)
-    UNION ALL
-    SELECT rownum, line, 'likes', raw_likes, igc_count_error(raw_likes, likes_d)
-    FROM staged WHERE (likes_d IS NULL AND NOT igc_blank(raw_likes)) OR likes_d > 1e15
-    UNION ALL
-    SELECT rownum, line, 'followers', raw_followers, igc_count_error(raw_followers, followers_d)
-    FROM staged WHERE (followers_d IS NULL AND NOT igc_blank(raw_followers)) OR followers_d > 1e15
-    UNION ALL
-    SELECT rownum, line, 'following', raw_following, igc_count_error(raw_following, following_d)
-    FROM staged WHERE (following_d IS NULL AND NOT igc_blank(raw_following)) OR following_d > 1e15
-    UNION ALL
-    SELECT rownum, line, 'user_post_count', raw_user_post_count,
-           igc_count_error(raw_user_post_count, user_post_count_d)
-    FROM staged WHERE (user_post_count_d IS NULL AND NOT igc_blank(raw_user_post_count)) OR user_post_count_d > 1e15
-    UNION ALL
-    SELECT rownum, line, NULL, NULL, 'value contains a NUL byte' FROM staged WHERE has_nul
+WITH s AS (
+    SELECT
+        rn, line,
+        nullif(trim(post_id), '') AS post_id,
+        nullif(trim(username), '') AS username,
+        igc_ts(posted_at) AS posted_at_ts,
+        caption, hashtags AS raw_hashtags, mentions AS raw_mentions,
+        igc_count(likes) AS likes_d,
+        igc_count(followers) AS followers_d,
+        igc_count(following) AS following_d,
+        igc_count(user_post_count) AS user_post_count_d,
+        nullif(trim(image), '') AS image_ref,
+        igc_ts(observed_at) AS observed_at_ts,
+        posted_at AS raw_posted_at, likes AS raw_likes, followers AS raw_followers, following AS raw_following,
+        user_post_count AS raw_user_post_count, observed_at AS raw_observed_at,
+        coalesce(contains(post_id, chr(0)) OR contains(username, chr(0)) OR contains(posted_at, chr(0))
+                 OR contains(caption, chr(0)) OR contains(hashtags, chr(0)) OR contains(mentions, chr(0))
+                 OR contains(likes, chr(0)) OR contains(followers, chr(0)) OR contains(following, chr(0))
+                 OR contains(user_post_count, chr(0)) OR contains(image, chr(0))
+                 OR contains(observed_at, chr(0)), false) AS has_nul
+    FROM igc_rows($path, $columns, $encoding, $max_line)
+), c AS (
+    SELECT *,
+        post_id IS NULL OR username IS NULL OR posted_at_ts IS NULL
+            OR posted_at_ts < TIMESTAMP '1970-01-01' OR posted_at_ts > $now::TIMESTAMP + INTERVAL 366 DAY
+            OR (observed_at_ts IS NULL AND NOT igc_blank(raw_observed_at))
+            OR igc_count_bad(raw_likes, likes_d) OR igc_count_bad(raw_followers, followers_d)
+            OR igc_count_bad(raw_following, following_d) OR igc_count_bad(raw_user_post_count, user_post_count_d)
+            OR has_nul AS is_bad
+    FROM s
 )
-SELECT * FROM checks;
+SELECT
+    c.rn, c.line, c.post_id, c.username, c.posted_at_ts AS posted_at,
+    igc_bigint(followers_d) AS followers, igc_bigint(following_d) AS following,
+    igc_bigint(user_post_count_d) AS user_post_count,
+    c.image_ref, coalesce(observed_at_ts, $now::TIMESTAMP) AS observed_at,
+    CASE WHEN is_bad THEN list_filter([
+        CASE WHEN c.post_id IS NULL
+             THEN {'column_name': 'post_id', 'value': NULL::VARCHAR, 'reason': 'missing required value'} END,
+        CASE WHEN c.username IS NULL
+             THEN {'column_name': 'username', 'value': NULL::VARCHAR, 'reason': 'missing required value'} END,
+        CASE WHEN posted_at_ts IS NULL
+             THEN {'column_name': 'posted_at', 'value': raw_posted_at, 'reason':
+                   CASE WHEN igc_blank(raw_posted_at) THEN 'missing required value'
+                        ELSE 'unparseable date (expected ISO 8601, e.g. 2017-04-28 or 2017-04-28T14:05:00Z)' END}
+             WHEN posted_at_ts < TIMESTAMP '1970-01-01'
+             THEN {'column_name': 'posted_at', 'value': raw_posted_at, 'reason': 'date before 1970 is not a post date'}
+             WHEN posted_at_ts > $now::TIMESTAMP + INTERVAL 366 DAY
+             THEN {'column_name': 'posted_at', 'value': raw_posted_at, 'reason': 'date more than a year in the future'}
+        END,
+        CASE WHEN observed_at_ts IS NULL AND NOT igc_blank(raw_observed_at)
+             THEN {'column_name': 'observed_at', 'value': raw_observed_at,
+                   'reason': 'unparseable date (expected ISO 8601)'} END,
+        igc_count_error('likes', raw_likes, likes_d),
+        igc_count_error('followers', raw_followers, followers_d),
+        igc_count_error('following', raw_following, following_d),
+        igc_count_error('user_post_count', raw_user_post_count, user_post_count_d),
+        CASE WHEN has_nul
+             THEN {'column_name': NULL::VARCHAR, 'value': NULL::VARCHAR, 'reason': 'value contains a NUL byte'} END
+    ], lambda x: x IS NOT NULL) END AS errs,
+    CASE WHEN posted_at_ts BETWEEN TIMESTAMP '1970-01-01' AND TIMESTAMP '2010-10-06' THEN raw_posted_at END AS warn_value,
+    igc_bigint(likes_d) AS likes,
+    CASE WHEN NOT is_bad THEN igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, c.posted_at_ts,
+        c.caption, igc_hashtags($has_hashtags, raw_hashtags, c.caption),
+        igc_mentions($has_mentions, raw_mentions, c.caption), c.image_ref) END AS content
+FROM c;
+
+-- How each usable row compares with the post the store holds under its post_id (none: a new post).
+CREATE OR REPLACE TEMP TABLE matched AS
+SELECT s.rn, p.username_hash <> hash(s.username) AS other_user,
+       p.content <> s.content OR (s.likes IS NOT NULL AND p.likes IS DISTINCT FROM s.likes) AS changed,
+       p.image_path AS store_image_path, p.image_path_hash AS store_image_path_hash
+FROM staged s
+JOIN (
+    SELECT post_id, hash(username) AS username_hash, likes,
+           CASE WHEN NOT $has_image THEN image_path END AS image_path,  -- kept as it is
+           CASE WHEN $has_image THEN hash(image_path) END AS image_path_hash,  -- compared with the new one
+           -- a file with captions and images compares everything: the stored hash, no text read back
+           CASE WHEN $full THEN content_hash
+                ELSE igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, posted_at, caption, hashtags,
+                                 mentions, image_ref) END AS content
+    FROM posts
+) p ON p.post_id = s.post_id
+WHERE s.errs IS NULL;
+
+-- name: row_errors
+CREATE OR REPLACE TEMP TABLE row_errors AS
+SELECT rn, line, e.column_name AS column_name, e.value AS value, e.reason AS reason
+FROM (SELECT rn, line, unnest(errs) AS e FROM staged WHERE errs IS NOT NULL);
 
 -- A post_id seen twice in one file: the first usable row wins.
 INSERT INTO row_errors
-SELECT s.rownum, s.line, 'post_id', s.post_id,
-       'duplicate post_id in this file (first at line ' || f.first_line || ')'
+SELECT s.rn, s.line, 'post_id', s.post_id, 'duplicate post_id in this file (first at line ' || f.first_line || ')'
 FROM staged s
-JOIN (SELECT post_id, min(rownum) AS first_row, arg_min(line, rownum) AS first_line
-      FROM staged WHERE rownum NOT IN (SELECT rownum FROM row_errors) GROUP BY post_id) f
-  ON s.post_id = f.post_id AND s.rownum > f.first_row
-WHERE s.rownum NOT IN (SELECT rownum FROM row_errors);
+JOIN (SELECT post_id, min(rn) AS first_row, arg_min(line, rn) AS first_line
+      FROM staged
+      WHERE errs IS NULL AND hash(post_id) IN (  -- grouping 8-byte hashes first is much cheaper than text
+          SELECT hash(post_id) FROM staged WHERE errs IS NULL GROUP BY ALL HAVING count(*) > 1)
+      GROUP BY post_id HAVING count(*) > 1) f
+  ON s.post_id = f.post_id AND s.rn > f.first_row
+WHERE s.errs IS NULL;
 
 -- A post_id the store already holds for another user is a conflict, not an update.
 INSERT INTO row_errors
-SELECT s.rownum, s.line, 'username', s.username,
+SELECT s.rn, s.line, 'username', s.username,
        'post_id already belongs to user ' || p.username || ' (from ' || p.source_file || ')'
-FROM staged s JOIN posts p ON p.post_id = s.post_id
-WHERE s.username <> p.username AND s.rownum NOT IN (SELECT rownum FROM row_errors);
+FROM (SELECT * FROM staged JOIN matched USING (rn) WHERE other_user AND rn NOT IN (SELECT rn FROM row_errors)) s
+JOIN posts p ON p.post_id = s.post_id;
 
 CREATE OR REPLACE TEMP TABLE row_warnings AS
-SELECT rownum, line, 'posted_at' AS column_name, raw_posted_at AS value,
+SELECT rn, line, 'posted_at' AS column_name, warn_value AS value,
        'date before Instagram existed (2010-10-06), loaded as given: a missing-date placeholder?' AS message
 FROM staged
-WHERE posted_at BETWEEN TIMESTAMP '1970-01-01' AND TIMESTAMP '2010-10-06'
-  AND rownum NOT IN (SELECT rownum FROM row_errors);
+WHERE warn_value IS NOT NULL AND errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
 
-CREATE OR REPLACE TEMP TABLE good AS
-SELECT rownum, line, post_id, username, posted_at, caption, hashtags, mentions,
-       round(likes_d)::BIGINT AS likes, round(followers_d)::BIGINT AS followers,
-       round(following_d)::BIGINT AS following, round(user_post_count_d)::BIGINT AS user_post_count,
-       image_ref, coalesce(observed_at_ts, $now::TIMESTAMP) AS observed_at
-FROM staged WHERE rownum NOT IN (SELECT rownum FROM row_errors);
+CREATE OR REPLACE TEMP VIEW good AS
+SELECT * FROM staged WHERE errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
 
 -- name: plan
--- `image_keys(image_ref, image_path)` maps each reference to its images-table key.
-CREATE OR REPLACE TEMP TABLE plan AS
-SELECT
-    g.post_id, g.username, g.posted_at, g.line,
-    CASE WHEN $has_caption THEN g.caption ELSE p.caption END AS caption,
-    CASE WHEN $has_caption OR $has_hashtags THEN g.hashtags ELSE p.hashtags END AS hashtags,
-    CASE WHEN $has_caption OR $has_mentions THEN g.mentions ELSE p.mentions END AS mentions,
-    coalesce(g.likes, p.likes) AS likes,
-    CASE WHEN $has_image THEN g.image_ref ELSE p.image_ref END AS image_ref,
-    CASE WHEN $has_image THEN k.image_path ELSE p.image_path END AS image_path,
-    p.post_id IS NULL AS is_new,
-    p.post_id IS NOT NULL AND (
-        p.posted_at IS DISTINCT FROM g.posted_at
-        OR ($has_caption AND p.caption IS DISTINCT FROM g.caption)
-        OR (($has_caption OR $has_hashtags) AND p.hashtags IS DISTINCT FROM g.hashtags)
-        OR (($has_caption OR $has_mentions) AND p.mentions IS DISTINCT FROM g.mentions)
-        OR (g.likes IS NOT NULL AND p.likes IS DISTINCT FROM g.likes)
-        OR ($has_image AND p.image_ref IS DISTINCT FROM g.image_ref)
-        OR ($has_image AND p.image_path IS DISTINCT FROM k.image_path)
-    ) AS is_changed
+-- `image_keys(image_ref, image_path)` maps each reference to its images-table key. `igc_plan` is not
+-- stored: a no-op re-ingest only counts it; `pick` and `changed` say which rows to write.
+CREATE OR REPLACE TEMP MACRO igc_plan(has_image) AS TABLE
+SELECT g.rn, g.line, g.post_id, g.posted_at, g.likes, m.rn IS NULL AS is_new,
+       coalesce(m.changed OR (has_image AND m.store_image_path_hash <> hash(k.image_path)), false) AS is_changed,
+       CASE WHEN has_image THEN k.image_path ELSE m.store_image_path END AS image_path
 FROM good g
-LEFT JOIN posts p USING (post_id)
+LEFT JOIN matched m USING (rn)
 LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
 
--- name: apply
+-- name: pick
+-- Which rows the write reads: `pick` holds the smaller of the new rows and the other parsed rows, so a
+-- first load (all new) or a re-ingest (nearly all known) joins a small set, never one as large as the file.
+CREATE OR REPLACE TEMP TABLE pick AS
+SELECT rn FROM igc_plan($has_image) WHERE $pick_new AND is_new
+UNION ALL
+SELECT rn FROM (SELECT rn FROM row_errors UNION SELECT rn FROM matched) WHERE NOT $pick_new;
+
+CREATE OR REPLACE TEMP TABLE changed AS
+SELECT rn, line, posted_at, likes, image_path FROM igc_plan($has_image) WHERE is_changed;
+
+-- name: write_new
+-- Lines come from the stream again; after records DuckDB's parser refused they come from `staged`, where
+-- they were shifted (`$shifted`, rare).
 INSERT INTO posts
-SELECT post_id, username, posted_at, caption, hashtags, mentions, likes, image_ref, image_path,
-       $source, line, $now::TIMESTAMP, $now::TIMESTAMP
-FROM plan WHERE is_new;
+SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
+FROM (
+    SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
+           igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
+           igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
+           igc_bigint(igc_count(s.likes)), nullif(trim(s.image), '') AS image_ref, k.image_path,
+           $source, coalesce(f.line, s.line), $now::TIMESTAMP, $now::TIMESTAMP
+    FROM igc_rows($path, $columns, $encoding, $max_line) s
+    LEFT JOIN (SELECT rn, line FROM staged WHERE $shifted) f USING (rn)
+    LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
+    WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new
+);
 
+-- name: write_changed
 UPDATE posts SET
-    posted_at = plan.posted_at, caption = plan.caption, hashtags = plan.hashtags,
-    mentions = plan.mentions, likes = plan.likes, image_ref = plan.image_ref,
-    image_path = plan.image_path, source_file = $source, source_line = plan.line,
-    updated_at = $now::TIMESTAMP
-FROM plan WHERE posts.post_id = plan.post_id AND plan.is_changed;
+    posted_at = u.posted_at,
+    caption = CASE WHEN $has_caption THEN u.caption ELSE posts.caption END,
+    hashtags = CASE WHEN $has_caption OR $has_hashtags THEN u.hashtags ELSE posts.hashtags END,
+    mentions = CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
+    likes = coalesce(u.likes, posts.likes),
+    image_ref = CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END,
+    image_path = CASE WHEN $has_image THEN u.image_path ELSE posts.image_path END,
+    source_file = $source, source_line = u.line, updated_at = $now::TIMESTAMP,
+    content_hash = igc_content(true, true, true, true, u.posted_at,
+        CASE WHEN $has_caption THEN u.caption ELSE posts.caption END,
+        CASE WHEN $has_caption OR $has_hashtags THEN u.hashtags ELSE posts.hashtags END,
+        CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
+        CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END)
+FROM (
+    SELECT trim(s.post_id) AS post_id, c.posted_at, s.caption,
+           igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
+           igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
+           c.likes, nullif(trim(s.image), '') AS image_ref, c.image_path, c.line
+    FROM igc_src($path, $columns, $encoding, $max_line) s
+    JOIN changed c USING (rn)
+) u
+WHERE posts.post_id = u.post_id;
 
+-- name: snapshots
 -- User values: the newest row of the file per user stands for what was observed; a snapshot is
 -- added only when it differs from what the store knew at that time.
 CREATE OR REPLACE TEMP TABLE snap_in AS
@@ -184,6 +272,8 @@ WHERE u.username IS NULL
    OR u.user_post_count IS DISTINCT FROM s.user_post_count;
 
 -- name: counts
-SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed),
+-- Per image status (this file's probes are stored by now): new, changed and unchanged posts.
+SELECT coalesce(i.status, 'no image'), count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed),
        count(*) FILTER (WHERE NOT is_new AND NOT is_changed)
-FROM plan;
+FROM igc_plan($has_image) p LEFT JOIN images i ON i.path = p.image_path
+GROUP BY ALL;

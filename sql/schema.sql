@@ -21,8 +21,11 @@ CREATE TABLE IF NOT EXISTS posts (
     source_file  VARCHAR NOT NULL,
     source_line  BIGINT NOT NULL,
     ingested_at  TIMESTAMP NOT NULL,
-    updated_at   TIMESTAMP NOT NULL
+    updated_at   TIMESTAMP NOT NULL,
+    content_hash UBIGINT           -- hash of posted_at, caption, hashtags, mentions, image_ref: what a re-ingest
+                                   -- compares, without reading the text back (ingest fills it)
 );
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS content_hash UBIGINT;  -- stores made before it existed
 
 -- User-level values are dated snapshots: a new row only when the values change.
 CREATE TABLE IF NOT EXISTS user_snapshots (
