@@ -190,6 +190,9 @@ def featurize(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 32,
     workers: Annotated[int, typer.Option(help="DataLoader workers decoding and resizing images.")] = 2,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Recompute every post's metadata features from scratch instead of advancing the "
+                          "stored per-user state from new posts.")] = False,
 ) -> None:
     """Compute point-in-time metadata features and image features for everything that lacks them.
 
@@ -197,7 +200,8 @@ def featurize(
     and 10, time-decayed mean, days since previous and first post), followers / following / post count from
     the latest snapshot at or before the post, caption length, #hashtags, #mentions, hashtag weight, month,
     weekday, hour group. Images: weight-free quality features always; each backbone whose weights are found
-    (timm / Hugging Face cache, or a local file). A second run is a no-op; an interrupted run resumes.
+    (timm / Hugging Face cache, or a local file). Metadata features advance from new and changed posts only
+    (per-user running state in the store); a second run is a no-op; an interrupted run resumes.
 
     [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
     """
@@ -216,7 +220,7 @@ def featurize(
         skip_backbones=no_backbones,
     )
     opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
-                            user_stats_as_of=user_stats_as_of, images=img)
+                            user_stats_as_of=user_stats_as_of, images=img, rebuild=rebuild)
     with _Bars() as bars:
         r = run(db, opts, progress=bars)
     t = Table(title="featurize", show_header=False)
