@@ -169,13 +169,13 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
             carry: bool, full_tags: bool) -> None:
     """Fill ``pf_new`` with the metadata features of the posts selected by the ``fz_*`` input tables.
 
-    all_posts: every post (else the posts updated after ``seen``, ``fz_batch`` and the users of ``fz_slow``);
+    all_posts: every post (else the posts updated after ``seen`` and every post of the users in ``fz_slow``);
     use_state: users not in ``fz_slow`` start from ``user_state``; carry: stored hashtag weights of posts
     neither fresh nor touched by a dirty tag are kept; full_tags: every tag is recounted from all posts.
     """
     run = store.run_block
     run(con, "features", "posts_pending", {"all_posts": all_posts, "seen": seen})
-    more = con.execute("SELECT (SELECT count(*) FROM fz_batch) + (SELECT count(*) FROM fz_slow)").fetchall()[0][0]
+    more = con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]
     if more and not all_posts:
         run(con, "features", "posts_more")
     run(con, "features", "posts_state", {"use_state": use_state})
@@ -195,7 +195,7 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
         dirty = con.execute("SELECT count(*) FROM fz_dirty_tags").fetchall()[0][0]
         run(con, "features", "tag_uses_full" if dirty else "tag_uses_none")
         run(con, "features", "hashtags_store")
-        if carry:
+        if carry and more:                             # posts of recomputed users that are not fresh
             run(con, "features", "hashtags_carry")
     run(con, "features", "assemble",
         {"hashtag_source": p.hashtag_source, "half_life_days": p.half_life_days, "leaky": p.leaky})
@@ -227,7 +227,7 @@ def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
 
 
 def _plan_incremental(con: duckdb.DuckDBPyConnection, fs: tuple) -> None:
-    """fz_pending, fz_slow, fz_batch, fz_fresh, fz_dirty_tags for the changes since ``fs``."""
+    """fz_pending, fz_slow, fz_fresh, fz_dirty_tags for the changes since ``fs``."""
     store.run_block(con, "features", "pending", {"seen": fs[3], "ingests_seen": fs[4]})
     store.run_block(con, "features", "plan", {"seen": fs[3]})
 
@@ -290,7 +290,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
     else:
         _plan_incremental(con, fs)
         _engine(con, p, all_posts=False, seen=fs[3], use_state=True, carry=True, full_tags=False)
-        if not p.ranking_id:
+        if not p.ranking_id and con.execute("SELECT count(*) FROM fz_full_posts").fetchall()[0][0]:
             run(con, "features", "reweighted")
         posts_seen = con.execute("SELECT greatest(?, max(updated_at)) FROM posts WHERE updated_at > ?",
                                  [fs[3], fs[3]]).fetchall()[0][0]
@@ -298,20 +298,35 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
     run(con, "features", "advance_tags")
     con.execute("CREATE TABLE IF NOT EXISTS post_features AS SELECT *, NULL::TIMESTAMP AS computed_at "
                 "FROM pf_new LIMIT 0")
-    if not full:
-        inserted = con.execute("SELECT count(*) FROM pf_new WHERE post_id IN "
-                               "(SELECT post_id FROM fz_pending WHERE is_new)").fetchall()[0][0]
-        run(con, "features", "merge_new", {"now": now})
-    updated = 0
-    if con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0]:
-        run(con, "features", "merge")
-        new_here, updated = con.execute(
-            "SELECT count(*) FILTER (WHERE post_id NOT IN (SELECT post_id FROM post_features)), "
-            "count(*) FILTER (WHERE post_id IN (SELECT post_id FROM post_features)) FROM pf_changed").fetchall()[0]
-        inserted += new_here
-        run(con, "features", "merge_apply", {"now": now})
+    if full and not con.execute("SELECT count(*) FROM post_features").fetchall()[0][0]:
+        con.execute("INSERT INTO post_features SELECT *, ? FROM pf_new", [now])   # the first featurize
+        inserted, updated = con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0], 0
+    else:
+        if not full:
+            _count(con, "SELECT * FROM pf_new WHERE post_id IN (SELECT post_id FROM fz_pending WHERE is_new)", 1)
+            inserted = con.execute("SELECT count(*) FROM pf_counted").fetchall()[0][0]
+            run(con, "features", "merge_new", {"now": now})
+        updated = 0
+        if con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0]:
+            run(con, "features", "merge")
+            new_here, updated = con.execute(
+                "SELECT count(*) FILTER (WHERE post_id NOT IN (SELECT post_id FROM post_features)), count(*) "
+                "FILTER (WHERE post_id IN (SELECT post_id FROM post_features)) FROM pf_changed").fetchall()[0]
+            inserted += new_here
+            if not full:
+                _count(con, "SELECT * FROM post_features WHERE post_id IN (SELECT post_id FROM pf_changed)", -1)
+                _count(con, "SELECT * FROM pf_changed", 1)
+            run(con, "features", "merge_apply", {"now": now})
+    if full:
+        run(con, "features", "counts_full")
     _write_state(con, p, posts_seen, ingests_seen)
     return inserted, updated
+
+
+def _count(con: duckdb.DuckDBPyConnection, rows_sql: str, sign: int) -> None:
+    """Add (sign 1) or take away (-1) the rows of ``rows_sql`` (a constant query) in ``feature_counts``."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW pf_counted AS {rows_sql}")
+    store.run_block(con, "features", "counts_add", {"sign": sign})
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -339,9 +354,9 @@ def featurize(
             p = _params(con, opts)
             inserted, updated = _update(con, p, started, opts.rebuild)
             store.fault_point("featurize.before_commit")
-        posts, no_history = con.execute("SELECT count(*), count(*) FILTER (WHERE no_history) "
-                                        "FROM post_features").fetchall()[0]
-        choices = dict(con.execute("SELECT snapshot_choice, count(*) FROM post_features GROUP BY 1").fetchall())
+        posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
+                                        "FROM feature_counts").fetchall()[0]
+        choices = dict(con.execute("SELECT snapshot_choice, sum(n) FROM feature_counts GROUP BY 1").fetchall())
         unchanged = posts - inserted - updated
         result = FeaturizeResult(uuid.uuid4().hex[:12], posts, inserted, updated, unchanged, p.hashtag_source,
                                  p.leaky, choices, no_history)

@@ -7,8 +7,8 @@
 -- squares is an exact integer (HUGEINT), so no value depends on summation order, thread count or row
 -- insertion order. The one floating recurrence (the decayed mean) runs in Python in a fixed order per user.
 --
--- Inputs of the engine (temp tables made by features.py): fz_batch(post_id) posts to compute,
--- fz_slow(username) users computed from scratch (all their posts, no state), fz_fresh(post_id) posts
+-- Inputs of the engine (temp tables made by features.py): the posts updated since $seen (all posts with
+-- $all_posts), fz_slow(username) users computed from scratch (all their posts, no state), fz_fresh(post_id) posts
 -- whose hashtags are not yet counted in tag_state, fz_dirty_tags(tag) tags recounted from every post.
 
 -- name: macros
@@ -30,7 +30,6 @@ CREATE OR REPLACE TEMP MACRO igc_median_sorted(l) AS
 CREATE OR REPLACE TEMP MACRO igc_days(a, b) AS epoch(a - b) / 86400.0;
 
 -- name: inputs
-CREATE OR REPLACE TEMP TABLE fz_batch (post_id VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_slow (username VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_fresh (post_id VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_dirty_tags (tag VARCHAR);
@@ -63,7 +62,6 @@ WHERE NOT p.is_new OR p.posted_at <= s.last_at
 UNION SELECT old_username FROM fz_changed
 UNION SELECT c.username FROM fz_snap_changes c JOIN user_state s USING (username)
       WHERE c.cutoff <= s.last_at OR s.snap_first_at IS NULL OR c.cutoff <= s.snap_first_at;
-INSERT INTO fz_batch SELECT post_id FROM fz_pending;
 INSERT INTO fz_fresh SELECT post_id FROM fz_pending;
 -- a changed post's old and new tags, and a new post's tags already used at or after its time
 INSERT INTO fz_dirty_tags
@@ -83,13 +81,13 @@ SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption
 FROM posts WHERE $all_posts OR updated_at > $seen;
 
 -- name: posts_more
--- The explicit batch (score) and every post of the users recomputed from scratch.
+-- Every post of the users recomputed from scratch.
 INSERT INTO fz_posts
 SELECT post_id, username, posted_at, likes, igc_q(likes), coalesce(caption, ''), igc_tags(hashtags),
        len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')),
        len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%'))
 FROM posts
-WHERE (post_id IN (SELECT post_id FROM fz_batch) OR username IN (SELECT username FROM fz_slow))
+WHERE username IN (SELECT username FROM fz_slow)
   AND post_id NOT IN (SELECT post_id FROM fz_posts);
 
 -- name: posts_state
@@ -309,6 +307,19 @@ WHERE f.post_id NOT IN (SELECT post_id FROM fz_posts) AND f.hashtag_weight IS DI
 INSERT INTO pf_new
 SELECT * EXCLUDE (computed_at) FROM post_features
 WHERE post_id IN (SELECT post_id FROM fz_ids) AND post_id NOT IN (SELECT post_id FROM pf_new);
+
+-- name: counts_add
+-- feature_counts += the rows about to be written ($sign = 1), or -= the stored rows they replace (-1).
+INSERT INTO feature_counts
+SELECT snapshot_choice, no_history, $sign * count(*) FROM pf_counted GROUP BY ALL;
+CREATE OR REPLACE TEMP TABLE fz_counts AS
+SELECT snapshot_choice, no_history, sum(n)::BIGINT AS n FROM feature_counts GROUP BY ALL HAVING sum(n) <> 0;
+DELETE FROM feature_counts;
+INSERT INTO feature_counts SELECT * FROM fz_counts;
+
+-- name: counts_full
+DELETE FROM feature_counts;
+INSERT INTO feature_counts SELECT snapshot_choice, no_history, count(*) FROM post_features GROUP BY ALL;
 
 -- name: merge_new
 -- Posts first ingested after the last featurize have no stored row yet.

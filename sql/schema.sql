@@ -174,6 +174,13 @@ CREATE TABLE IF NOT EXISTS feature_state (
     ingests_seen    TIMESTAMP          -- max(ingests.finished_at) then
 );
 
+-- post_features rows by snapshot choice and history flag, kept up to date by featurize (no scan to report).
+CREATE TABLE IF NOT EXISTS feature_counts (
+    snapshot_choice VARCHAR NOT NULL,
+    no_history      BOOLEAN NOT NULL,
+    n               BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS featurize_runs (
     run_id       VARCHAR PRIMARY KEY,
     started_at   TIMESTAMP NOT NULL,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import query
 
 from igcli.features import FeaturizeOptions, featurize
 from igcli.ingest import ingest_posts
@@ -310,6 +311,10 @@ def test_incremental_equals_rebuild_and_full_computation(tmp_path: Path, db: Pat
         r = featurize(db, meta_only())
         got = stored(db)
         assert r.posts == len(seen) == len(got)
+        counts = query(db, "SELECT count(*) FILTER (WHERE no_history), list(DISTINCT snapshot_choice ORDER BY 1) "
+                           "FROM post_features")[0]
+        assert (r.no_history, sorted(r.snapshot_choices)) == counts   # kept in feature_counts, not scanned
+        assert sum(r.snapshot_choices.values()) == r.posts
         if rebuilt.exists():
             rebuilt.unlink()
         load(tmp_path, rebuilt, as_csv(sorted(seen.values())), name=f"all{i}.csv")
