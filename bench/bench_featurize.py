@@ -32,7 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DEV_IMAGES = REPO.parent / "shared" / "data" / "instagram-dev" / "images"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEV_DATA, shown  # noqa: E402
+
+DEV_IMAGES = DEV_DATA / "images"      # $IGCLI_DEV_DATA/images, like the other benchmarks
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -54,7 +57,7 @@ class Row:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=Path, default=DEV_IMAGES, help="folder of images (default: the dev data)")
+    p.add_argument("--images", type=Path, default=DEV_IMAGES, help="folder of images (default: $IGCLI_DEV_DATA/images)")
     p.add_argument("--n", type=int, default=1000, help="images for the decode + resize rows")
     p.add_argument("--n-model", type=int, default=256, help="images for the MobileNet rows")
     p.add_argument("--n-big", type=int, default=32, help="images for the inception_resnet_v2 rows")
@@ -90,13 +93,13 @@ def _images(folder: Path, n: int, tmp: Path) -> tuple[list[str], str]:
     if folder.is_dir():
         files = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if files:
-            return files[:n], f"{folder} ({len(files):,} files, using up to {min(n, len(files)):,})"
+            return files[:n], f"{shown(folder)} ({len(files):,} files, using up to {min(n, len(files)):,})"
     from igcli.sample import generate_sample
 
     out = tmp / "sample"
     generate_sample(out, posts=n, users=max(1, n // 20), image_size=224, new_posts=0)
     files = sorted(str(f) for f in (out / "images").iterdir())[:n]
-    return files, f"{len(files):,} generated 224x224 sample images ({folder} not found)"
+    return files, f"{len(files):,} generated 224x224 sample images ({shown(folder)} not found)"
 
 
 # --------------------------------------------------------------------------------------- per backbone
