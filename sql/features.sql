@@ -13,8 +13,8 @@
 
 -- name: macros
 CREATE OR REPLACE TEMP MACRO igc_tags(h) AS
-    list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
-                                 lambda t: lower(ltrim(t, '#'))));
+    list_sort(list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
+                                 lambda t: lower(ltrim(t, '#')))));
 -- ln(likes) in units of 2^-32
 CREATE OR REPLACE TEMP MACRO igc_q(likes) AS CASE WHEN likes > 0 THEN round(ln(likes) * 4294967296.0)::BIGINT END;
 CREATE OR REPLACE TEMP MACRO igc_mean(n, s1) AS CASE WHEN n > 0 THEN s1::DOUBLE / n / 4294967296.0 END;
@@ -53,23 +53,26 @@ GROUP BY username;
 -- stored for it, and no snapshot row arrived at or before its latest post (or before its first snapshot).
 -- Otherwise (a back-dated or edited post, an earlier snapshot) the user is recomputed from its history.
 CREATE OR REPLACE TEMP TABLE fz_changed AS
-SELECT p.post_id, f.username AS old_username, f.tags AS old_tags
-FROM fz_pending p JOIN post_features f USING (post_id)
-WHERE NOT p.is_new;
+SELECT p.post_id, f.username AS old_username, f.tags AS old_tags,
+       f.posted_at IS DISTINCT FROM p.posted_at OR f.tags IS DISTINCT FROM igc_tags(q.hashtags) AS tags_moved
+FROM fz_pending p JOIN post_features f USING (post_id) JOIN posts q USING (post_id)
+WHERE NOT p.is_new AND q.updated_at > $seen;
 INSERT INTO fz_slow
 SELECT username FROM fz_pending p JOIN user_state s USING (username)
 WHERE NOT p.is_new OR p.posted_at <= s.last_at
 UNION SELECT old_username FROM fz_changed
 UNION SELECT c.username FROM fz_snap_changes c JOIN user_state s USING (username)
       WHERE c.cutoff <= s.last_at OR s.snap_first_at IS NULL OR c.cutoff <= s.snap_first_at;
-INSERT INTO fz_fresh SELECT post_id FROM fz_pending;
--- a changed post's old and new tags, and a new post's tags already used at or after its time
+-- posts whose tags tag_state does not count yet: new ones, and changed ones whose tags or time moved
+INSERT INTO fz_fresh
+SELECT post_id FROM fz_pending WHERE post_id NOT IN (SELECT post_id FROM fz_changed WHERE NOT tags_moved);
+-- a moved post's old and new tags, and a fresh post's tags already used at or after its time
 INSERT INTO fz_dirty_tags
-SELECT unnest(old_tags) FROM fz_changed
-UNION SELECT unnest(igc_tags(p.hashtags)) FROM posts p WHERE p.post_id IN (SELECT post_id FROM fz_changed)
-                                          AND p.updated_at > $seen
+SELECT unnest(old_tags) FROM fz_changed WHERE tags_moved
+UNION SELECT unnest(igc_tags(p.hashtags)) FROM posts p
+      WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_changed WHERE tags_moved)
 UNION SELECT t.tag FROM (SELECT unnest(igc_tags(p.hashtags)) AS tag, p.posted_at
-                         FROM posts p WHERE p.updated_at > $seen) t
+                         FROM posts p WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_fresh)) t
       JOIN tag_state s USING (tag) WHERE s.last_at >= t.posted_at;
 
 -- name: posts_pending

@@ -301,10 +301,11 @@ def test_incremental_equals_rebuild_and_full_computation(tmp_path: Path, db: Pat
     later = rows[91:]
     back = random.Random(1).sample(rows[:60], 5)
     edits = [(pid, u, t, (lk or 0) + 7, tags + " #t9", fol) for pid, u, t, lk, tags, fol in back]
+    likes_only = [(pid, u, t, (lk or 0) + 3, tags, fol) for pid, u, t, lk, tags, fol in rows[70:74]]
     moved = [(pid, u, t - timedelta(days=3), lk, tags, fol + 1) for pid, u, t, lk, tags, fol in later[:3]]
     rebuilt = tmp_path / "rebuilt.duckdb"
     seen: dict[str, tuple] = {}
-    for i, chunk in enumerate([*chunks, edits, moved, rows[:2]]):
+    for i, chunk in enumerate([*chunks, edits, likes_only, moved, rows[:2]]):
         load(tmp_path, db, as_csv(chunk), name=f"chunk{i}.csv")
         for r in chunk:
             seen[r[0]] = r
