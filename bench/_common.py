@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parent.parent
 DEV_DATA = Path(os.environ.get("IGCLI_DEV_DATA", REPO.parent / "shared" / "data" / "instagram-dev"))
 
 
+def shown(path: Path | str) -> str:
+    """A path as BENCHMARKS.md shows it: under the dev data as ``$IGCLI_DEV_DATA/...``, else relative to the
+    repository when inside it, else as given (no machine-specific absolute dev-data paths in the report)."""
+    path = Path(path).resolve()
+    dev = DEV_DATA.resolve()
+    if path == dev or dev in path.parents:
+        return "/".join(["$IGCLI_DEV_DATA", *path.relative_to(dev).parts])
+    if REPO in path.parents:
+        return path.relative_to(REPO).as_posix()
+    return str(path)
+
+
 def run_child(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
     """Run ``python args...``; returns (wall seconds, peak RSS of that child in MiB, stdout). Raises on failure.
 

@@ -45,7 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEV_DATA, print_table, write_json  # noqa: E402
+from _common import DEV_DATA, print_table, shown, write_json  # noqa: E402
 
 METRICS = ("mae", "mse", "within_10pct", "spearman", "coverage_p10_p90")
 HEADER = ["split", "model", "MAE", "MSE", "±10%", "Spearman", "p10-p90 cov.", "n test", "fit s", "note"]
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   a.families_only)
     total = time.perf_counter() - t_start
     notes = [
-        f"dev data {a.data}; seeds 0..{max(1, a.seeds) - 1}, mean over seeds (MAE ± its standard deviation); "
+        f"dev data {shown(a.data)}; seeds 0..{max(1, a.seeds) - 1}, mean over seeds (MAE ± its standard deviation); "
         f"TrainOptions defaults, export off; whole run {total / 60:.1f} min, "
         f"{np.mean(fit_s) if fit_s else 0:.1f} s per model (train() with data loading) on {os.cpu_count()} CPUs, "
         "torch 1 thread",

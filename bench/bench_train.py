@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEV_DATA, median, print_table, run_child, write_json  # noqa: E402
+from _common import DEV_DATA, median, print_table, run_child, shown, write_json  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -60,7 +60,7 @@ def setup(tmp: Path, a: argparse.Namespace) -> tuple[Path, str]:
         images = DEV_DATA if a.with_images else tmp / "no-images"
         images.mkdir(exist_ok=True)
         r = ingest_posts(dev, db=db, images_dir=images)
-        what = f"real dev data {dev} ({r.loaded:,} posts, {r.rejected} rejected)"
+        what = f"real dev data {shown(dev)} ({r.loaded:,} posts, {r.rejected} rejected)"
     else:
         from igcli.sample import generate_sample
 
@@ -71,7 +71,7 @@ def setup(tmp: Path, a: argparse.Namespace) -> tuple[Path, str]:
         r = ingest_posts(tmp / "gen" / "posts.csv", db=db, images_dir=images)
         what = f"generated sample ({r.loaded:,} posts of {max(1, n // 25):,} users)"
         if not a.generated:
-            what += f"; dev data not found at {dev}"
+            what += f"; dev data not found at {shown(dev)}"
     featurize(db, FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
     what += (", image-quality inputs computed from the images" if a.with_images
              else ", images not read (image-quality inputs NaN)")

@@ -37,6 +37,7 @@ QUICK_ARGS = {
     "score": ["--posts", "2000", "--history", "5000", "--users", "200", "--epochs", "3", "--repeats", "1"],
     "train": ["--generated", "2000", "--epochs", "5", "--repeats", "1"],
     "quality": ["--no-aesthetics", "--splits", "random"],
+    "store": ["--sizes", "20000,50000", "--score", "2000", "--repeats", "1"],
 }
 TIMEOUT_S = {"full": 3600, "quick": 600}
 STDERR_LINES = 25

@@ -197,6 +197,9 @@ def featurize(
     quantize: Annotated[str | None, typer.Option(
         help="int8: onnxruntime dynamic quantization. Refused today: it fails the 95% top-5 agreement with fp32 "
              "on the dev images (BENCHMARKS.md).")] = None,
+    rebuild: Annotated[bool, typer.Option(
+        "--rebuild", help="Recompute every post's metadata features from scratch instead of advancing the "
+                          "stored per-user state from new posts.")] = False,
 ) -> None:
     """Compute point-in-time metadata features and image features for everything that lacks them.
 
@@ -206,7 +209,8 @@ def featurize(
     weekday, hour group. Images: weight-free quality features always; the backbones (default efficientnet_lite0
     for both the object classes and the ImageNet embedding, weights from its installed pip package, one
     forward pass for both) through onnxruntime. Other backbones run when their weights are found (timm /
-    Hugging Face cache, or a local file). A second run is a no-op; an interrupted run resumes.
+    Hugging Face cache, or a local file). Metadata features advance from new and changed posts only
+    (per-user running state in the store); a second run is a no-op; an interrupted run resumes.
 
     [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
     """
@@ -225,7 +229,7 @@ def featurize(
         skip_backbones=no_backbones, runtime=runtime, quantize=quantize,
     )
     opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
-                            user_stats_as_of=user_stats_as_of, images=img)
+                            user_stats_as_of=user_stats_as_of, images=img, rebuild=rebuild)
     with _Bars() as bars:
         r = run(db, opts, progress=bars)
     t = Table(title="featurize", show_header=False)

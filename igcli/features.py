@@ -5,6 +5,31 @@
 
 Metadata features are raw values (no scaling, no one-hot: those are fitted by ``train`` on the training
 part only). Every history value of a post comes from the same user's posts strictly before it.
+
+Incremental. The store keeps a running state per user (``user_state``: counts, exact sums of ln-likes and
+of their squares, the last 10 values, the sorted values for the median, the decayed sums at the latest liked
+post, first / latest post time, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
+``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
+posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
+only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
+post, is recomputed from its own history; a hashtag used again at or before its latest use is recounted
+from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
+does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
+a batch's features from the same state without writing anything; ``compute_metadata`` is the full
+computation from history (no state), which the tests compare both with.
+
+Determinism. ln(likes) is held in fixed point (2^-32 units) and every count and sum is an exact integer,
+so values do not depend on summation order, DuckDB's thread count or row order; the decayed mean is a
+recurrence run in one fixed order per user (time, post_id), the same whether the posts arrive one run at a
+time or all at once.
+
+Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of t, t^2 and t*y):
+1. a column in ``user_state`` (``sql/schema.sql``), e.g. ``s_ty HUGEINT`` (integer sums stay exact);
+2. in ``sql/features.sql``: its running value in block ``cum`` (``coalesce(s.s_ty, 0) + sum(...) OVER w``),
+   its new total in ``advance_state`` (``coalesce(s.s_ty, 0) + coalesce(b.s_ty, 0)``, with ``b.s_ty`` the
+   batch's ``sum(...)``), and the feature's expression in ``history`` (from ``c.*`` when the batch has
+   earlier liked posts, else from the state ``s.*``), selected in ``assemble``;
+3. its name in ``HISTORY_FEATURES`` below; existing stores pick it up with ``featurize --rebuild``.
 """
 
 from __future__ import annotations
@@ -41,6 +66,7 @@ class FeaturizeOptions:
     user_stats_as_of: str = "post"           # "post" (point in time) | "end" (the paper's leak; benchmark only)
     images: object | None = None             # igcli.imagefeatures.ImageFeatureOptions; None = defaults
     skip_images: bool = False
+    rebuild: bool = False                    # recompute every post from empty state
 
 
 @dataclass
@@ -83,9 +109,19 @@ def load_ranking(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     return ranking_id
 
 
-def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, users: list[str] | None = None) -> str:
-    """Fill the temp table ``pf_new`` with the metadata features of every post of ``users`` (all users when
-    None); returns the hashtag source."""
+@dataclass(frozen=True)
+class _Params:
+    half_life_days: float
+    hashtag_source: str                      # "store-frequency" | "ranking:<sha256>"
+    ranking_id: str | None
+    leaky: bool
+
+    def matches(self, row: tuple | None) -> bool:
+        """Same parameters as a ``feature_state`` row (half_life_days, hashtag_source, leaky, ...)."""
+        return row is not None and (row[0], row[1], row[2]) == (self.half_life_days, self.hashtag_source, self.leaky)
+
+
+def _params(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> _Params:
     if opts.user_stats_as_of not in ("post", "end"):
         raise InputError("--user-stats-as-of takes 'post' (point in time) or 'end' (the paper's leak)")
     if not opts.half_life_days > 0:
@@ -93,37 +129,209 @@ def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, use
     ranking_id = opts.ranking_id
     if opts.hashtag_ranking is not None:
         ranking_id = load_ranking(con, opts.hashtag_ranking)
-    leaky = opts.user_stats_as_of == "end"
-    con.register("igc_users", pa.table({"username": pa.array(users or [], pa.string())}))
-    con.execute("CREATE OR REPLACE TEMP TABLE pf_users AS SELECT DISTINCT username FROM igc_users")
-    con.unregister("igc_users")
-    store.run_block(con, "features", "base", {"all_users": users is None})
-    store.run_block(con, "features", "history", {"half_life_days": opts.half_life_days})
-    store.run_block(con, "features", "snapshots")
-    if ranking_id:
-        store.run_block(con, "features", "hashtags_ranked", {"ranking_id": ranking_id})
-        source = f"ranking:{ranking_id}"
+    source = f"ranking:{ranking_id}" if ranking_id else "store-frequency"
+    return _Params(float(opts.half_life_days), source, ranking_id, opts.user_stats_as_of == "end")
+
+
+def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
+    """The decayed-mean recurrence over the liked posts in ``fz_liked``, into ``fz_decay``.
+
+    Per user, in (time, post_id) order from its state: num = num * f + y, den = den * f + 1 with
+    f = 2^(-days since the previous liked post / half-life); decayed mean = num / den. One fixed order of
+    IEEE operations (numpy multiply, then add: no fused multiply-add), vectorised across users per step.
+    """
+    import numpy as np
+
+    (query,) = store.split_statements(store.sql_blocks("features")["decay_input"])
+    t = con.sql(query, params={"half_life_days": half_life_days}).to_arrow_table()
+    u = t.column("u").to_numpy()
+    k = t.column("k").to_numpy()
+    y, f = t.column("y").to_numpy(), t.column("f").to_numpy()
+    num_out, den_out = np.empty(len(u)), np.empty(len(u))
+    if len(u):
+        n_users = int(u.max()) + 1
+        num, den = np.zeros(n_users), np.zeros(n_users)
+        first = k == 1                             # rows are ordered by (k, u): every user starts at k = 1
+        num[u[first]] = t.column("num0").to_numpy()[first]
+        den[u[first]] = t.column("den0").to_numpy()[first]
+        bounds = np.flatnonzero(np.diff(k)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(u)], strict=True):
+            uu = u[lo:hi]
+            num[uu] = num[uu] * f[lo:hi] + y[lo:hi]
+            den[uu] = den[uu] * f[lo:hi] + 1.0
+            num_out[lo:hi], den_out[lo:hi] = num[uu], den[uu]
+    con.register("igc_decay", pa.table({"post_id": t.column("post_id"), "num": num_out, "den": den_out}))
+    con.execute("CREATE OR REPLACE TEMP TABLE fz_decay AS SELECT * FROM igc_decay")
+    con.unregister("igc_decay")
+
+
+def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen, use_state: bool,
+            carry: bool, full_tags: bool) -> None:
+    """Fill ``pf_new`` with the metadata features of the posts selected by the ``fz_*`` input tables.
+
+    all_posts: every post (else the posts updated after ``seen`` and every post of the users in ``fz_slow``);
+    use_state: users not in ``fz_slow`` start from ``user_state``; carry: stored hashtag weights of posts
+    neither fresh nor touched by a dirty tag are kept; full_tags: every tag is recounted from all posts.
+    """
+    run = store.run_block
+    run(con, "features", "posts_pending", {"all_posts": all_posts, "seen": seen})
+    more = con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]
+    if more and not all_posts:
+        run(con, "features", "posts_more")
+    run(con, "features", "posts_state", {"use_state": use_state})
+    run(con, "features", "liked")
+    _decay(con, p.half_life_days)
+    run(con, "features", "cum")
+    run(con, "features", "history", {"leaky": p.leaky})
+    run(con, "features", "snapshots")
+    if p.ranking_id:
+        run(con, "features", "hashtags_ranked", {"ranking_id": p.ranking_id})
+        run(con, "features", "tag_uses", {"use_state": use_state})   # tag_state is kept whatever the source
+        run(con, "features", "tag_uses_none")
     else:
-        store.run_block(con, "features", "hashtags_store")
-        source = "store-frequency"
-    store.run_block(con, "features", "assemble",
-                    {"hashtag_source": source, "half_life_days": opts.half_life_days, "leaky": leaky})
-    return source
+        if full_tags:
+            con.execute("INSERT INTO fz_dirty_tags SELECT DISTINCT unnest(tags) FROM fz_posts")
+        run(con, "features", "tag_uses", {"use_state": use_state})
+        dirty = con.execute("SELECT count(*) FROM fz_dirty_tags").fetchall()[0][0]
+        run(con, "features", "tag_uses_full" if dirty else "tag_uses_none")
+        run(con, "features", "hashtags_store")
+        if carry and more:                             # posts of recomputed users that are not fresh
+            run(con, "features", "hashtags_carry")
+    run(con, "features", "assemble",
+        {"hashtag_source": p.hashtag_source, "half_life_days": p.half_life_days, "leaky": p.leaky})
 
 
-def _merge(con: duckdb.DuckDBPyConnection, now) -> tuple[int, int, int]:
+def _start(con: duckdb.DuckDBPyConnection) -> None:
+    store.run_block(con, "features", "macros")
+    store.run_block(con, "features", "inputs")
+
+
+def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, users: list[str] | None = None) -> str:
+    """The full computation: fill the temp table ``pf_new`` with the metadata features of every post of
+    ``users`` (all users when None) from their whole history, without the stored state; returns the
+    hashtag source. Nothing in the store changes."""
+    p = _params(con, opts)
+    _start(con)
+    if users is not None:
+        con.register("igc_users", pa.table({"username": pa.array(users, pa.string())}))
+        con.execute("INSERT INTO fz_slow SELECT DISTINCT username FROM igc_users")
+        con.unregister("igc_users")
+    _engine(con, p, all_posts=users is None, seen=None, use_state=False, carry=False, full_tags=True)
+    return p.hashtag_source
+
+
+def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
+    rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen "
+                       "FROM feature_state").fetchall()
+    return rows[0] if rows else None
+
+
+def _plan_incremental(con: duckdb.DuckDBPyConnection, fs: tuple) -> None:
+    """fz_pending, fz_slow, fz_fresh, fz_dirty_tags for the changes since ``fs``."""
+    store.run_block(con, "features", "pending", {"seen": fs[3], "ingests_seen": fs[4]})
+    store.run_block(con, "features", "plan", {"seen": fs[3]})
+
+
+def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_ids: list[str]) -> str:
+    """Features of ``post_ids`` into ``pf_new`` from the stored state, for ``score``: the batch's posts (and
+    any other post ingested since the last featurize) advance their users' state in their own time order,
+    without rescanning histories; a user with a post at or before its latest featurized one is recomputed
+    from its history. Posts already featurized and unchanged are read from ``post_features``. When the
+    state was made with other parameters, this is ``compute_metadata`` for the batch's users. Nothing is
+    written to the store."""
+    p = _params(con, opts)
+    fs = _feature_state(con)
+    con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE fz_ids AS SELECT DISTINCT post_id FROM igc_ids")
+    finally:
+        con.unregister("igc_ids")
+    if p.leaky or not p.matches(fs):
+        users = [r[0] for r in con.execute(
+            "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM fz_ids)").fetchall()]
+        compute_metadata(con, opts, users=users)
+    else:
+        _start(con)
+        _plan_incremental(con, fs)
+        _engine(con, p, all_posts=False, seen=fs[3], use_state=True, carry=True, full_tags=False)
+        missing = "SELECT count(*) FROM fz_ids WHERE post_id NOT IN (SELECT post_id FROM pf_new)"
+        if con.execute(missing).fetchall()[0][0]:
+            store.run_block(con, "features", "batch_rows")
+    con.execute("DELETE FROM pf_new WHERE post_id NOT IN (SELECT post_id FROM fz_ids)")
+    return p.hashtag_source
+
+
+def _write_state(con: duckdb.DuckDBPyConnection, p: _Params, posts_seen, ingests_seen) -> None:
+    con.execute("DELETE FROM feature_state")
+    con.execute("INSERT INTO feature_state VALUES (?, ?, ?, ?, ?)",
+                [p.half_life_days, p.hashtag_source, p.leaky, posts_seen, ingests_seen])
+
+
+def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> tuple[int, int]:
+    """Bring post_features and the state up to date; returns (inserted, updated)."""
+    run = store.run_block
+    fs = _feature_state(con)
+    ingests_seen = con.execute("SELECT max(finished_at) FROM ingests").fetchall()[0][0]
+    full = rebuild or p.leaky or not p.matches(fs) or not _has_table(con, "post_features")
+    if not full and ingests_seen == fs[4]:
+        return 0, 0                                           # nothing ingested since: a no-op
+    _start(con)
+    inserted = 0
+    if full:
+        con.execute("DELETE FROM user_state")
+        con.execute("DELETE FROM tag_state")
+        con.execute("INSERT INTO fz_fresh SELECT post_id FROM posts")
+        _engine(con, p, all_posts=True, seen=None, use_state=False, carry=False, full_tags=False)
+        posts_seen = con.execute("SELECT max(updated_at) FROM posts").fetchall()[0][0]
+        cols = [d[0] for d in con.execute("SELECT * FROM pf_new LIMIT 0").description] + ["computed_at"]
+        if _has_table(con, "post_features") and [
+                d[0] for d in con.execute("SELECT * FROM post_features LIMIT 0").description] != cols:
+            con.execute("DROP TABLE post_features")              # made by an older igcli
+    else:
+        _plan_incremental(con, fs)
+        _engine(con, p, all_posts=False, seen=fs[3], use_state=True, carry=True, full_tags=False)
+        if not p.ranking_id and con.execute("SELECT count(*) FROM fz_full_posts").fetchall()[0][0]:
+            run(con, "features", "reweighted")
+        posts_seen = con.execute("SELECT greatest(?, max(updated_at)) FROM posts WHERE updated_at > ?",
+                                 [fs[3], fs[3]]).fetchall()[0][0]
+    run(con, "features", "advance_state")
+    run(con, "features", "advance_tags")
     con.execute("CREATE TABLE IF NOT EXISTS post_features AS SELECT *, NULL::TIMESTAMP AS computed_at "
                 "FROM pf_new LIMIT 0")
-    con.execute("""CREATE OR REPLACE TEMP TABLE pf_changed AS
-                   SELECT * FROM pf_new EXCEPT SELECT * EXCLUDE (computed_at) FROM post_features""")
-    inserted, updated = con.execute(
-        """SELECT count(*) FILTER (WHERE f.post_id IS NULL), count(*) FILTER (WHERE f.post_id IS NOT NULL)
-           FROM pf_changed c LEFT JOIN post_features f USING (post_id)"""
-    ).fetchall()[0]
-    con.execute("DELETE FROM post_features WHERE post_id IN (SELECT post_id FROM pf_changed)")
-    con.execute("INSERT INTO post_features SELECT *, ? FROM pf_changed", [now])
-    total = con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0]
-    return inserted, updated, total - inserted - updated
+    if full and not con.execute("SELECT count(*) FROM post_features").fetchall()[0][0]:
+        con.execute("INSERT INTO post_features SELECT *, ? FROM pf_new", [now])   # the first featurize
+        inserted, updated = con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0], 0
+    else:
+        if not full:
+            _count(con, "SELECT * FROM pf_new WHERE post_id IN (SELECT post_id FROM fz_pending WHERE is_new)", 1)
+            inserted = con.execute("SELECT count(*) FROM pf_counted").fetchall()[0][0]
+            run(con, "features", "merge_new", {"now": now})
+        updated = 0
+        if con.execute("SELECT count(*) FROM pf_new").fetchall()[0][0]:
+            run(con, "features", "merge")
+            new_here, updated = con.execute(
+                "SELECT count(*) FILTER (WHERE post_id NOT IN (SELECT post_id FROM post_features)), count(*) "
+                "FILTER (WHERE post_id IN (SELECT post_id FROM post_features)) FROM pf_changed").fetchall()[0]
+            inserted += new_here
+            if not full:
+                _count(con, "SELECT * FROM post_features WHERE post_id IN (SELECT post_id FROM pf_changed)", -1)
+                _count(con, "SELECT * FROM pf_changed", 1)
+            run(con, "features", "merge_apply", {"now": now})
+    if full:
+        run(con, "features", "counts_full")
+    _write_state(con, p, posts_seen, ingests_seen)
+    return inserted, updated
+
+
+def _count(con: duckdb.DuckDBPyConnection, rows_sql: str, sign: int) -> None:
+    """Add (sign 1) or take away (-1) the rows of ``rows_sql`` (a constant query) in ``feature_counts``."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW pf_counted AS {rows_sql}")
+    store.run_block(con, "features", "counts_add", {"sign": sign})
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+                            "AND table_schema = 'main'", [name]).fetchall()[0][0])
 
 
 def featurize(
@@ -132,24 +340,26 @@ def featurize(
     progress: Callable[[str, int, int], None] | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> FeaturizeResult:
-    """Compute metadata features for every post, then image features for images that lack them."""
+    """Bring the metadata features up to date (incrementally, or from scratch with ``opts.rebuild``), then
+    compute image features for images that lack them."""
     opts = opts or FeaturizeOptions()
     t0 = time.perf_counter()
     own = con is None
     con = con or store.connect(db)
     started = store.utcnow()
     try:
-        if not con.execute("SELECT count(*) FROM posts").fetchall()[0][0]:
+        if not con.execute("SELECT count(*) FROM posts LIMIT 1").fetchall()[0][0]:
             raise InputError("the store has no posts: run `igcli ingest POSTS` first")
         with store.transaction(con):
-            source = compute_metadata(con, opts)
-            inserted, updated, unchanged = _merge(con, started)
+            p = _params(con, opts)
+            inserted, updated = _update(con, p, started, opts.rebuild)
             store.fault_point("featurize.before_commit")
-        choices = dict(con.execute("SELECT snapshot_choice, count(*) FROM pf_new GROUP BY 1").fetchall())
-        no_history = con.execute("SELECT count(*) FROM pf_new WHERE no_history").fetchall()[0][0]
-        posts = inserted + updated + unchanged
-        result = FeaturizeResult(uuid.uuid4().hex[:12], posts, inserted, updated, unchanged, source,
-                                 opts.user_stats_as_of == "end", choices, no_history)
+        posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
+                                        "FROM feature_counts").fetchall()[0]
+        choices = dict(con.execute("SELECT snapshot_choice, sum(n) FROM feature_counts GROUP BY 1").fetchall())
+        unchanged = posts - inserted - updated
+        result = FeaturizeResult(uuid.uuid4().hex[:12], posts, inserted, updated, unchanged, p.hashtag_source,
+                                 p.leaky, choices, no_history)
         if not opts.skip_images:
             from igcli.imagefeatures import ImageFeatureOptions, featurize_images
 
@@ -157,7 +367,7 @@ def featurize(
             result.images = img
             result.messages.extend(img.messages)
         params = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "images"}
-        params["hashtag_source"] = source
+        params["hashtag_source"] = p.hashtag_source
         images_json = json.dumps(asdict(result.images), default=str) if result.images is not None else "{}"
         con.execute(
             "INSERT INTO featurize_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -4,8 +4,9 @@
     result = score("new_posts.csv", "igcli.duckdb", ScoreOptions(model="latest"))
 
 Order of work: read and verify the model card -> ingest the batch -> compute image features the card
-needs and the store lacks -> point-in-time metadata features with the card's parameters (a scored post
-sees the earlier posts of its user, never itself or later ones) -> check feature names against the card
+needs and the store lacks -> point-in-time metadata features with the card's parameters, from the stored
+per-user state plus the batch's own order (a scored post sees the earlier posts of its user, never itself
+or later ones) -> check feature names against the card
 -> onnxruntime in large batches -> `predictions` rows (replaced, never duplicated) and optional file.
 """
 
@@ -110,10 +111,11 @@ def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
-def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, users: list[str]) -> None:
-    """Metadata features of the scored users' posts with the card's parameters, into the temp table
-    ``pf_new`` (``post_features`` is left as featurize made it)."""
-    from igcli.features import FeaturizeOptions, compute_metadata
+def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
+    """Metadata features of the scored posts with the card's parameters, into the temp table ``pf_new``,
+    from the stored per-user state plus the batch's own order (``features.compute_batch``); the store is
+    left as featurize made it."""
+    from igcli.features import FeaturizeOptions, compute_batch
 
     params = card["feature_params"]
     if params.get("leaky_user_stats"):
@@ -127,8 +129,7 @@ def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, users: list[s
         if not known[0][0]:
             raise FeatureMismatch("the model's hashtag ranking is not in this store: run `igcli featurize "
                                   "--hashtag-ranking FILE` with the file it was trained with")
-    compute_metadata(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])),
-                     users=users)
+    compute_batch(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])), ids)
 
 
 def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> None:
@@ -190,11 +191,7 @@ def score(
         t1 = time.perf_counter()
         _ensure_image_features(con, card, opts, progress)
         with store.transaction(con):
-            con.register("igc_batch", pa.table({"post_id": pa.array(ids, pa.string())}))
-            users = [r[0] for r in con.execute(
-                "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM igc_batch)").fetchall()]
-            con.unregister("igc_batch")
-            _features_for_card(con, card, users)
+            _features_for_card(con, card, ids)
             frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
                                features_table="pf_new")
         timings["features_s"] = time.perf_counter() - t1

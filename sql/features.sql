@@ -1,114 +1,279 @@
--- Point-in-time metadata features. Every history value of a post is computed only from posts of the
--- same user posted STRICTLY BEFORE it: posts at the same timestamp never see each other, and a post
--- never sees its own likes or any later post. Parameters: $half_life_days, $leaky, $ranking_id, $now.
+-- Point-in-time metadata features, computed incrementally from per-user running state (igcli/features.py
+-- drives these blocks; its docstring says how to add a feature). Every history value of a post comes only
+-- from posts of the same user posted STRICTLY BEFORE it: posts at the same timestamp never see each other,
+-- and a post never sees its own likes or any later post.
+--
+-- Determinism: ln(likes) is held in fixed point (units of 2^-32, BIGINT) and every count, sum and sum of
+-- squares is an exact integer (HUGEINT), so no value depends on summation order, thread count or row
+-- insertion order. The one floating recurrence (the decayed mean) runs in Python in a fixed order per user.
+--
+-- Inputs of the engine (temp tables made by features.py): the posts updated since $seen (all posts with
+-- $all_posts), fz_slow(username) users computed from scratch (all their posts, no state), fz_fresh(post_id) posts
+-- whose hashtags are not yet counted in tag_state, fz_dirty_tags(tag) tags recounted from every post.
 
--- name: base
--- `pf_users`: the users to compute (empty with $all_users: every user). A user's features only depend on
--- that user's posts, except the store-frequency hashtag weight, which counts every post (below).
+-- name: macros
 CREATE OR REPLACE TEMP MACRO igc_tags(h) AS
-    list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
-                                 lambda t: lower(ltrim(t, '#'))));
-CREATE OR REPLACE TEMP TABLE pf_posts AS
-SELECT post_id, username, posted_at, likes,
-       CASE WHEN likes > 0 THEN ln(likes) END AS ln_likes,
-       coalesce(caption, '') AS caption,
+    list_sort(list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
+                                 lambda t: lower(ltrim(t, '#')))));
+-- ln(likes) in units of 2^-32
+CREATE OR REPLACE TEMP MACRO igc_q(likes) AS CASE WHEN likes > 0 THEN round(ln(likes) * 4294967296.0)::BIGINT END;
+CREATE OR REPLACE TEMP MACRO igc_mean(n, s1) AS CASE WHEN n > 0 THEN s1::DOUBLE / n / 4294967296.0 END;
+CREATE OR REPLACE TEMP MACRO igc_std(n, s1, s2) AS
+    CASE WHEN n > 1 THEN sqrt((n * s2 - s1 * s1)::DOUBLE / (n * (n - 1))::DOUBLE) / 4294967296.0 END;
+CREATE OR REPLACE TEMP MACRO igc_lastk(l, k) AS
+    CASE WHEN len(l) > 0 THEN list_sum(l[-k:])::DOUBLE / len(l[-k:]) / 4294967296.0 END;
+-- median of a sorted list of fixed-point values: exact (half-integers below 2^53), like median() over a window
+CREATE OR REPLACE TEMP MACRO igc_median_sorted(l) AS
+    CASE WHEN len(l) = 0 THEN NULL
+         WHEN len(l) % 2 = 1 THEN l[(len(l) + 1) // 2]::DOUBLE
+         ELSE (l[len(l) // 2] + l[len(l) // 2 + 1])::DOUBLE / 2 END / 4294967296.0;
+CREATE OR REPLACE TEMP MACRO igc_days(a, b) AS epoch(a - b) / 86400.0;
+
+-- name: inputs
+CREATE OR REPLACE TEMP TABLE fz_slow (username VARCHAR);
+CREATE OR REPLACE TEMP TABLE fz_fresh (post_id VARCHAR);
+CREATE OR REPLACE TEMP TABLE fz_dirty_tags (tag VARCHAR);
+CREATE OR REPLACE TEMP TABLE fz_pending (post_id VARCHAR, username VARCHAR, posted_at TIMESTAMP, is_new BOOLEAN);
+
+-- name: pending
+-- Posts inserted or changed since the last featurize (posts.updated_at is set by ingest on insert and on
+-- change; the zone maps make this a scan of the newest row groups only). Snapshot rows written by the
+-- ingests since then are found by their source file.
+CREATE OR REPLACE TEMP TABLE fz_pending AS
+SELECT post_id, username, posted_at, ingested_at > $seen AS is_new
+FROM posts WHERE updated_at > $seen;
+CREATE OR REPLACE TEMP TABLE fz_snap_changes AS
+SELECT username, min(observed_at) AS cutoff
+FROM user_snapshots
+WHERE source_file IN (SELECT source_file FROM ingests WHERE finished_at > $ingests_seen)
+GROUP BY username;
+
+-- name: plan
+-- A user is advanced from its state when every pending post of it is new and later than everything
+-- stored for it, and no snapshot row arrived at or before its latest post (or before its first snapshot).
+-- Otherwise (a back-dated or edited post, an earlier snapshot) the user is recomputed from its history.
+CREATE OR REPLACE TEMP TABLE fz_changed AS
+SELECT p.post_id, f.username AS old_username, f.tags AS old_tags,
+       f.posted_at IS DISTINCT FROM p.posted_at OR f.tags IS DISTINCT FROM igc_tags(q.hashtags) AS tags_moved
+FROM fz_pending p JOIN post_features f USING (post_id) JOIN posts q USING (post_id)
+WHERE NOT p.is_new AND q.updated_at > $seen;
+INSERT INTO fz_slow
+SELECT username FROM fz_pending p JOIN user_state s USING (username)
+WHERE NOT p.is_new OR p.posted_at <= s.last_at
+UNION SELECT old_username FROM fz_changed
+UNION SELECT c.username FROM fz_snap_changes c JOIN user_state s USING (username)
+      WHERE c.cutoff <= s.last_at OR s.snap_first_at IS NULL OR c.cutoff <= s.snap_first_at;
+-- posts whose tags tag_state does not count yet: new ones, and changed ones whose tags or time moved
+INSERT INTO fz_fresh
+SELECT post_id FROM fz_pending WHERE post_id NOT IN (SELECT post_id FROM fz_changed WHERE NOT tags_moved);
+-- a moved post's old and new tags, and a fresh post's tags already used at or after its time
+INSERT INTO fz_dirty_tags
+SELECT unnest(old_tags) FROM fz_changed WHERE tags_moved
+UNION SELECT unnest(igc_tags(p.hashtags)) FROM posts p
+      WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_changed WHERE tags_moved)
+UNION SELECT t.tag FROM (SELECT unnest(igc_tags(p.hashtags)) AS tag, p.posted_at
+                         FROM posts p WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_fresh)) t
+      JOIN tag_state s USING (tag) WHERE s.last_at >= t.posted_at;
+
+-- name: posts_pending
+CREATE OR REPLACE TEMP TABLE fz_posts AS
+SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
        igc_tags(hashtags) AS tags,
        len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
        len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions
+FROM posts WHERE $all_posts OR updated_at > $seen;
+
+-- name: posts_more
+-- Every post of the users recomputed from scratch.
+INSERT INTO fz_posts
+SELECT post_id, username, posted_at, likes, igc_q(likes), coalesce(caption, ''), igc_tags(hashtags),
+       len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')),
+       len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%'))
 FROM posts
-WHERE $all_users OR username IN (SELECT username FROM pf_users);
+WHERE username IN (SELECT username FROM fz_slow)
+  AND post_id NOT IN (SELECT post_id FROM fz_posts);
+
+-- name: posts_state
+CREATE OR REPLACE TEMP TABLE fz_state AS
+SELECT * FROM user_state
+WHERE $use_state AND username IN (SELECT DISTINCT username FROM fz_posts)
+  AND username NOT IN (SELECT username FROM fz_slow);
+
+-- name: liked
+-- Liked posts of the batch, numbered per user in time order (the state's posts come before all of them).
+CREATE OR REPLACE TEMP TABLE fz_liked AS
+SELECT username, post_id, posted_at, yq,
+       row_number() OVER (PARTITION BY username ORDER BY posted_at, post_id) AS k
+FROM fz_posts WHERE yq IS NOT NULL;
+
+-- name: decay_input
+-- For the decayed-mean recurrence (features.py): per liked post, the factor 2^(-(t - t_prev) / half_life)
+-- from the previous liked post (or the state's), in the order the recurrence runs.
+SELECT l.post_id, (dense_rank() OVER (ORDER BY l.username) - 1)::BIGINT AS u, l.k,
+       l.yq::DOUBLE / 4294967296.0 AS y,
+       coalesce(pow(2.0, -igc_days(l.posted_at, coalesce(
+           lag(l.posted_at) OVER (PARTITION BY l.username ORDER BY l.k), s.dec_at)) / $half_life_days), 0.0) AS f,
+       coalesce(s.dec_num, 0.0) AS num0, coalesce(s.dec_den, 0.0) AS den0
+FROM fz_liked l LEFT JOIN fz_state s USING (username)
+ORDER BY l.k, u;
+
+-- name: cum
+-- Running history after each timestamp group: state + the batch's liked posts up to it.
+CREATE OR REPLACE TEMP TABLE fz_cum AS
+SELECT l.username, l.posted_at, l.k,
+       coalesce(s.n, 0) + l.k AS n,
+       coalesce(s.s1, 0) + sum(l.yq::HUGEINT) OVER w AS s1,
+       coalesce(s.s2, 0) + sum(l.yq::HUGEINT * l.yq) OVER w AS s2,
+       (coalesce(s.last10, []::BIGINT[]) || list_filter(
+           [lag(l.yq, 9) OVER o, lag(l.yq, 8) OVER o, lag(l.yq, 7) OVER o, lag(l.yq, 6) OVER o,
+            lag(l.yq, 5) OVER o, lag(l.yq, 4) OVER o, lag(l.yq, 3) OVER o, lag(l.yq, 2) OVER o,
+            lag(l.yq, 1) OVER o, l.yq], lambda x: x IS NOT NULL))[-10:] AS last10,
+       d.num AS dec_num, d.den AS dec_den,
+       coalesce(s.n, 0) = 0 AS fresh_user
+FROM fz_liked l
+LEFT JOIN fz_state s USING (username)
+JOIN fz_decay d USING (post_id)
+WINDOW w AS (PARTITION BY l.username ORDER BY l.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+       o AS (PARTITION BY l.username ORDER BY l.k)
+QUALIFY l.k = max(l.k) OVER (PARTITION BY l.username, l.posted_at);
+
+-- Median: a window median where the user starts from nothing, else the state's sorted values plus the
+-- batch's (both exact, so the two give the same bits).
+CREATE OR REPLACE TEMP TABLE fz_median AS
+SELECT username, k, median(yq) OVER w / 4294967296.0 AS median
+FROM fz_liked WHERE username NOT IN (SELECT username FROM fz_state WHERE n > 0)
+WINDOW w AS (PARTITION BY username ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+UNION ALL
+SELECT username, k, igc_median_sorted(list_sort(sorted_y || ys)) AS median
+FROM (SELECT l.username, l.k, s.sorted_y, list(l.yq) OVER w AS ys
+      FROM fz_liked l JOIN fz_state s USING (username) WHERE s.n > 0
+      WINDOW w AS (PARTITION BY l.username ORDER BY l.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW));
 
 -- name: history
--- Posts with likes, numbered per user in time order; cumulative stats are taken at the last post of
--- each timestamp group and joined to later posts with a strict ASOF join.
-CREATE OR REPLACE TEMP TABLE pf_liked AS
-SELECT username, posted_at, post_id, ln_likes,
-       row_number() OVER (PARTITION BY username ORDER BY posted_at, post_id) AS idx,
-       max(posted_at) OVER (PARTITION BY username) AS t_ref
-FROM pf_posts WHERE ln_likes IS NOT NULL;
-
-CREATE OR REPLACE TEMP TABLE pf_cum AS
-SELECT username, posted_at,
-       count(*) OVER w AS n,
-       avg(ln_likes) OVER w AS mean,
-       median(ln_likes) OVER w AS median,
-       stddev_samp(ln_likes) OVER w AS std,
-       avg(ln_likes) OVER (PARTITION BY username ORDER BY idx ROWS BETWEEN 4 PRECEDING AND CURRENT ROW) AS last5,
-       avg(ln_likes) OVER (PARTITION BY username ORDER BY idx ROWS BETWEEN 9 PRECEDING AND CURRENT ROW) AS last10,
-       -- weights 2^((t_j - t_ref) / half_life): the t_ref factor cancels in the ratio, it only avoids overflow
-       sum(ln_likes * pow(2, (epoch(posted_at) - epoch(t_ref)) / 86400.0 / $half_life_days)) OVER w
-         / sum(pow(2, (epoch(posted_at) - epoch(t_ref)) / 86400.0 / $half_life_days)) OVER w AS decayed,
-       idx
-FROM pf_liked
-WINDOW w AS (PARTITION BY username ORDER BY idx ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-QUALIFY idx = max(idx) OVER (PARTITION BY username, posted_at);
-
-CREATE OR REPLACE TEMP TABLE pf_hist AS
-SELECT p.post_id, c.n, c.mean, c.median, c.std, c.last5, c.last10, c.decayed
-FROM pf_posts p
-ASOF LEFT JOIN pf_cum c ON p.username = c.username AND p.posted_at > c.posted_at;
-
--- The paper's leaky variant (benchmark only): every liked post of the user, the post itself included.
-CREATE OR REPLACE TEMP TABLE pf_hist_leaky AS
-SELECT p.post_id, a.n, a.mean, a.median, a.std, a.mean AS last5, a.mean AS last10, a.mean AS decayed
-FROM pf_posts p
-LEFT JOIN (SELECT username, count(*) AS n, avg(ln_likes) AS mean, median(ln_likes) AS median,
-                  stddev_samp(ln_likes) AS std
-           FROM pf_liked GROUP BY username) a ON a.username = p.username;
-
-CREATE OR REPLACE TEMP TABLE pf_times AS
+CREATE OR REPLACE TEMP TABLE fz_hist AS
 SELECT p.post_id,
-       epoch(p.posted_at - prev.posted_at) / 86400.0 AS days_since_prev,
-       CASE WHEN f.first_at < p.posted_at THEN epoch(p.posted_at - f.first_at) / 86400.0 END AS days_since_first
-FROM pf_posts p
-ASOF LEFT JOIN (SELECT DISTINCT username, posted_at FROM pf_posts) prev
+       CASE WHEN c.k IS NOT NULL THEN c.n ELSE coalesce(s.n, 0) END AS n,
+       CASE WHEN c.k IS NOT NULL THEN igc_mean(c.n, c.s1) ELSE igc_mean(s.n, s.s1) END AS mean,
+       CASE WHEN c.k IS NOT NULL THEN m.median ELSE igc_median_sorted(s.sorted_y) END AS median,
+       CASE WHEN c.k IS NOT NULL THEN igc_std(c.n, c.s1, c.s2) ELSE igc_std(s.n, s.s1, s.s2) END AS std,
+       igc_lastk(CASE WHEN c.k IS NOT NULL THEN c.last10 ELSE s.last10 END, 5) AS last5,
+       igc_lastk(CASE WHEN c.k IS NOT NULL THEN c.last10 ELSE s.last10 END, 10) AS last10,
+       CASE WHEN c.k IS NOT NULL THEN c.dec_num / c.dec_den
+            WHEN s.n > 0 THEN s.dec_num / s.dec_den END AS decayed
+FROM fz_posts p
+LEFT JOIN fz_state s USING (username)
+ASOF LEFT JOIN fz_cum c ON p.username = c.username AND p.posted_at > c.posted_at
+LEFT JOIN fz_median m ON m.username = c.username AND m.k = c.k;
+
+-- The paper's leaky variant (benchmark only; always a full computation): every liked post of the user,
+-- the post itself included.
+CREATE OR REPLACE TEMP TABLE fz_hist_leaky AS
+SELECT p.post_id, a.n, igc_mean(a.n, a.s1) AS mean, a.median, igc_std(a.n, a.s1, a.s2) AS std,
+       igc_mean(a.n, a.s1) AS last5, igc_mean(a.n, a.s1) AS last10, igc_mean(a.n, a.s1) AS decayed
+FROM fz_posts p
+LEFT JOIN (SELECT username, count(*) AS n, sum(yq::HUGEINT) AS s1, sum(yq::HUGEINT * yq) AS s2,
+                  median(yq) / 4294967296.0 AS median
+           FROM fz_liked GROUP BY username) a ON a.username = p.username
+WHERE $leaky;
+
+CREATE OR REPLACE TEMP TABLE fz_times AS
+SELECT p.post_id,
+       igc_days(p.posted_at, coalesce(prev.posted_at, s.last_at)) AS days_since_prev,
+       CASE WHEN coalesce(s.first_at, f.first_at) < p.posted_at
+            THEN igc_days(p.posted_at, coalesce(s.first_at, f.first_at)) END AS days_since_first
+FROM fz_posts p
+LEFT JOIN fz_state s USING (username)
+ASOF LEFT JOIN (SELECT DISTINCT username, posted_at FROM fz_posts) prev
     ON p.username = prev.username AND p.posted_at > prev.posted_at
-LEFT JOIN (SELECT username, min(posted_at) AS first_at FROM pf_posts GROUP BY username) f
+LEFT JOIN (SELECT username, min(posted_at) AS first_at FROM fz_posts GROUP BY username) f
     ON f.username = p.username;
 
 -- name: snapshots
 -- The latest snapshot observed at or before the post, else the user's earliest (the choice is kept).
-CREATE OR REPLACE TEMP TABLE pf_snap AS
+CREATE OR REPLACE TEMP TABLE fz_user_snaps AS
+SELECT * FROM user_snapshots WHERE username IN (SELECT DISTINCT username FROM fz_posts);
+CREATE OR REPLACE TEMP TABLE fz_snap AS
 SELECT p.post_id,
        coalesce(b.followers, e.followers) AS followers,
        coalesce(b.following, e.following) AS following,
        coalesce(b.user_post_count, e.user_post_count) AS user_post_count,
        CASE WHEN b.username IS NOT NULL THEN 'at_or_before'
             WHEN e.username IS NOT NULL THEN 'earliest_after' ELSE 'none' END AS snapshot_choice
-FROM pf_posts p
-ASOF LEFT JOIN user_snapshots b ON p.username = b.username AND p.posted_at >= b.observed_at
-LEFT JOIN (SELECT * FROM user_snapshots
+FROM fz_posts p
+ASOF LEFT JOIN fz_user_snaps b ON p.username = b.username AND p.posted_at >= b.observed_at
+LEFT JOIN (SELECT * FROM fz_user_snaps
            QUALIFY observed_at = min(observed_at) OVER (PARTITION BY username)) e
     ON e.username = p.username;
 
 -- name: hashtags_ranked
--- Weight of a tag = 1 - (rank - 1) / N from the ranking list (top tag 1, unlisted 0), summed per post.
-CREATE OR REPLACE TEMP TABLE pf_tagw AS
+-- Weight of a tag = 1 - (rank - 1) / N from the ranking list (top tag 1, unlisted 0), summed per post
+-- (in fixed point, so the sum does not depend on the order of the tags).
+CREATE OR REPLACE TEMP TABLE fz_tagw AS
 WITH n AS (SELECT count(*) AS n FROM hashtag_rankings WHERE ranking_id = $ranking_id),
-     t AS (SELECT post_id, unnest(tags) AS tag FROM pf_posts)
-SELECT t.post_id, sum(1.0 - (r.rank - 1.0) / n.n) AS hashtag_weight
+     t AS (SELECT post_id, unnest(tags) AS tag FROM fz_posts)
+SELECT t.post_id, sum(round((1.0 - (r.rank - 1.0) / n.n) * 4294967296.0)::BIGINT) / 4294967296.0 AS hashtag_weight
 FROM t JOIN hashtag_rankings r ON r.tag = t.tag AND r.ranking_id = $ranking_id, n
 GROUP BY t.post_id;
 
+-- name: tag_uses
+-- Store frequency: uses of a tag = the store's posts (any user) that used it strictly before the post.
+-- Fresh posts whose tags are all clean count from tag_state plus the fresh posts before them; posts with a
+-- dirty tag (a back-dated or edited use) are recounted from every post of the store that has their tags.
+CREATE OR REPLACE TEMP TABLE fz_fresh_tags AS
+SELECT p.post_id, p.posted_at, unnest(p.tags) AS tag
+FROM fz_posts p
+WHERE p.post_id IN (SELECT post_id FROM fz_fresh);
+CREATE OR REPLACE TEMP TABLE fz_tag_uses AS
+SELECT t.post_id, t.tag, t.posted_at,
+       coalesce(s.uses, 0) + count(*) OVER (PARTITION BY t.tag ORDER BY t.posted_at
+                                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
+FROM fz_fresh_tags t LEFT JOIN tag_state s ON s.tag = t.tag AND $use_state
+WHERE t.tag NOT IN (SELECT tag FROM fz_dirty_tags);
+
+-- name: tag_uses_none
+CREATE OR REPLACE TEMP TABLE fz_full_posts (post_id VARCHAR);
+CREATE OR REPLACE TEMP TABLE fz_tag_uses_full (post_id VARCHAR, tag VARCHAR, posted_at TIMESTAMP, uses BIGINT);
+
+-- name: tag_uses_full
+-- Posts touched by a dirty tag, and every post of the store with one of their tags, counted from scratch.
+CREATE OR REPLACE TEMP TABLE fz_all_tags AS
+SELECT p.post_id, p.posted_at, u.tag FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
+WHERE p.hashtags LIKE '%#%';
+CREATE OR REPLACE TEMP TABLE fz_full_posts AS
+SELECT DISTINCT post_id FROM fz_all_tags WHERE tag IN (SELECT tag FROM fz_dirty_tags);
+CREATE OR REPLACE TEMP TABLE fz_tag_uses_full AS
+WITH wanted AS (SELECT DISTINCT a.tag FROM fz_all_tags a JOIN fz_full_posts USING (post_id))
+SELECT post_id, tag, posted_at,
+       count(*) OVER (PARTITION BY tag ORDER BY posted_at
+                      RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
+FROM fz_all_tags WHERE tag IN (SELECT tag FROM wanted);
+
 -- name: hashtags_store
--- Weight of a tag = ln(1 + number of the store's posts, any user, that used it strictly before this post).
-CREATE OR REPLACE TEMP TABLE pf_tagw AS
-WITH wanted AS (SELECT DISTINCT unnest(tags) AS tag FROM pf_posts),
-     t AS (SELECT p.post_id, p.posted_at, u.tag
-           FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
-           WHERE u.tag IN (SELECT tag FROM wanted)),
-     c AS (SELECT post_id, count(*) OVER (PARTITION BY tag ORDER BY posted_at
-                                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
-           FROM t)
-SELECT post_id, sum(ln(1 + uses)) AS hashtag_weight
-FROM c WHERE post_id IN (SELECT post_id FROM pf_posts) GROUP BY post_id;
+-- A post's weight = sum over its tags of ln(1 + uses), in fixed point. Posts neither fresh nor touched by
+-- a dirty tag keep their stored weight (their tags' earlier uses cannot have changed).
+CREATE OR REPLACE TEMP TABLE fz_tagw AS
+WITH q AS (
+    SELECT post_id, round(ln(1 + uses) * 4294967296.0)::BIGINT AS w FROM fz_tag_uses
+    WHERE post_id NOT IN (SELECT post_id FROM fz_full_posts)
+    UNION ALL
+    SELECT u.post_id, round(ln(1 + u.uses) * 4294967296.0)::BIGINT FROM fz_tag_uses_full u
+    WHERE u.post_id IN (SELECT post_id FROM fz_full_posts)
+)
+SELECT post_id, sum(w) / 4294967296.0 AS hashtag_weight FROM q GROUP BY post_id;
+
+-- name: hashtags_carry
+INSERT INTO fz_tagw
+SELECT f.post_id, f.hashtag_weight FROM post_features f
+WHERE f.post_id IN (SELECT post_id FROM fz_posts)
+  AND f.post_id NOT IN (SELECT post_id FROM fz_fresh) AND f.post_id NOT IN (SELECT post_id FROM fz_full_posts);
 
 -- name: assemble
+-- One row per computed post; with tag_uses_full, also the stored rows of other posts whose weight moved.
 CREATE OR REPLACE TEMP TABLE pf_new AS
 SELECT
-    p.post_id, p.username, p.posted_at, p.likes, p.ln_likes,
-    coalesce(h.n, 0)::INTEGER AS hist_n,
-    coalesce(h.n, 0) = 0 AS no_history,
+    p.post_id, p.username, p.posted_at, p.likes, p.yq / 4294967296.0 AS ln_likes,
+    h.n::INTEGER AS hist_n,
+    h.n = 0 AS no_history,
     h.mean AS hist_mean, h.median AS hist_median, h.std AS hist_std,
     h.last5 AS hist_last5, h.last10 AS hist_last10, h.decayed AS hist_decayed,
     t.days_since_prev, t.days_since_first,
@@ -124,10 +289,92 @@ SELECT
          WHEN hour(p.posted_at) < 20 THEN 4 ELSE 5 END::INTEGER AS hour_group,
     $hashtag_source AS hashtag_source,
     $half_life_days::DOUBLE AS half_life_days,
-    $leaky AS leaky_user_stats
-FROM pf_posts p
-JOIN (SELECT * FROM pf_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM pf_hist_leaky WHERE $leaky) h
+    $leaky AS leaky_user_stats,
+    p.tags
+FROM fz_posts p
+JOIN (SELECT * FROM fz_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM fz_hist_leaky WHERE $leaky) h
     USING (post_id)
-JOIN pf_times t USING (post_id)
-JOIN pf_snap s USING (post_id)
-LEFT JOIN pf_tagw w USING (post_id);
+JOIN fz_times t USING (post_id)
+JOIN fz_snap s USING (post_id)
+LEFT JOIN fz_tagw w USING (post_id);
+
+-- name: reweighted
+-- Stored rows outside the batch whose store-frequency weight was recounted (a dirty tag).
+INSERT INTO pf_new
+SELECT f.* EXCLUDE (computed_at) REPLACE (w.hashtag_weight AS hashtag_weight)
+FROM post_features f JOIN fz_tagw w USING (post_id)
+WHERE f.post_id NOT IN (SELECT post_id FROM fz_posts) AND f.hashtag_weight IS DISTINCT FROM w.hashtag_weight;
+
+-- name: batch_rows
+-- score: posts of the batch already featurized, unchanged and not recomputed keep their stored rows.
+INSERT INTO pf_new
+SELECT * EXCLUDE (computed_at) FROM post_features
+WHERE post_id IN (SELECT post_id FROM fz_ids) AND post_id NOT IN (SELECT post_id FROM pf_new);
+
+-- name: counts_add
+-- feature_counts += the rows about to be written ($sign = 1), or -= the stored rows they replace (-1).
+INSERT INTO feature_counts
+SELECT snapshot_choice, no_history, $sign * count(*) FROM pf_counted GROUP BY ALL;
+CREATE OR REPLACE TEMP TABLE fz_counts AS
+SELECT snapshot_choice, no_history, sum(n)::BIGINT AS n FROM feature_counts GROUP BY ALL HAVING sum(n) <> 0;
+DELETE FROM feature_counts;
+INSERT INTO feature_counts SELECT * FROM fz_counts;
+
+-- name: counts_full
+DELETE FROM feature_counts;
+INSERT INTO feature_counts SELECT snapshot_choice, no_history, count(*) FROM post_features GROUP BY ALL;
+
+-- name: merge_new
+-- Posts first ingested after the last featurize have no stored row yet.
+INSERT INTO post_features SELECT *, $now FROM pf_new WHERE post_id IN (SELECT post_id FROM fz_pending WHERE is_new);
+DELETE FROM pf_new WHERE post_id IN (SELECT post_id FROM fz_pending WHERE is_new);
+
+-- name: merge
+-- Rows that differ from the stored ones replace them.
+CREATE OR REPLACE TEMP TABLE pf_changed AS
+SELECT * FROM pf_new
+EXCEPT SELECT * EXCLUDE (computed_at) FROM post_features WHERE post_id IN (SELECT post_id FROM pf_new);
+
+-- name: merge_apply
+DELETE FROM post_features WHERE post_id IN (SELECT post_id FROM pf_changed);
+INSERT INTO post_features SELECT *, $now FROM pf_changed;
+
+-- name: advance_state
+-- New state of every user of the batch: its old state (none when recomputed) plus the batch's posts.
+CREATE OR REPLACE TEMP TABLE fz_state_new AS
+WITH b AS (
+    SELECT username, count(*) AS n_posts, min(posted_at) AS first_at, max(posted_at) AS last_at,
+           count(yq) AS n, sum(yq::HUGEINT) AS s1, sum(yq::HUGEINT * yq) AS s2,
+           list(yq ORDER BY posted_at, post_id) FILTER (WHERE yq IS NOT NULL) AS ys
+    FROM fz_posts GROUP BY username
+), d AS (
+    SELECT l.username, l.posted_at, d.num, d.den FROM fz_liked l JOIN fz_decay d USING (post_id)
+    QUALIFY l.k = max(l.k) OVER (PARTITION BY l.username)
+)
+SELECT b.username,
+       coalesce(s.n_posts, 0) + b.n_posts AS n_posts,
+       coalesce(s.first_at, b.first_at) AS first_at,
+       greatest(s.last_at, b.last_at) AS last_at,
+       coalesce(s.n, 0) + b.n AS n,
+       coalesce(s.s1, 0) + coalesce(b.s1, 0) AS s1,
+       coalesce(s.s2, 0) + coalesce(b.s2, 0) AS s2,
+       (coalesce(s.last10, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[]))[-10:] AS last10,
+       list_sort(coalesce(s.sorted_y, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[])) AS sorted_y,
+       coalesce(d.num, s.dec_num) AS dec_num, coalesce(d.den, s.dec_den) AS dec_den,
+       coalesce(d.posted_at, s.dec_at) AS dec_at,
+       (SELECT min(observed_at) FROM fz_user_snaps u WHERE u.username = b.username) AS snap_first_at
+FROM b LEFT JOIN fz_state s USING (username) LEFT JOIN d USING (username);
+DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);
+INSERT INTO user_state BY NAME SELECT * FROM fz_state_new;
+
+-- name: advance_tags
+-- tag_state counts the uses of each tag among featurized posts, and the latest one.
+CREATE OR REPLACE TEMP TABLE fz_tag_new AS
+SELECT tag, count(*) AS uses, max(posted_at) AS last_at FROM fz_tag_uses_full GROUP BY tag
+UNION ALL
+SELECT t.tag, coalesce(s.uses, 0) + count(*), greatest(max(s.last_at), max(t.posted_at))
+FROM fz_fresh_tags t LEFT JOIN tag_state s USING (tag)
+WHERE t.tag NOT IN (SELECT tag FROM fz_tag_uses_full) AND t.tag NOT IN (SELECT tag FROM fz_dirty_tags)
+GROUP BY t.tag, s.uses;
+DELETE FROM tag_state WHERE tag IN (SELECT tag FROM fz_tag_new);
+INSERT INTO tag_state SELECT tag, uses, last_at FROM fz_tag_new;

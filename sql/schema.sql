@@ -143,6 +143,47 @@ CREATE TABLE IF NOT EXISTS hashtag_rankings (
     PRIMARY KEY (ranking_id, tag)
 );
 
+-- Running state of the metadata features (sql/features.sql, igcli/features.py), so featurize and score
+-- advance from new posts only. One row per user that has featurized posts; ln-likes in units of 2^-32.
+CREATE TABLE IF NOT EXISTS user_state (
+    username      VARCHAR NOT NULL,
+    n_posts       BIGINT NOT NULL,     -- featurized posts, liked or not
+    first_at      TIMESTAMP,           -- first and latest post time
+    last_at       TIMESTAMP,
+    n             BIGINT NOT NULL,     -- posts with likes > 0
+    s1            HUGEINT NOT NULL,    -- sum of ln-likes (fixed point: exact, order-free)
+    s2            HUGEINT NOT NULL,    -- sum of squares
+    last10        BIGINT[] NOT NULL,   -- the last 10 ln-likes in time order
+    sorted_y      BIGINT[] NOT NULL,   -- every ln-likes value, sorted (the median)
+    dec_num       DOUBLE,              -- decayed sums at dec_at (the latest liked post)
+    dec_den       DOUBLE,
+    dec_at        TIMESTAMP,
+    snap_first_at TIMESTAMP            -- earliest snapshot of the user
+);
+
+-- Uses of each hashtag among featurized posts, and the latest use (store-frequency hashtag weight).
+CREATE TABLE IF NOT EXISTS tag_state (
+    tag     VARCHAR NOT NULL,
+    uses    BIGINT NOT NULL,
+    last_at TIMESTAMP NOT NULL
+);
+
+-- What post_features and the state were computed with, and how far they reach.
+CREATE TABLE IF NOT EXISTS feature_state (
+    half_life_days  DOUBLE NOT NULL,
+    hashtag_source  VARCHAR NOT NULL,
+    leaky           BOOLEAN NOT NULL,
+    posts_seen      TIMESTAMP,         -- max(posts.updated_at) featurized
+    ingests_seen    TIMESTAMP          -- max(ingests.finished_at) then
+);
+
+-- post_features rows by snapshot choice and history flag, kept up to date by featurize (no scan to report).
+CREATE TABLE IF NOT EXISTS feature_counts (
+    snapshot_choice VARCHAR NOT NULL,
+    no_history      BOOLEAN NOT NULL,
+    n               BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS featurize_runs (
     run_id       VARCHAR PRIMARY KEY,
     started_at   TIMESTAMP NOT NULL,

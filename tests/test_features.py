@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import query
 
 from igcli.features import FeaturizeOptions, featurize
 from igcli.ingest import ingest_posts
@@ -216,3 +217,171 @@ def test_features_for_some_users_equal_the_full_computation(tmp_path: Path, db: 
     # before a5: #x in a1-a4, bob's b1 and zed's z1; #y in a1-a4 and b1. Other users' posts count, though
     # only ann's features were computed
     assert weight == pytest.approx(math.log(7) + math.log(6))
+
+
+# ------------------------------------------------------------------ determinism and incremental featurize
+
+FEATURES_SQL = "SELECT * EXCLUDE (computed_at) FROM post_features ORDER BY post_id"
+
+
+def random_rows(seed: int, users: int = 8, per_user: int = 30, tags: int = 6) -> list[tuple]:
+    """(post_id, user, time, likes, hashtags, followers): repeated timestamps, posts without likes, shared tags."""
+    rng = random.Random(seed)
+    out = []
+    for u in range(users):
+        for i in range(rng.randint(1, per_user)):
+            t = datetime(2020, 1, 1) + timedelta(days=rng.randint(0, 60), hours=rng.choice([0, 6, 12]))
+            likes = rng.choice([None, 0, rng.randint(1, 100000), rng.randint(1, 100000)])
+            hashtags = " ".join(f"#t{rng.randint(0, tags)}" for _ in range(rng.randint(0, 3)))
+            out.append((f"u{u}p{i}", f"user{u}", t, likes, hashtags, 100 * (u + 1)))
+    return out
+
+
+def as_csv(rows: list[tuple]) -> list[str]:
+    return [f"{pid},{user},{t.isoformat()},,{tags},,{'' if lk is None else lk},{fol},1,1,"
+            for pid, user, t, lk, tags, fol in rows]
+
+
+def stored(db: Path) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(FEATURES_SQL).fetchall()
+    finally:
+        con.close()
+
+
+def full_computation(db: Path, **kw) -> list[tuple]:
+    """compute_metadata over every user, from history, with no state (the brute-force SQL path)."""
+    from igcli import store
+    from igcli.features import compute_metadata
+
+    con = store.connect(db)
+    try:
+        compute_metadata(con, meta_only(**kw))
+        return con.execute("SELECT * FROM pf_new ORDER BY post_id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("ranking", [False, True])
+def test_values_are_bit_identical_across_reruns_threads_and_row_order(tmp_path: Path, ranking: bool):
+    rows = random_rows(11)
+    kw = {}
+    if ranking:
+        (tmp_path / "rank.txt").write_text("\n".join(f"t{i}" for i in range(7)) + "\n")
+        kw["hashtag_ranking"] = tmp_path / "rank.txt"
+    a, b, c = tmp_path / "a.duckdb", tmp_path / "b.duckdb", tmp_path / "c.duckdb"
+    load(tmp_path, a, as_csv(rows), name="a.csv")
+    shuffled = rows[:]
+    random.Random(5).shuffle(shuffled)
+    load(tmp_path, b, as_csv(shuffled), name="b.csv")           # other insertion order
+    load(tmp_path, c, as_csv(rows[::-1]), name="c.csv")
+    featurize(a, meta_only(**kw))
+    first = stored(a)
+    featurize(a, meta_only(rebuild=True, **kw))                 # a rerun from scratch
+    assert stored(a) == first
+    featurize(b, meta_only(**kw))
+    assert stored(b) == first
+    from igcli import store
+
+    con = store.connect(c)
+    con.execute("SET threads = 1")
+    featurize(c, meta_only(**kw), con=con)
+    con.close()
+    assert stored(c) == first
+    assert len(first) > 50 and any(r[0] for r in first)
+    assert full_computation(a, **kw) == first
+
+
+def test_incremental_equals_rebuild_and_full_computation(tmp_path: Path, db: Path):
+    """Posts arrive in chunks, later ones, back-dated ones, same-timestamp ones, changed likes, a new snapshot;
+    after every featurize the stored rows equal a rebuild and the state-free computation, bit for bit."""
+    rows = sorted(random_rows(21, users=6, per_user=40), key=lambda r: r[2])
+    chunks = [rows[:60], rows[60:90], rows[90:91], rows[91:]]
+    later = rows[91:]
+    back = random.Random(1).sample(rows[:60], 5)
+    edits = [(pid, u, t, (lk or 0) + 7, tags + " #t9", fol) for pid, u, t, lk, tags, fol in back]
+    likes_only = [(pid, u, t, (lk or 0) + 3, tags, fol) for pid, u, t, lk, tags, fol in rows[70:74]]
+    moved = [(pid, u, t - timedelta(days=3), lk, tags, fol + 1) for pid, u, t, lk, tags, fol in later[:3]]
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    seen: dict[str, tuple] = {}
+    for i, chunk in enumerate([*chunks, edits, likes_only, moved, rows[:2]]):
+        load(tmp_path, db, as_csv(chunk), name=f"chunk{i}.csv")
+        for r in chunk:
+            seen[r[0]] = r
+        r = featurize(db, meta_only())
+        got = stored(db)
+        assert r.posts == len(seen) == len(got)
+        counts = query(db, "SELECT count(*) FILTER (WHERE no_history), list(DISTINCT snapshot_choice ORDER BY 1) "
+                           "FROM post_features")[0]
+        assert (r.no_history, sorted(r.snapshot_choices)) == counts   # kept in feature_counts, not scanned
+        assert sum(r.snapshot_choices.values()) == r.posts
+        if rebuilt.exists():
+            rebuilt.unlink()
+        load(tmp_path, rebuilt, as_csv(sorted(seen.values())), name=f"all{i}.csv")
+        featurize(rebuilt, meta_only())
+        assert got == stored(rebuilt), f"after chunk {i}"
+        assert got == full_computation(db), f"after chunk {i}"
+    again = featurize(db, meta_only())
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, len(seen))
+
+
+def test_appending_later_posts_only_writes_them(tmp_path: Path, db: Path):
+    rows = sorted(random_rows(4, users=5, per_user=20), key=lambda r: r[2])
+    load(tmp_path, db, as_csv(rows), name="a.csv")
+    featurize(db, meta_only())
+    t_end = max(r[2] for r in rows)
+    new = [(f"n{i}", f"user{i % 5}", t_end + timedelta(hours=i + 1), 10 + i, "#t1", 100 * (i % 5 + 1))
+           for i in range(4)]
+    load(tmp_path, db, as_csv(new), name="b.csv")
+    from igcli import store
+
+    con = store.connect(db)
+    r = featurize(db, meta_only(), con=con)
+    computed = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]   # the engine's input rows
+    con.close()
+    assert (r.inserted, r.updated, computed) == (4, 0, 4)
+    noop = featurize(db, meta_only())
+    assert (noop.inserted, noop.updated, noop.unchanged) == (0, 0, len(rows) + 4)
+
+
+@pytest.mark.parametrize("ranking", [False, True])
+def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, ranking: bool):
+    """score's features: a batch with several posts per user (two at one timestamp), a cold-start user, a
+    back-dated post and an already featurized post, from the state, equal the full computation."""
+    from igcli import store
+    from igcli.features import compute_batch, compute_metadata
+
+    kw = {}
+    if ranking:
+        (tmp_path / "rank.txt").write_text("t3\nt1\nt0\n")
+        kw["hashtag_ranking"] = tmp_path / "rank.txt"
+    rows = random_rows(8, users=6, per_user=60)
+    load(tmp_path, db, as_csv(rows), name="hist.csv")
+    featurize(db, meta_only(**kw))
+    end = max(r[2] for r in rows)
+    batch = [(f"b{i}", f"user{i % 3}", end + timedelta(hours=1 + i // 2), None if i % 3 else 50 + i, f"#t{i % 4}", 7)
+             for i in range(9)]
+    batch += [("cold1", "newbie", end + timedelta(days=1), None, "#t1", 3),
+              ("back1", "user4", end - timedelta(days=20), None, "#t2", 500)]
+    load(tmp_path, db, as_csv(batch), name="batch.csv")
+    ids = [b[0] for b in batch] + [rows[0][0]]
+    con = store.connect(db)
+    try:
+        if ranking:
+            kw = {"ranking_id": con.execute("SELECT any_value(ranking_id) FROM hashtag_rankings").fetchall()[0][0]}
+        compute_batch(con, meta_only(**kw), ids)
+        got = con.execute("SELECT * FROM pf_new ORDER BY post_id").fetchall()
+        scanned = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
+        user4 = sum(r[1] == "user4" for r in rows) + 1
+        users = [r[0] for r in con.execute("SELECT DISTINCT username FROM posts WHERE post_id IN "
+                                           "(SELECT post_id FROM fz_ids)").fetchall()]
+        compute_metadata(con, meta_only(**kw), users=users)
+        want = con.execute("SELECT * FROM pf_new WHERE post_id IN (SELECT post_id FROM fz_ids) "
+                           "ORDER BY post_id").fetchall()
+    finally:
+        con.close()
+    assert len(got) == len(ids) and got == want
+    # only the batch was computed, plus the history of the user with the back-dated post
+    assert scanned == len(batch) + user4 - 1
+    assert len(rows) > 2 * scanned
