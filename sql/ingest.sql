@@ -26,7 +26,8 @@ CREATE OR REPLACE TEMP MACRO igc_count(s) AS (
         WHEN regexp_full_match(trim(s), '[0-9]+\.[0-9]+') THEN TRY_CAST(trim(s) AS DOUBLE)
         ELSE NULL
     END);
-CREATE OR REPLACE TEMP MACRO igc_count_bad(s, d) AS ((d IS NULL AND NOT igc_blank(s)) OR d > 1e15);
+-- Never NULL: a blank count (d NULL) is fine, and a NULL here would make a whole row's checks unknown.
+CREATE OR REPLACE TEMP MACRO igc_count_bad(s, d) AS ((d IS NULL AND NOT igc_blank(s)) OR coalesce(d > 1e15, false));
 -- The reject for a count column whose raw value `s` gave the parsed value `d`, or NULL when it is fine.
 CREATE OR REPLACE TEMP MACRO igc_count_error(name, s, d) AS (
     CASE WHEN igc_count_bad(s, d) THEN {'column_name': name, 'value': s, 'reason':

@@ -118,6 +118,16 @@ def test_changed_row_updates_by_post_id_and_snapshots_accumulate(tmp_path: Path,
     assert [s[0] for s in q(db, "SELECT followers FROM user_snapshots ORDER BY observed_at")] == [100, 150]
 
 
+def test_row_with_blank_counts_is_compared_and_updated(tmp_path: Path, db: Path):
+    """A blank likes / followers value is no error, so the row's other changes must still be seen."""
+    ingest_posts(write(tmp_path / "a.csv", HEADER + "p1,alice,2017-04-28,c,,,,,,,\np2,bob,2017-04-28,c,,,5,,,,\n"),
+                 db=db)
+    r = ingest_posts(write(tmp_path / "b.csv", HEADER + "p1,alice,2017-04-25,c2,,,,,,,\n"), db=db)
+    assert (r.loaded, r.updated, r.unchanged, r.rejected) == (0, 1, 0, 0)
+    assert q(db, "SELECT posted_at::DATE::VARCHAR, caption, likes FROM posts WHERE post_id = 'p1'") == [
+        ("2017-04-25", "c2", None)]
+
+
 def test_scoring_file_without_likes_keeps_known_likes(tmp_path: Path, db: Path):
     ingest_posts(write(tmp_path / "a.csv", HEADER + "p1,alice,2017-04-28,c,,,10,100,1,1,\n"), db=db)
     r = ingest_posts(write(tmp_path / "b.csv", "post_id,username,posted_at,caption\np1,alice,2017-04-28,c\n"), db=db)
