@@ -10,7 +10,7 @@ DEMO ?= demo-data
 $(BIN)/igcli: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	touch $(BIN)/igcli
 
 venv: $(BIN)/igcli

@@ -33,6 +33,31 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB store file.", show_default=True)]
 DEFAULT_DB = Path("igcli.duckdb")
+EngineOpt = Annotated[str, typer.Option(
+    help="local (this process) or ray: the image backbones and the model run on a Ray cluster, the store stays "
+         "here (pip install 'igcli\\[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="--engine ray: a running cluster (HOST:PORT or 'auto') \\[default: $RAY_ADDRESS, else a "
+                          "local Ray for this run].")]
+StagingOpt = Annotated[Path | None, typer.Option(
+    help="--engine ray: folder for work lists and result shards, on storage every node reads "
+         "\\[default: igcli-staging beside the store].")]
+RayActorsOpt = Annotated[int | None, typer.Option(
+    "--ray-actors", help="--engine ray: model actors \\[default: one per GPU, else the cluster's CPUs minus one].")]
+
+
+def _ray_options(engine: str, address: str | None, staging: Path | None, actors: int | None):
+    """RayOptions for --engine ray (None for local); Ray options with the local engine are an error."""
+    if engine != "ray":
+        if address is not None or staging is not None or actors is not None:
+            from igcli.errors import InputError
+
+            raise InputError("--ray-address, --staging and --ray-actors need --engine ray")
+        return None
+    from igcli.ray_engine import RayOptions, require_ray
+
+    require_ray()  # before any work: without the extra, say how to install it
+    return RayOptions(address=address, staging=staging, actors=actors)
 
 
 def _progress():
@@ -200,6 +225,10 @@ def featurize(
     rebuild: Annotated[bool, typer.Option(
         "--rebuild", help="Recompute every post's metadata features from scratch instead of advancing the "
                           "stored per-user state from new posts.")] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    staging: StagingOpt = None,
+    ray_actors: RayActorsOpt = None,
 ) -> None:
     """Compute point-in-time metadata features and image features for everything that lacks them.
 
@@ -211,6 +240,9 @@ def featurize(
     forward pass for both) through onnxruntime. Other backbones run when their weights are found (timm /
     Hugging Face cache, or a local file). Metadata features advance from new and changed posts only
     (per-user running state in the store); a second run is a no-op; an interrupted run resumes.
+
+    With [bold]--engine ray[/] the backbones run on a Ray cluster (the rest stays here); a failed job leaves the
+    store as it was and the same command resumes it.
 
     [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
     """
@@ -226,7 +258,8 @@ def featurize(
         aesthetics_explicit=aesthetics is not None or aesthetics_weights is not None or nima_weights is not None,
         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights, nima_weights=nima_weights,
         random_init=random_init, device=device, batch_size=batch_size, workers=workers,
-        skip_backbones=no_backbones, runtime=runtime, quantize=quantize,
+        skip_backbones=no_backbones, runtime=runtime, quantize=quantize, engine=engine,
+        ray=_ray_options(engine, ray_address, staging, ray_actors),
     )
     opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
                             user_stats_as_of=user_stats_as_of, images=img, rebuild=rebuild)
@@ -253,9 +286,10 @@ def featurize(
             if b.device == "-":
                 t.add_row(f"{b.role}: {b.name}{mark}", "nothing pending")
                 continue
+            resumed = f", {b.resumed:,} from an earlier Ray job's shards" if b.resumed else ""
             t.add_row(f"{b.role}: {b.name}{mark}",
                       f"{b.images_run:,} images on {b.device}, {b.images_per_s:,.1f} img/s, {b.images_failed} failed"
-                      f"{shared}")
+                      f"{shared}{resumed}")
     t.add_row("seconds", f"{r.seconds:.2f}")
     out.print(t)
     for m in r.messages:
@@ -367,6 +401,10 @@ def score(
     aesthetics_weights: Annotated[Path | None, typer.Option(help="Weights of the model's MobileNet.")] = None,
     nima_weights: Annotated[Path | None, typer.Option(help="The model's NIMA checkpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    staging: StagingOpt = None,
+    ray_actors: RayActorsOpt = None,
 ) -> None:
     """Score posts with a trained model; predictions (with a p10–p90 band) go to the [bold]predictions[/] table.
 
@@ -380,7 +418,8 @@ def score(
 
     opts = ScoreOptions(model=model, exports_dir=exports, images_dir=images, out=out_file, device=device,
                         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights,
-                        nima_weights=nima_weights)
+                        nima_weights=nima_weights, engine=engine,
+                        ray=_ray_options(engine, ray_address, staging, ray_actors))
     with _Bars() as bars:
         r = run(posts, db, opts, progress=bars)
     if as_json:
@@ -465,7 +504,9 @@ def main() -> None:
     try:
         app()
     except IgcliError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: nothing from the unfinished step was committed")

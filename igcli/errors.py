@@ -35,3 +35,7 @@ class ModelError(IgcliError):
 
 class WeightsMismatch(IgcliError):
     """A weights file (or weights package) whose tensors do not fit the architecture."""
+
+
+class EngineError(IgcliError):
+    """The Ray engine is not installed, cannot reach its cluster, or its job failed (the store is unchanged)."""

@@ -48,6 +48,7 @@ QUALITY_COLUMNS = (
 )
 
 Progress = Callable[[str, int, int], None]
+ENGINES = ("local", "ray")
 # int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with
 # `bench/bench_featurize.py --int8-agreement 10539` (BENCHMARKS.md), onnxruntime dynamic quantization does not.
 INT8_REFUSED = ("--quantize int8 is refused: onnxruntime's dynamic int8 gives the same top-5 classes as fp32 on "
@@ -76,6 +77,8 @@ class ImageFeatureOptions:
     skip_backbones: bool = False          # only the weight-free quality features
     roles: tuple[str, ...] | None = None  # run only these backbone roles (None: every registered role)
     expect_fingerprints: dict[str, str] = field(default_factory=dict)  # role -> weights_fp a model card needs
+    engine: str = "local"                 # local | ray (igcli.ray_engine runs the backbones on a Ray cluster)
+    ray: Any = None                       # igcli.ray_engine.RayOptions for engine="ray"; None = defaults
 
 
 @dataclass
@@ -94,6 +97,7 @@ class BackboneRun:
     shared_with: list[str] = field(default_factory=list)  # roles served by the same forward pass
     exported: bool = False                # the ONNX file was exported by this run (not found in the cache)
     nima: bool = False                    # aesthetics from a NIMA checkpoint (else an ImageNet embedding)
+    resumed: int = 0                      # --engine ray: images whose rows came from an earlier job's shards
 
 
 @dataclass
@@ -116,6 +120,12 @@ def featurize_images(
         raise InputError(f"unknown --quantize {options.quantize!r}: use int8 (or leave it out for fp32)")
     if options.quantize and not options.allow_unverified_int8:
         raise InputError(INT8_REFUSED)
+    if options.engine not in ENGINES:
+        raise InputError(f"unknown --engine {options.engine!r}: use {' or '.join(ENGINES)}")
+    if options.engine == "ray":
+        from igcli.ray_engine import check_options
+
+        check_options(options)
     result = ImageFeaturesResult()
     # Weights first (cheap: no model is built), so a named backbone without weights fails before any work.
     resolved: list[tuple[BackboneRequest, Weights | None, WeightsMissing | None]] = []
@@ -144,8 +154,11 @@ def featurize_images(
         if missing is not None:
             result.backbones.append(BackboneRun(req.role, req.name, None, False, skipped_reason=str(missing)))
             result.messages.append(f"skipped the {req.role} backbone: {missing}")
+    engine = run_group
+    if options.engine == "ray":
+        from igcli.ray_engine import run_group_ray as engine
     for group in group_requests([(req, w) for req, w, _ in resolved if w is not None]):
-        result.backbones += run_group(con, group, options, progress)
+        result.backbones += engine(con, group, options, progress)
     order = {role: i for i, role in enumerate(ROLES)}
     result.backbones.sort(key=lambda b: order[b.role])
     return result
@@ -242,21 +255,25 @@ def content_changed(path: str, sha256: str) -> str | None:
 
 # -------------------------------------------------------------------------------- backbones
 
-def run_group(
-    con: duckdb.DuckDBPyConnection,
-    group: list[tuple[BackboneRequest, Weights]],
-    options: ImageFeatureOptions,
-    progress: Progress | None = None,
-) -> list[BackboneRun]:
-    """Run one backbone (``igcli.runtime.group_requests``) over the images that lack a row (and an error)
-    for any of its roles; one forward pass per image serves every role of the group."""
-    import numpy as np
+@dataclass
+class GroupPlan:
+    """The work list of one backbone group, as both engines compute it from the store."""
 
-    from igcli.runtime import INT8_SUFFIX, open_runner
+    name: str
+    stage: str                                 # progress label
+    runs: dict[str, BackboneRun]               # role -> its report
+    params: dict[str, dict[str, Any]]          # role -> $backbone, $weights_fp, $random_init of its SQL
+    todo: dict[str, dict[str, str]]            # role -> {sha256: path} without a row or an error
+    pending: list[tuple[str, str]]             # (sha256, path) needed by any role, sorted by sha256
 
+
+def plan_group(
+    con: duckdb.DuckDBPyConnection, group: list[tuple[BackboneRequest, Weights]], options: ImageFeatureOptions
+) -> GroupPlan:
+    """What one backbone group (``igcli.runtime.group_requests``) must still run: the images that lack a
+    row (and an error) for any of its roles."""
     suffix = INT8_SUFFIX if options.quantize else ""
     name = group[0][0].name
-    stage = f"{'+'.join(r.role for r, _ in group)}: {name}"
     runs, params, todo = {}, {}, {}
     for req, weights in group:
         keys = {"backbone": req.name, "weights_fp": weights.fingerprint + suffix}
@@ -266,8 +283,45 @@ def run_group(
                                      weights_source=weights.source, device="-", nima=weights.nima,
                                      shared_with=[r.role for r, _ in group if r.role != req.role])
     pending = sorted({sha: path for paths in todo.values() for sha, path in paths.items()}.items())
+    return GroupPlan(name, f"{'+'.join(r.role for r, _ in group)}: {name}", runs, params, todo, pending)
+
+
+def store_rows(
+    con: duckdb.DuckDBPyConnection, plan: GroupPlan, shas: list[str], reasons: list[str],
+    outputs: dict[str, dict[str, Any]], now: Any,
+) -> None:
+    """Write one batch of a group: image i is ``shas[i]``, failed when ``reasons[i]``; ``outputs`` is
+    ``Runner.post`` of the images that did not fail, in order. The caller holds the transaction."""
+    import numpy as np
+
+    ok = [i for i, why in enumerate(reasons) if not why]
+    for role, run in plan.runs.items():
+        mine = [i for i in range(len(shas)) if shas[i] in plan.todo[role]]
+        good = [j for j, i in enumerate(ok) if shas[i] in plan.todo[role]]  # positions within outputs
+        table = None
+        if good:
+            sub = {k: v[np.array(good)] for k, v in outputs[role].items()}
+            table = get_role(role).rows([shas[ok[j]] for j in good], sub)
+        errors = [(shas[i], reasons[i]) for i in mine if reasons[i]]
+        _write_batch(con, get_role(role).insert_sql, table, errors, plan.params[role], now)
+        run.images_run += len(good)
+        run.images_failed += len(errors)
+
+
+def run_group(
+    con: duckdb.DuckDBPyConnection,
+    group: list[tuple[BackboneRequest, Weights]],
+    options: ImageFeatureOptions,
+    progress: Progress | None = None,
+) -> list[BackboneRun]:
+    """The local engine for one backbone group: ``plan_group``, then decode threads and one runner in
+    this process, each batch committed as it is done; one forward pass per image serves every role."""
+    from igcli.runtime import open_runner
+
+    plan = plan_group(con, group, options)
+    runs, pending = plan.runs, plan.pending
     if progress:
-        progress(stage, 0, len(pending))
+        progress(plan.stage, 0, len(pending))
     if not pending:
         return list(runs.values())  # nothing to do: the model is not even loaded
     runner = open_runner(group, resolve_device(options.device), options.runtime, options.quantize, options.threads)
@@ -280,19 +334,8 @@ def run_group(
         shas = sha256s[done:done + len(reasons)]
         ok = [i for i, why in enumerate(reasons) if not why]
         graph = runner.infer(x[ok] if len(ok) < len(reasons) else x) if ok else None  # x: (B, H, W, 3) uint8
-        now = store.utcnow()
         with store.transaction(con):
-            for role, run in runs.items():
-                mine = [i for i in range(len(shas)) if shas[i] in todo[role]]
-                good = [j for j, i in enumerate(ok) if shas[i] in todo[role]]  # positions within graph
-                table = None
-                if good:
-                    sub = {k: v[np.array(good)] for k, v in graph.items()}
-                    table = runner.rows(role, [shas[ok[j]] for j in good], sub)
-                errors = [(shas[i], reasons[i]) for i in mine if reasons[i]]
-                _write_batch(con, get_role(role).insert_sql, table, errors, params[role], now)
-                run.images_run += len(good)
-                run.images_failed += len(errors)
+            store_rows(con, plan, shas, reasons, runner.post(graph) if ok else {}, store.utcnow())
         store.fault_point("backbone.after_batch")
         done += len(reasons)
         seconds = time.perf_counter() - t0
@@ -300,7 +343,7 @@ def run_group(
             run.seconds = seconds
             run.images_per_s = done / seconds if seconds > 0 else 0.0
         if progress:
-            progress(stage, done, len(pending))
+            progress(plan.stage, done, len(pending))
     return list(runs.values())
 
 

@@ -112,6 +112,15 @@ class Runner:
         """Graph outputs for ``x`` (B, H, W, 3) uint8: ``logits`` (B, 1000), ``embedding`` (B, D), ..."""
         return self._infer(x)
 
+    def post(self, graph: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Each role's ``post`` of ``infer``'s outputs: {role: {name: (B, ...) array}}, what ``store_rows``
+        and the role's ``rows`` take; row i of every array belongs to image i."""
+        out = {}
+        for role in self.roles:
+            r = get_role(role)
+            out[role] = r.post({k: graph[k] for k in r.outputs(self.weights[role])})
+        return out
+
     def rows(self, role: str, sha256s: list[str], graph: dict[str, np.ndarray]) -> pa.Table:
         """The role's rows (pyarrow) for the images ``sha256s`` from ``infer``'s outputs."""
         r = get_role(role)
@@ -125,8 +134,13 @@ def open_runner(
     quantize: str | None = None,
     threads: int | None = None,
     cache: Path | None = None,
+    session: bool = True,
 ) -> Runner:
-    """Load one group from ``group_requests`` for inference; the ONNX file is exported on first use."""
+    """Load one group from ``group_requests`` for inference; the ONNX file is exported on first use.
+
+    ``session=False`` (onnxruntime only) exports / finds the file but opens no session: the runner is then
+    a plain picklable description that another process starts with ``start_session`` (the Ray engine's
+    actors do, from the file's bytes)."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
     if quantize not in QUANTIZE:
@@ -154,7 +168,16 @@ def open_runner(
     runner.onnx_path, runner.exported = path, exported
     runner.data_config = meta["data_config"]
     runner.parity_max_abs_diff = meta["parity_max_abs_diff"]
-    session = make_session(path, device, threads)
+    return start_session(runner, device, threads) if session else runner
+
+
+def start_session(runner: Runner, device: str = "cpu", threads: int | None = None,
+                  model: bytes | None = None) -> Runner:
+    """Open the onnxruntime session of a runner made with ``open_runner(..., session=False)``, from its
+    ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache)."""
+    threads = threads or os.cpu_count() or 1
+    outputs = runner.outputs
+    session = make_session(model if model is not None else runner.onnx_path, device, threads)
     runner.provider = session.get_providers()[0]
     lock = threading.Lock() if runner.provider != "CPUExecutionProvider" else None
 
@@ -170,7 +193,7 @@ def open_runner(
     return runner
 
 
-def make_session(path: Path, device: str, threads: int):
+def make_session(path: Path | bytes, device: str, threads: int):
     import onnxruntime as ort
 
     from igcli.score import choose_providers
@@ -180,9 +203,11 @@ def make_session(path: Path, device: str, threads: int):
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(device))
+        model = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(model, sess_options=opts, providers=choose_providers(device))
     except Exception as err:  # onnxruntime raises its own exception types
-        raise ModelError(f"onnxruntime cannot load {path} ({str(err).splitlines()[0]}): delete it and run "
+        name = "the exported model" if isinstance(path, bytes) else path
+        raise ModelError(f"onnxruntime cannot load {name} ({str(err).splitlines()[0]}): delete it and run "
                          "again to re-export") from None
 
 

@@ -40,6 +40,8 @@ class ScoreOptions:
     objects_weights: Path | None = None     # weights of the card's classifier, when it must run
     aesthetics_weights: Path | None = None
     nima_weights: Path | None = None
+    engine: str = "local"                   # local | ray: where the model (and image backbones) run
+    ray: object | None = None               # igcli.ray_engine.RayOptions for engine="ray"; None = defaults
 
 
 @dataclass
@@ -111,6 +113,17 @@ def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
+def predict_frame(session, model_path: Path, inputs: dict[str, np.ndarray], post_ids: list[str],
+                  con: duckdb.DuckDBPyConnection, opts: ScoreOptions) -> np.ndarray:
+    """(N, 3) quantiles for the model ``inputs`` of ``post_ids``: this process's session (``--engine local``)
+    or Ray actors (``--engine ray``, ``igcli.ray_engine.predict_ray``); the same numbers either way."""
+    if opts.engine == "ray":
+        from igcli.ray_engine import predict_ray
+
+        return predict_ray(model_path, inputs, post_ids, con, opts.ray, opts.device)
+    return run_session(session, inputs)
+
+
 def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
     """Metadata features of the scored posts with the card's parameters, into the temp table ``pf_new``,
     from the stored per-user state plus the batch's own order (``features.compute_batch``); the store is
@@ -155,6 +168,7 @@ def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> Non
         device=opts.device, roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
         expect_fingerprints=expect,
         quantize="int8" if any(fp.endswith(INT8_SUFFIX) for fp in expect.values()) else None,
+        engine=opts.engine, ray=opts.ray,
     )
     featurize_images(con, img, progress=progress)
 
@@ -170,6 +184,12 @@ def score(
     from igcli.preprocess import Preprocessor, load_frame
 
     opts = opts or ScoreOptions()
+    if opts.engine not in ("local", "ray"):
+        raise InputError(f"unknown --engine {opts.engine!r}: use local or ray")
+    if opts.engine == "ray":
+        from igcli.ray_engine import require_ray
+
+        require_ray()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     model_dir = resolve_model_dir(opts.model, opts.exports_dir)
@@ -197,7 +217,7 @@ def score(
         timings["features_s"] = time.perf_counter() - t1
         inputs = pre.transform(frame)
         t2 = time.perf_counter()
-        quantiles = run_session(session, inputs)
+        quantiles = predict_frame(session, model_dir / "model.onnx", inputs, frame.post_id.tolist(), con, opts)
         ort_s = time.perf_counter() - t2
         timings["onnxruntime_s"] = ort_s
         now = store.utcnow()

@@ -104,3 +104,25 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) ->
         return dst
 
     return {"db": db_path, "exports": exports, "run": run, "sample": sample_dir, "db_copy": db_copy}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(offline_model_env: dict) -> dict:
+    """The one local Ray of the test session (2 CPUs, small object store, no dashboard, no usage stats, no
+    token auth on this loopback-only cluster), shut down at the end; its address lets a CLI subprocess join."""
+    import shutil
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    # Short: Ray's unix sockets live under it and must fit the 107-byte path limit.
+    temp = tempfile.mkdtemp(prefix="igray-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
+                 logging_level="warning", _temp_dir=temp)
+        try:
+            yield {"address": ray.get_runtime_context().gcs_address}
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
