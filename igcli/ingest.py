@@ -341,8 +341,10 @@ def ingest_posts(
         with store.transaction(con):
             con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
             store.run_block(con, "ingest", "backfill")
+            # an empty store has nothing to compare with: stage every value and read the file once
+            wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
             try:
-                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src})
+                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src, **wide})
             except duckdb.Error as err:
                 raise InputError(f"{source} cannot be read: {str(err).splitlines()[0]}") from None
             csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
@@ -355,9 +357,11 @@ def ingest_posts(
             parsed = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
             write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
                      "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
-            if result.loaded or result.updated:
+            if wide["wide"]:
+                store.run_block(con, "ingest", "write_wide", write)
+            elif result.loaded or result.updated:
                 store.run_block(con, "ingest", "pick", write)
-            if result.loaded:
+            if result.loaded and not wide["wide"]:
                 store.run_block(con, "ingest", "write_new", write)
             if result.updated:
                 store.run_block(con, "ingest", "write_changed", write)
