@@ -1,7 +1,9 @@
--- Ingest. The file is read twice as a stream, never held whole: `stage` keeps a narrow row per record
--- (keys, parsed user values, errors, a hash of the compared values) and `matched` how it compares with the
--- store; `write_new` / `write_changed` read the file again and write only the rows `igc_plan` marks new or
--- changed. A no-op re-ingest writes nothing and skips the second read.
+-- Ingest. Into a store with posts the file is read twice as a stream, never held whole: `stage` keeps a
+-- narrow row per record (keys, parsed user values, errors, a hash of the compared values) and `matched` how it
+-- compares with the store; `write_new` / `write_changed` read the file again and write only the rows
+-- `igc_plan` marks new or changed. A no-op re-ingest writes nothing and skips the second read. Into an empty
+-- store (`$wide`) every usable row is new: `stage` keeps the stored text too and `write_wide` writes from it,
+-- so the file is read once (staged rows beyond the memory limit spill to disk).
 --
 -- ingest.py defines two table macros over the source, with canonical VARCHAR columns (absent ones NULL):
 --   igc_rows(p, c, e, m): rn (file order of the parsed records), line (physical line), the columns;
