@@ -3,8 +3,10 @@
     from igcli.ingest import ingest_posts
     result = ingest_posts("posts.csv", db="igcli.duckdb")
 
-One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``), which
-reads a CSV twice as a stream (check, then write only new and changed rows) and never holds it whole;
+One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``). The first
+load of an empty store reads a CSV once, stages every value and writes from there; into a store with posts
+it reads the file twice as a stream (check, then write only new and changed rows). Staged rows beyond
+``MEMORY_LIMIT`` spill to disk, so neither path holds a large file in memory;
 Python reads the header, places the records DuckDB's parser refused, and probes image files in a thread
 pool. A Parquet file is read into memory by pyarrow first.
 """
@@ -34,9 +36,10 @@ COLUMNS = (
     "followers", "following", "user_post_count", "image", "observed_at",
 )
 MAX_LINE_BYTES = 64 * 1024 * 1024
-# DuckDB's memory while a file loads: beyond it the narrow per-row tables and hash tables spill to
-# `<store>.tmp`, so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB).
-MEMORY_LIMIT = "1GB"
+# DuckDB's memory while a file loads: beyond it the staged rows and hash tables spill to `<store>.tmp`,
+# so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB). Measured: at 1GB a 1M-row
+# first load peaked at ~0.8 GiB and 10M rows at ~1.2 GiB; at 512MB, 0.64 and 0.77 GiB for a few % more CPU.
+MEMORY_LIMIT = "512MB"
 ENCODINGS = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}  # DuckDB name -> Python codec
 
 _CSV_ERRORS = {
@@ -341,8 +344,10 @@ def ingest_posts(
         with store.transaction(con):
             con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
             store.run_block(con, "ingest", "backfill")
+            # an empty store has nothing to compare with: stage every value and read the file once
+            wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
             try:
-                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src})
+                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src, **wide})
             except duckdb.Error as err:
                 raise InputError(f"{source} cannot be read: {str(err).splitlines()[0]}") from None
             csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
@@ -355,9 +360,11 @@ def ingest_posts(
             parsed = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
             write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
                      "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
-            if result.loaded or result.updated:
+            if wide["wide"]:
+                store.run_block(con, "ingest", "write_wide", write)
+            elif result.loaded or result.updated:
                 store.run_block(con, "ingest", "pick", write)
-            if result.loaded:
+            if result.loaded and not wide["wide"]:
                 store.run_block(con, "ingest", "write_new", write)
             if result.updated:
                 store.run_block(con, "ingest", "write_changed", write)

@@ -1,7 +1,9 @@
--- Ingest. The file is read twice as a stream, never held whole: `stage` keeps a narrow row per record
--- (keys, parsed user values, errors, a hash of the compared values) and `matched` how it compares with the
--- store; `write_new` / `write_changed` read the file again and write only the rows `igc_plan` marks new or
--- changed. A no-op re-ingest writes nothing and skips the second read.
+-- Ingest. Into a store with posts the file is read twice as a stream, never held whole: `stage` keeps a
+-- narrow row per record (keys, parsed user values, errors, a hash of the compared values) and `matched` how it
+-- compares with the store; `write_new` / `write_changed` read the file again and write only the rows
+-- `igc_plan` marks new or changed. A no-op re-ingest writes nothing and skips the second read. Into an empty
+-- store (`$wide`) every usable row is new: `stage` keeps the stored text too and `write_wide` writes from it,
+-- so the file is read once (staged rows beyond the memory limit spill to disk).
 --
 -- ingest.py defines two table macros over the source, with canonical VARCHAR columns (absent ones NULL):
 --   igc_rows(p, c, e, m): rn (file order of the parsed records), line (physical line), the columns;
@@ -131,7 +133,12 @@ SELECT
     ], lambda x: x IS NOT NULL) END AS errs,
     CASE WHEN posted_at_ts BETWEEN TIMESTAMP '1970-01-01' AND TIMESTAMP '2010-10-06' THEN raw_posted_at END AS warn_value,
     igc_bigint(likes_d) AS likes,
-    CASE WHEN NOT is_bad THEN igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, c.posted_at_ts,
+    -- `$wide` (the store holds no posts, so every usable row is new): the stored text too, so the rows are
+    -- written from here and the file is read once
+    CASE WHEN $wide THEN c.caption END AS caption,
+    CASE WHEN $wide THEN igc_hashtags($has_hashtags, raw_hashtags, c.caption) END AS hashtags,
+    CASE WHEN $wide THEN igc_mentions($has_mentions, raw_mentions, c.caption) END AS mentions,
+    CASE WHEN NOT is_bad AND NOT $wide THEN igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, c.posted_at_ts,
         c.caption, igc_hashtags($has_hashtags, raw_hashtags, c.caption),
         igc_mentions($has_mentions, raw_mentions, c.caption), c.image_ref) END AS content
 FROM c;
@@ -225,6 +232,15 @@ FROM (
     LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
     WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new
 );
+
+-- name: write_wide
+-- The first load of an empty store: every usable row is new and `staged` holds its values.
+INSERT INTO posts
+SELECT g.post_id, g.username, g.posted_at, g.caption, g.hashtags, g.mentions, g.likes, g.image_ref, k.image_path,
+       $source, g.line, $now::TIMESTAMP, $now::TIMESTAMP,
+       igc_content(true, true, true, true, g.posted_at, g.caption, g.hashtags, g.mentions, g.image_ref)
+FROM good g
+LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
 
 -- name: write_changed
 UPDATE posts SET
