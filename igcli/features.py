@@ -56,6 +56,15 @@ PAPER_FEATURES = ("followers", "following", "user_post_count", "caption_len", "n
                   "hashtag_weight")
 CATEGORICAL_FEATURES = ("month", "weekday", "hour_group")
 FLAG_FEATURES = ("no_history",)
+# History dynamics (point in time, every mode): last / max / min earlier ln-likes, their trend per 30 days,
+# days since the latest liked post, earlier posts (all, and in the 30 days before), and how the user's own
+# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n posts), and
+# the share of the post's tags the user never used before (tag_novel_frac). NULL where undefined.
+DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_liked", "n_posts_before",
+                     "posts_last30d", "tag_perf", "tag_perf_n", "tag_novel_frac")
+# Caption cues (raw counts and fractions of the caption text; flags are booleans).
+CAPTION_FEATURES = ("n_emoji", "n_question", "n_exclaim", "n_words", "n_lines", "frac_upper", "frac_ascii",
+                    "cta", "has_url")
 
 
 @dataclass
@@ -220,6 +229,14 @@ def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, use
     return p.hashtag_source
 
 
+def _current(con: duckdb.DuckDBPyConnection) -> bool:
+    """post_features exists and has every feature column of this igcli (an older store is recomputed)."""
+    if not _has_table(con, "post_features"):
+        return False
+    cols = {d[0] for d in con.execute("SELECT * FROM post_features LIMIT 0").description}
+    return set(DYNAMICS_FEATURES + CAPTION_FEATURES) <= cols
+
+
 def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
     rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen "
                        "FROM feature_state").fetchall()
@@ -246,7 +263,7 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
         con.execute("CREATE OR REPLACE TEMP TABLE fz_ids AS SELECT DISTINCT post_id FROM igc_ids")
     finally:
         con.unregister("igc_ids")
-    if p.leaky or not p.matches(fs):
+    if p.leaky or not p.matches(fs) or not _current(con):
         users = [r[0] for r in con.execute(
             "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM fz_ids)").fetchall()]
         compute_metadata(con, opts, users=users)
@@ -272,7 +289,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
     run = store.run_block
     fs = _feature_state(con)
     ingests_seen = con.execute("SELECT max(finished_at) FROM ingests").fetchall()[0][0]
-    full = rebuild or p.leaky or not p.matches(fs) or not _has_table(con, "post_features")
+    full = rebuild or p.leaky or not p.matches(fs) or not _current(con)
     if not full and ingests_seen == fs[4]:
         return 0, 0                                           # nothing ingested since: a no-op
     _start(con)
