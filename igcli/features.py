@@ -8,11 +8,13 @@ part only). Every history value of a post comes from the same user's posts stric
 
 Incremental. The store keeps a running state per user (``user_state``: counts, exact sums of ln-likes and
 of their squares, the last 10 values, the sorted values for the median, the decayed sums at the latest liked
-post, first / latest post time, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
+post, exact sums of t, t^2 and t*y for the trend (t in whole seconds), first / latest post time, the post
+times of the last 30 days, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
 ``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
 posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
 only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
-post, is recomputed from its own history; a hashtag used again at or before its latest use is recounted
+post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they always
+read the stored posts of the batch's users); a hashtag used again at or before its latest use is recounted
 from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
 does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
 a batch's features from the same state without writing anything; ``compute_metadata`` is the full
@@ -29,7 +31,9 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
    its new total in ``advance_state`` (``coalesce(s.s_ty, 0) + coalesce(b.s_ty, 0)``, with ``b.s_ty`` the
    batch's ``sum(...)``), and the feature's expression in ``history`` (from ``c.*`` when the batch has
    earlier liked posts, else from the state ``s.*``), selected in ``assemble``;
-3. its name in ``HISTORY_FEATURES`` below; existing stores pick it up with ``featurize --rebuild``.
+3. its name in ``HISTORY_FEATURES`` (or ``DYNAMICS_FEATURES``) below; a store whose ``post_features`` lacks
+   a column of ``DYNAMICS_FEATURES`` / ``CAPTION_FEATURES`` is recomputed by the next featurize
+   (``_current``); for other new columns, ``featurize --rebuild``.
 """
 
 from __future__ import annotations

@@ -383,6 +383,7 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
             kw = {"ranking_id": con.execute("SELECT any_value(ranking_id) FROM hashtag_rankings").fetchall()[0][0]}
         compute_batch(con, meta_only(**kw), ids)
         got = con.execute("SELECT * FROM pf_new ORDER BY post_id").fetchall()
+        cols = [d[0] for d in con.execute("SELECT * FROM pf_new LIMIT 0").description]
         scanned = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
         user4 = sum(r[1] == "user4" for r in rows) + 1
         users = [r[0] for r in con.execute("SELECT DISTINCT username FROM posts WHERE post_id IN "
@@ -393,6 +394,15 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
     finally:
         con.close()
     assert len(got) == len(ids) and got == want
+    # the dynamics of the batch come from the state plus the batch's earlier posts: b6 (user0) sees b0 and b3
+    f = {r[0]: dict(zip(cols, r, strict=True)) for r in got}
+    assert set(DYNAMICS_FEATURES + CAPTION_FEATURES) <= set(cols)
+    assert f["b6"]["h_last1"] == pytest.approx(math.log(53))
+    assert f["b6"]["n_posts_before"] == sum(r[1] == "user0" for r in rows) + 2
+    assert f["b6"]["posts_last30d"] == sum(r[1] == "user0" and r[2] >= end + timedelta(hours=4) - timedelta(days=30)
+                                          for r in rows) + 2
+    assert f["b6"]["h_slope"] is not None and f["b6"]["days_since_last_liked"] == pytest.approx(2 / 24)
+    assert f["cold1"]["n_posts_before"] == 0 and f["cold1"]["h_last1"] is None and f["cold1"]["tag_novel_frac"] == 1
     # only the batch was computed, plus the history of the user with the back-dated post
     assert scanned == len(batch) + user4 - 1
     assert len(rows) > 2 * scanned
@@ -498,3 +508,22 @@ def test_caption_cues_of_an_emoji_and_url_caption(tmp_path: Path, db: Path):
     # e2 shares #b with e1 (liked, the only earlier post): its deviation from the mean is 0, shrunk m/(m+2)
     assert (e2["tag_perf"], e2["tag_perf_n"], e2["tag_novel_frac"]) == (pytest.approx(0.0), 1, 0.5)
     assert (e1["tag_perf"], e1["tag_perf_n"], e1["tag_novel_frac"]) == (None, 0, 1.0)
+
+
+def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path):
+    """A store featurized before the dynamics / caption columns existed gets them on the next featurize."""
+    rows = random_rows(5, users=4, per_user=15)
+    load(tmp_path, db, as_csv(rows))
+    featurize(db, meta_only())
+    want = stored(db)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE post_features DROP COLUMN h_slope")
+    con.execute("ALTER TABLE post_features DROP COLUMN n_emoji")
+    con.execute("ALTER TABLE user_state DROP COLUMN s_ty")
+    con.close()
+    r = featurize(db, meta_only())                 # nothing new ingested, yet not a no-op
+    assert stored(db) == want and r.updated + r.inserted == len(rows)
+    later = [(f"x{i}", "user0", max(x[2] for x in rows) + timedelta(days=i + 1), 10 + i, "#t1", 100) for i in range(3)]
+    load(tmp_path, db, as_csv(later), name="later.csv")
+    featurize(db, meta_only())                     # incremental again, from the rebuilt state
+    assert stored(db) == full_computation(db)
