@@ -8,11 +8,13 @@ part only). Every history value of a post comes from the same user's posts stric
 
 Incremental. The store keeps a running state per user (``user_state``: counts, exact sums of ln-likes and
 of their squares, the last 10 values, the sorted values for the median, the decayed sums at the latest liked
-post, first / latest post time, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
+post, exact sums of t, t^2 and t*y for the trend (t in whole seconds), first / latest post time, the post
+times of the last 30 days, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
 ``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
 posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
 only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
-post, is recomputed from its own history; a hashtag used again at or before its latest use is recounted
+post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they always
+read the stored posts of the batch's users); a hashtag used again at or before its latest use is recounted
 from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
 does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
 a batch's features from the same state without writing anything; ``compute_metadata`` is the full
@@ -29,7 +31,9 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
    its new total in ``advance_state`` (``coalesce(s.s_ty, 0) + coalesce(b.s_ty, 0)``, with ``b.s_ty`` the
    batch's ``sum(...)``), and the feature's expression in ``history`` (from ``c.*`` when the batch has
    earlier liked posts, else from the state ``s.*``), selected in ``assemble``;
-3. its name in ``HISTORY_FEATURES`` below; existing stores pick it up with ``featurize --rebuild``.
+3. its name in ``HISTORY_FEATURES`` (or ``DYNAMICS_FEATURES``) below; a store whose ``post_features`` lacks
+   a column of ``DYNAMICS_FEATURES`` / ``CAPTION_FEATURES`` is recomputed by the next featurize
+   (``_current``); for other new columns, ``featurize --rebuild``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ PAPER_FEATURES = ("followers", "following", "user_post_count", "caption_len", "n
                   "hashtag_weight")
 CATEGORICAL_FEATURES = ("month", "weekday", "hour_group")
 FLAG_FEATURES = ("no_history",)
+# History dynamics (point in time, every mode): last / max / min earlier ln-likes, their trend per 30 days,
+# days since the latest liked post, earlier posts (all, and in the 30 days before), and how the user's own
+# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n posts), and
+# the share of the post's tags the user never used before (tag_novel_frac). NULL where undefined.
+DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_liked", "n_posts_before",
+                     "posts_last30d", "tag_perf", "tag_perf_n", "tag_novel_frac")
+# Caption cues (raw counts and fractions of the caption text; flags are booleans).
+CAPTION_FEATURES = ("n_emoji", "n_question", "n_exclaim", "n_words", "n_lines", "frac_upper", "frac_ascii",
+                    "cta", "has_url")
 
 
 @dataclass
@@ -220,6 +233,14 @@ def compute_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, use
     return p.hashtag_source
 
 
+def _current(con: duckdb.DuckDBPyConnection) -> bool:
+    """post_features exists and has every feature column of this igcli (an older store is recomputed)."""
+    if not _has_table(con, "post_features"):
+        return False
+    cols = {d[0] for d in con.execute("SELECT * FROM post_features LIMIT 0").description}
+    return set(DYNAMICS_FEATURES + CAPTION_FEATURES) <= cols
+
+
 def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
     rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen "
                        "FROM feature_state").fetchall()
@@ -246,7 +267,7 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
         con.execute("CREATE OR REPLACE TEMP TABLE fz_ids AS SELECT DISTINCT post_id FROM igc_ids")
     finally:
         con.unregister("igc_ids")
-    if p.leaky or not p.matches(fs):
+    if p.leaky or not p.matches(fs) or not _current(con):
         users = [r[0] for r in con.execute(
             "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM fz_ids)").fetchall()]
         compute_metadata(con, opts, users=users)
@@ -272,7 +293,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
     run = store.run_block
     fs = _feature_state(con)
     ingests_seen = con.execute("SELECT max(finished_at) FROM ingests").fetchall()[0][0]
-    full = rebuild or p.leaky or not p.matches(fs) or not _has_table(con, "post_features")
+    full = rebuild or p.leaky or not p.matches(fs) or not _current(con)
     if not full and ingests_seen == fs[4]:
         return 0, 0                                           # nothing ingested since: a no-op
     _start(con)

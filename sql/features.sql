@@ -28,6 +28,19 @@ CREATE OR REPLACE TEMP MACRO igc_median_sorted(l) AS
          WHEN len(l) % 2 = 1 THEN l[(len(l) + 1) // 2]::DOUBLE
          ELSE (l[len(l) // 2] + l[len(l) // 2 + 1])::DOUBLE / 2 END / 4294967296.0;
 CREATE OR REPLACE TEMP MACRO igc_days(a, b) AS epoch(a - b) / 86400.0;
+-- post time in whole seconds since 1970 (an exact integer for the trend sums)
+CREATE OR REPLACE TEMP MACRO igc_ts(t) AS (epoch_us(t) // 1000000)::HUGEINT;
+-- trend of ln-likes per 30 days from exact sums (t in seconds, y in 2^-32): with Sxx, Sxy in days,
+-- slope = 30 Sxy / (Sxx + 900); n Sxx = n St2 - St^2 and n Sxy = n Sty - St Sy are exact integers
+CREATE OR REPLACE TEMP MACRO igc_slope(n, st, stt, sy, sty) AS
+    CASE WHEN n >= 3 AND n * stt - st * st > 0
+         THEN 30.0 * ((n * sty - st * sy)::DOUBLE / n / 86400.0 / 4294967296.0)
+              / ((n * stt - st * st)::DOUBLE / n / 7464960000.0 + 900.0) END;
+-- caption cues: pure functions of the caption text
+-- characters of c matched by runs of pattern (removing runs is much faster than one character at a time)
+CREATE OR REPLACE TEMP MACRO igc_nchar(c, pattern) AS length(c) - length(regexp_replace(c, pattern, '', 'g'));
+CREATE OR REPLACE TEMP MACRO igc_cta(c) AS regexp_matches(c,
+    '(?i)\b(?:tag|comment|link in bio|follow|giveaway|win|swipe|click|shop|discount|code|double tap|let me know|dm)\b');
 
 -- name: inputs
 CREATE OR REPLACE TEMP TABLE fz_slow (username VARCHAR);
@@ -102,7 +115,7 @@ WHERE $use_state AND username IN (SELECT DISTINCT username FROM fz_posts)
 -- name: liked
 -- Liked posts of the batch, numbered per user in time order (the state's posts come before all of them).
 CREATE OR REPLACE TEMP TABLE fz_liked AS
-SELECT username, post_id, posted_at, yq,
+SELECT username, post_id, posted_at, yq, igc_ts(posted_at) AS ts,
        row_number() OVER (PARTITION BY username ORDER BY posted_at, post_id) AS k
 FROM fz_posts WHERE yq IS NOT NULL;
 
@@ -129,6 +142,11 @@ SELECT l.username, l.posted_at, l.k,
             lag(l.yq, 5) OVER o, lag(l.yq, 4) OVER o, lag(l.yq, 3) OVER o, lag(l.yq, 2) OVER o,
             lag(l.yq, 1) OVER o, l.yq], lambda x: x IS NOT NULL))[-10:] AS last10,
        d.num AS dec_num, d.den AS dec_den,
+       coalesce(s.s_t, 0) + sum(l.ts) OVER w AS s_t,
+       coalesce(s.s_tt, 0) + sum(l.ts * l.ts) OVER w AS s_tt,
+       coalesce(s.s_ty, 0) + sum(l.ts * l.yq) OVER w AS s_ty,
+       greatest(s.sorted_y[-1], max(l.yq) OVER w) AS max_y,
+       least(s.sorted_y[1], min(l.yq) OVER w) AS min_y,
        coalesce(s.n, 0) = 0 AS fresh_user
 FROM fz_liked l
 LEFT JOIN fz_state s USING (username)
@@ -164,6 +182,62 @@ FROM fz_posts p
 LEFT JOIN fz_state s USING (username)
 ASOF LEFT JOIN fz_cum c ON p.username = c.username AND p.posted_at > c.posted_at
 LEFT JOIN fz_median m ON m.username = c.username AND m.k = c.k;
+
+-- History dynamics (point in time in every mode): last / max / min ln-likes, trend, days since the latest
+-- liked post, and counts of all earlier posts (the state's, plus the batch's strictly before).
+CREATE OR REPLACE TEMP TABLE fz_dyn AS
+SELECT p.post_id,
+       (CASE WHEN c.k IS NOT NULL THEN c.last10[-1] ELSE s.last10[-1] END) / 4294967296.0 AS h_last1,
+       (CASE WHEN c.k IS NOT NULL THEN c.max_y ELSE s.sorted_y[-1] END) / 4294967296.0 AS h_max,
+       (CASE WHEN c.k IS NOT NULL THEN c.min_y ELSE s.sorted_y[1] END) / 4294967296.0 AS h_min,
+       CASE WHEN c.k IS NOT NULL THEN igc_slope(c.n, c.s_t, c.s_tt, c.s1, c.s_ty)
+            ELSE igc_slope(s.n, s.s_t, s.s_tt, s.s1, s.s_ty) END AS h_slope,
+       igc_days(p.posted_at, CASE WHEN c.k IS NOT NULL THEN c.posted_at WHEN s.n > 0 THEN s.dec_at END)
+           AS days_since_last_liked,
+       coalesce(s.n_posts, 0) + w.before AS n_posts_before,
+       len(list_filter(coalesce(s.recent_at, []::TIMESTAMP[]),
+                       lambda x: x >= p.posted_at - INTERVAL 30 DAY AND x < p.posted_at)) + w.last30 AS posts_last30d
+FROM fz_posts p
+LEFT JOIN fz_state s USING (username)
+ASOF LEFT JOIN fz_cum c ON p.username = c.username AND p.posted_at > c.posted_at
+JOIN (SELECT post_id,
+             count(*) OVER (PARTITION BY username ORDER BY posted_at
+                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS before,
+             count(*) OVER (PARTITION BY username ORDER BY posted_at
+                            RANGE BETWEEN INTERVAL 30 DAY PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS last30
+      FROM fz_posts) w USING (post_id);
+
+-- Hashtag history of the batch's users, from their posts in the store (not kept as state): a post's
+-- tag_perf is over the m earlier liked posts of its user sharing a tag with it, (their mean - hist_mean)
+-- * m / (m + 2); tag_novel_frac is the share of its tags the user never used before it.
+CREATE OR REPLACE TEMP TABLE fz_user_tags AS
+SELECT q.post_id, q.username, q.posted_at, igc_q(q.likes) AS yq, u.tag
+FROM posts q, unnest(igc_tags(q.hashtags)) AS u(tag)
+WHERE q.hashtags LIKE '%#%' AND q.username IN (SELECT DISTINCT username FROM fz_posts);
+CREATE OR REPLACE TEMP TABLE fz_ptags AS
+SELECT post_id, username, posted_at, unnest(tags) AS tag FROM fz_posts;
+CREATE OR REPLACE TEMP TABLE fz_tagdyn AS
+WITH shared AS (
+    SELECT DISTINCT a.post_id, h.post_id AS hid, h.yq
+    FROM fz_ptags a JOIN fz_user_tags h
+        ON h.username = a.username AND h.tag = a.tag AND h.posted_at < a.posted_at AND h.yq IS NOT NULL
+), perf AS (
+    SELECT post_id, count(*) AS m, sum(yq::HUGEINT) AS sy FROM shared GROUP BY post_id
+), novel AS (
+    SELECT a.post_id, count(*) FILTER (WHERE f.first_at IS NULL OR f.first_at >= a.posted_at) / count(*) AS frac
+    FROM fz_ptags a
+    LEFT JOIN (SELECT username, tag, min(posted_at) AS first_at FROM fz_user_tags GROUP BY ALL) f
+        USING (username, tag)
+    GROUP BY a.post_id
+)
+SELECT p.post_id,
+       (perf.sy::DOUBLE / perf.m / 4294967296.0 - h.mean) * perf.m / (perf.m + 2) AS tag_perf,
+       coalesce(perf.m, 0)::INTEGER AS tag_perf_n,
+       novel.frac AS tag_novel_frac
+FROM fz_posts p
+JOIN fz_hist h USING (post_id)
+LEFT JOIN perf USING (post_id)
+LEFT JOIN novel USING (post_id);
 
 -- The paper's leaky variant (benchmark only; always a full computation): every liked post of the user,
 -- the post itself included.
@@ -281,6 +355,21 @@ SELECT
     length(p.caption)::INTEGER AS caption_len,
     p.n_hashtags::INTEGER AS n_hashtags, p.n_mentions::INTEGER AS n_mentions,
     coalesce(w.hashtag_weight, 0.0) AS hashtag_weight,
+    y.h_last1, y.h_max, y.h_min, y.h_slope, y.days_since_last_liked,
+    y.n_posts_before::INTEGER AS n_posts_before, y.posts_last30d::INTEGER AS posts_last30d,
+    g.tag_perf, g.tag_perf_n, g.tag_novel_frac,
+    igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+')::INTEGER AS n_emoji,
+    (length(p.caption) - length(replace(p.caption, '?', '')))::INTEGER AS n_question,
+    (length(p.caption) - length(replace(p.caption, '!', '')))::INTEGER AS n_exclaim,
+    len(regexp_extract_all(p.caption, '\S+'))::INTEGER AS n_words,
+    CASE WHEN p.caption = '' THEN 0 ELSE length(p.caption) - length(replace(p.caption, chr(10), '')) + 1
+    END::INTEGER AS n_lines,
+    CASE WHEN length(regexp_replace(p.caption, '[^\pL]+', '', 'g')) > 0
+         THEN len(regexp_extract_all(p.caption, '\p{Lu}')) / length(regexp_replace(p.caption, '[^\pL]+', '', 'g'))
+    END AS frac_upper,
+    CASE WHEN p.caption <> '' THEN igc_nchar(p.caption, '[\x00-\x7F]+') / length(p.caption) END AS frac_ascii,
+    igc_cta(p.caption) AS cta,
+    regexp_matches(p.caption, '(?i)https?://|www\.') AS has_url,
     month(p.posted_at)::INTEGER AS month,
     (isodow(p.posted_at) - 1)::INTEGER AS weekday,
     hour(p.posted_at)::INTEGER AS hour,
@@ -295,6 +384,8 @@ FROM fz_posts p
 JOIN (SELECT * FROM fz_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM fz_hist_leaky WHERE $leaky) h
     USING (post_id)
 JOIN fz_times t USING (post_id)
+JOIN fz_dyn y USING (post_id)
+JOIN fz_tagdyn g USING (post_id)
 JOIN fz_snap s USING (post_id)
 LEFT JOIN fz_tagw w USING (post_id);
 
@@ -345,7 +436,11 @@ CREATE OR REPLACE TEMP TABLE fz_state_new AS
 WITH b AS (
     SELECT username, count(*) AS n_posts, min(posted_at) AS first_at, max(posted_at) AS last_at,
            count(yq) AS n, sum(yq::HUGEINT) AS s1, sum(yq::HUGEINT * yq) AS s2,
-           list(yq ORDER BY posted_at, post_id) FILTER (WHERE yq IS NOT NULL) AS ys
+           list(yq ORDER BY posted_at, post_id) FILTER (WHERE yq IS NOT NULL) AS ys,
+           sum(igc_ts(posted_at)) FILTER (WHERE yq IS NOT NULL) AS s_t,
+           sum(igc_ts(posted_at) * igc_ts(posted_at)) FILTER (WHERE yq IS NOT NULL) AS s_tt,
+           sum(igc_ts(posted_at) * yq) FILTER (WHERE yq IS NOT NULL) AS s_ty,
+           list(posted_at) AS times
     FROM fz_posts GROUP BY username
 ), d AS (
     SELECT l.username, l.posted_at, d.num, d.den FROM fz_liked l JOIN fz_decay d USING (post_id)
@@ -362,6 +457,11 @@ SELECT b.username,
        list_sort(coalesce(s.sorted_y, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[])) AS sorted_y,
        coalesce(d.num, s.dec_num) AS dec_num, coalesce(d.den, s.dec_den) AS dec_den,
        coalesce(d.posted_at, s.dec_at) AS dec_at,
+       coalesce(s.s_t, 0) + coalesce(b.s_t, 0) AS s_t,
+       coalesce(s.s_tt, 0) + coalesce(b.s_tt, 0) AS s_tt,
+       coalesce(s.s_ty, 0) + coalesce(b.s_ty, 0) AS s_ty,
+       list_sort(list_filter(coalesce(s.recent_at, []::TIMESTAMP[]) || b.times,
+                             lambda x: x >= greatest(s.last_at, b.last_at) - INTERVAL 30 DAY)) AS recent_at,
        (SELECT min(observed_at) FROM fz_user_snaps u WHERE u.username = b.username) AS snap_first_at
 FROM b LEFT JOIN fz_state s USING (username) LEFT JOIN d USING (username);
 DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);

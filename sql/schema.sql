@@ -160,6 +160,12 @@ CREATE TABLE IF NOT EXISTS user_state (
     dec_at        TIMESTAMP,
     snap_first_at TIMESTAMP            -- earliest snapshot of the user
 );
+-- trend sums over liked posts (t = post time in whole seconds, exact), and the post times within 30 days
+-- of the latest post (posts_last30d); added after the first release, so stores made before get them here
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_t HUGEINT;
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_tt HUGEINT;
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_ty HUGEINT;
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS recent_at TIMESTAMP[];
 
 -- Uses of each hashtag among featurized posts, and the latest use (store-frequency hashtag weight).
 CREATE TABLE IF NOT EXISTS tag_state (

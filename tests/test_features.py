@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import duckdb
 import pytest
 from conftest import query
 
-from igcli.features import FeaturizeOptions, featurize
+from igcli.features import CAPTION_FEATURES, DYNAMICS_FEATURES, FeaturizeOptions, featurize
 from igcli.ingest import ingest_posts
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
@@ -237,8 +238,18 @@ def random_rows(seed: int, users: int = 8, per_user: int = 30, tags: int = 6) ->
     return out
 
 
+# captions for the caption cues (no comma, quote or newline: as_csv writes them as they are)
+CAPTIONS = ["", "Love this \U0001f600\u2600\ufe0f #sun", "Link in bio! Shop now!!", "what do you THINK?",
+            "\u00c9T\u00c9 \u00e0 Paris \u2728 www.example.com", "check https://x.io DM me", "followers are great",
+            "Double TAP if you agree?", "12345"]
+
+
+def caption_of(pid: str) -> str:
+    return CAPTIONS[sum(map(ord, pid)) % len(CAPTIONS)]
+
+
 def as_csv(rows: list[tuple]) -> list[str]:
-    return [f"{pid},{user},{t.isoformat()},,{tags},,{'' if lk is None else lk},{fol},1,1,"
+    return [f"{pid},{user},{t.isoformat()},{caption_of(pid)},{tags},,{'' if lk is None else lk},{fol},1,1,"
             for pid, user, t, lk, tags, fol in rows]
 
 
@@ -372,6 +383,7 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
             kw = {"ranking_id": con.execute("SELECT any_value(ranking_id) FROM hashtag_rankings").fetchall()[0][0]}
         compute_batch(con, meta_only(**kw), ids)
         got = con.execute("SELECT * FROM pf_new ORDER BY post_id").fetchall()
+        cols = [d[0] for d in con.execute("SELECT * FROM pf_new LIMIT 0").description]
         scanned = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
         user4 = sum(r[1] == "user4" for r in rows) + 1
         users = [r[0] for r in con.execute("SELECT DISTINCT username FROM posts WHERE post_id IN "
@@ -382,6 +394,136 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
     finally:
         con.close()
     assert len(got) == len(ids) and got == want
+    # the dynamics of the batch come from the state plus the batch's earlier posts: b6 (user0) sees b0 and b3
+    f = {r[0]: dict(zip(cols, r, strict=True)) for r in got}
+    assert set(DYNAMICS_FEATURES + CAPTION_FEATURES) <= set(cols)
+    assert f["b6"]["h_last1"] == pytest.approx(math.log(53))
+    assert f["b6"]["n_posts_before"] == sum(r[1] == "user0" for r in rows) + 2
+    assert f["b6"]["posts_last30d"] == sum(r[1] == "user0" and r[2] >= end + timedelta(hours=4) - timedelta(days=30)
+                                          for r in rows) + 2
+    assert f["b6"]["h_slope"] is not None and f["b6"]["days_since_last_liked"] == pytest.approx(2 / 24)
+    assert f["cold1"]["n_posts_before"] == 0 and f["cold1"]["h_last1"] is None and f["cold1"]["tag_novel_frac"] == 1
     # only the batch was computed, plus the history of the user with the back-dated post
     assert scanned == len(batch) + user4 - 1
     assert len(rows) > 2 * scanned
+
+
+# ------------------------------------------------------------------ history dynamics and caption cues
+
+CTA = re.compile(r"(?i)\b(?:tag|comment|link in bio|follow|giveaway|win|swipe|click|shop|discount|code|double tap"
+                 r"|let me know|dm)\b")
+
+
+def brute_caption(c: str) -> dict:
+    """Caption cues recomputed in Python (captions of these tests use plain ASCII whitespace)."""
+    letters = [ch for ch in c if ch.isalpha()]
+    return {
+        "n_emoji": sum(0x1F300 <= ord(ch) <= 0x1FAFF or 0x2600 <= ord(ch) <= 0x27BF for ch in c),
+        "n_question": c.count("?"), "n_exclaim": c.count("!"),
+        "n_words": len(re.findall(r"[^\t\n\f\r ]+", c)),
+        "n_lines": c.count("\n") + 1 if c else 0,
+        "frac_upper": sum(ch.isupper() for ch in letters) / len(letters) if letters else None,
+        "frac_ascii": sum(ord(ch) < 128 for ch in c) / len(c) if c else None,
+        "cta": bool(CTA.search(c)), "has_url": bool(re.search(r"(?i)https?://|www\.", c)),
+    }
+
+
+def brute_dynamics(posts: list[tuple], pid: str) -> dict:
+    """The dynamics features of one post from its user's posts (post_id, user, time, likes, tags) by brute force."""
+    me = next(p for p in posts if p[0] == pid)
+    _, user, t, _, tags = me
+    before = [p for p in posts if p[1] == user and p[2] < t]
+    liked = sorted((p for p in before if p[3]), key=lambda p: (p[2], p[0]))
+    ys = [math.log(p[3]) for p in liked]
+    out = {"h_last1": ys[-1] if ys else None, "h_max": max(ys, default=None), "h_min": min(ys, default=None),
+           "h_slope": None, "n_posts_before": len(before),
+           "posts_last30d": sum(t - timedelta(days=30) <= p[2] for p in before),
+           "days_since_last_liked": (t - liked[-1][2]).total_seconds() / 86400 if liked else None}
+    if len(ys) >= 3:
+        ts = [(p[2] - datetime(2020, 1, 1)).total_seconds() / 86400 for p in liked]
+        tm, ym = sum(ts) / len(ts), sum(ys) / len(ys)
+        sxx = sum((x - tm) ** 2 for x in ts)
+        if sxx > 0:
+            out["h_slope"] = 30 * sum((x - tm) * (y - ym) for x, y in zip(ts, ys, strict=True)) / (sxx + 900)
+    shared = [math.log(p[3]) for p in liked if set(p[4]) & set(tags)]
+    m = len(shared)
+    out["tag_perf_n"] = m
+    out["tag_perf"] = (sum(shared) / m - sum(ys) / len(ys)) * m / (m + 2) if m else None
+    used = {tag for p in before for tag in p[4]}
+    out["tag_novel_frac"] = sum(tag not in used for tag in tags) / len(tags) if tags else None
+    return out
+
+
+def test_dynamics_and_caption_cues_match_brute_force(tmp_path: Path, db: Path):
+    rows = random_rows(17, users=6, per_user=40, tags=5)
+    load(tmp_path, db, as_csv(rows))
+    featurize(db, meta_only())
+    f = features(db)
+    captions = dict(query(db, "SELECT post_id, caption FROM posts"))
+    posts = [(pid, u, t, lk, sorted({x.lstrip("#").lower() for x in tags.split()})) for pid, u, t, lk, tags, _ in rows]
+    assert len(posts) > 80
+    for pid, *_ in posts:
+        want = brute_dynamics(posts, pid) | brute_caption(captions[pid] or "")
+        assert set(want) == set(DYNAMICS_FEATURES) | set(CAPTION_FEATURES)
+        for k, v in want.items():
+            got = f[pid][k]
+            if v is None:
+                assert got is None, (pid, k, got)
+            elif isinstance(v, bool):
+                assert got is v, (pid, k, got)
+            else:
+                assert got == pytest.approx(v, rel=1e-9, abs=1e-9), (pid, k, got, v)
+    # every feature takes more than one value here (the test exercises them)
+    for k in DYNAMICS_FEATURES + CAPTION_FEATURES:
+        assert len({f[p][k] for p in f}) > 1, k
+
+
+def test_slope_of_a_perfect_line_and_counts(tmp_path: Path, db: Path):
+    t0 = datetime(2021, 5, 1, 8)
+    rows = [f"l{i},lin,{(t0 + timedelta(days=i)).isoformat()},,,,{2 ** i},1,1,1," for i in range(5)]   # ln = i ln 2
+    rows += [f"old,lin,{(t0 - timedelta(days=40)).isoformat()},,,,,1,1,1,",            # no likes, out of the 30 days
+             f"l5,lin,{(t0 + timedelta(days=5)).isoformat()},,,,3,1,1,1,"]
+    load(tmp_path, db, rows)
+    featurize(db, meta_only())
+    f = features(db)["l5"]
+    # Sxx = 10 days^2, Sxy = 10 ln 2: slope = 30 * 10 ln 2 / (10 + 900)
+    assert f["h_slope"] == pytest.approx(300 * math.log(2) / 910, rel=1e-9)  # y in 2^-32 units
+    assert (f["h_last1"], f["h_max"], f["h_min"]) == pytest.approx((4 * math.log(2), 4 * math.log(2), 0.0))
+    assert (f["n_posts_before"], f["posts_last30d"], f["days_since_last_liked"]) == (6, 5, pytest.approx(1.0))
+    first = features(db)["l2"]                                    # two liked posts before: no slope yet
+    assert first["h_slope"] is None and first["n_posts_before"] == 3
+    assert features(db)["old"]["h_last1"] is None and features(db)["old"]["n_posts_before"] == 0
+
+
+def test_caption_cues_of_an_emoji_and_url_caption(tmp_path: Path, db: Path):
+    caption = "Link in bio \U0001f600\u2728 https://x.io\nWin? Win!!"
+    load(tmp_path, db, [f'e1,emo,2020-01-01,"{caption}",#a #b,,5,1,1,1,', "e2,emo,2020-01-02,,#b #c,,9,1,1,1,"])
+    featurize(db, meta_only())
+    f = features(db)
+    e1, e2 = f["e1"], f["e2"]
+    assert (e1["n_emoji"], e1["n_question"], e1["n_exclaim"], e1["n_words"], e1["n_lines"]) == (2, 1, 2, 7, 2)
+    assert e1["frac_upper"] == pytest.approx(3 / 23) and e1["cta"] is True and e1["has_url"] is True
+    assert e1["frac_ascii"] == pytest.approx((len(caption) - 2) / len(caption))
+    assert (e2["n_words"], e2["n_lines"], e2["frac_upper"], e2["frac_ascii"], e2["cta"]) == (0, 0, None, None, False)
+    # e2 shares #b with e1 (liked, the only earlier post): its deviation from the mean is 0, shrunk m/(m+2)
+    assert (e2["tag_perf"], e2["tag_perf_n"], e2["tag_novel_frac"]) == (pytest.approx(0.0), 1, 0.5)
+    assert (e1["tag_perf"], e1["tag_perf_n"], e1["tag_novel_frac"]) == (None, 0, 1.0)
+
+
+def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path):
+    """A store featurized before the dynamics / caption columns existed gets them on the next featurize."""
+    rows = random_rows(5, users=4, per_user=15)
+    load(tmp_path, db, as_csv(rows))
+    featurize(db, meta_only())
+    want = stored(db)
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE post_features DROP COLUMN h_slope")
+    con.execute("ALTER TABLE post_features DROP COLUMN n_emoji")
+    con.execute("ALTER TABLE user_state DROP COLUMN s_ty")
+    con.close()
+    r = featurize(db, meta_only())                 # nothing new ingested, yet not a no-op
+    assert stored(db) == want and r.updated + r.inserted == len(rows)
+    later = [(f"x{i}", "user0", max(x[2] for x in rows) + timedelta(days=i + 1), 10 + i, "#t1", 100) for i in range(3)]
+    load(tmp_path, db, as_csv(later), name="later.csv")
+    featurize(db, meta_only())                     # incremental again, from the rebuilt state
+    assert stored(db) == full_computation(db)
