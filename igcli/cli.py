@@ -320,7 +320,9 @@ def train(
         "--all-combinations", help="Train all seven subsets of branches and print them as one table.")] = False,
     split: Annotated[str, typer.Option(
         help="random: 67/33 by post (the paper). user: by user (unseen users at test). "
-             "time: each user's latest third is the test part.")] = "random",
+             "time: each user's latest third is the test part. warm-holdout: a fifth of users held out by a "
+             "stable hash; their first two thirds are history, their last third is scored as `igcli score` "
+             "would (likes hidden); training on the other users only.")] = "random",
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 300,
     family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families [default: 7].")] = None,

@@ -133,6 +133,7 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
             "random_init_inputs": run.random_init_inputs,
             "leaky_user_stats": run.leaky_features,
             "split": run.split,
+            "test_features": run.test_features,
             "seed": run.seed,
             "train_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "data_fingerprint": data_fp,

@@ -124,7 +124,7 @@ def predict_frame(session, model_path: Path, inputs: dict[str, np.ndarray], post
     return run_session(session, inputs)
 
 
-def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
+def features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
     """Metadata features of the scored posts with the card's parameters, into the temp table ``pf_new``,
     from the stored per-user state plus the batch's own order (``features.compute_batch``); the store is
     left as featurize made it."""
@@ -211,7 +211,7 @@ def score(
         t1 = time.perf_counter()
         _ensure_image_features(con, card, opts, progress)
         with store.transaction(con):
-            _features_for_card(con, card, ids)
+            features_for_card(con, card, ids)
             frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
                                features_table="pf_new")
         timings["features_s"] = time.perf_counter() - t1

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError
 
-SPLITS = ("random", "user", "time")
+SPLITS = ("random", "user", "time", "warm-holdout")
 TEST_SHARE = 1 / 3
 VAL_SHARE = 0.15
+HOLDOUT_PER_MILLE = 200                      # warm-holdout: share of users held out, in 1/1000
 
 
 @dataclass
@@ -66,6 +68,7 @@ class RunResult:
     random_init_inputs: bool
     leaky_features: bool
     export_dir: str | None = None
+    test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
     family_effects: list[tuple[str, float]] = field(default_factory=list)
 
     def as_json(self) -> dict:
@@ -76,10 +79,41 @@ class RunResult:
 
 # ----------------------------------------------------------------------------------------- splits
 
+def held_out_user(username: str, seed: int) -> bool:
+    """Warm-holdout membership: a stable hash of (seed, user), the same on every machine and run."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}|{username}".encode()).hexdigest()
+    return int(digest, 16) % 1000 < HOLDOUT_PER_MILLE
+
+
+def _latest_share(users: np.ndarray, times: np.ndarray, share: float, only: np.ndarray | None = None) -> np.ndarray:
+    """Indices of each user's latest floor(n * share) rows by (time, row order); ``only`` restricts the users."""
+    n = len(users)
+    held = []
+    order = np.lexsort((np.arange(n), times, users))        # by user, then time, then row (post_id order)
+    start = 0
+    while start < n:
+        end = start
+        while end < n and users[order[end]] == users[order[start]]:
+            end += 1
+        idx = order[start:end]
+        k = int(np.floor(len(idx) * share))
+        if k and (only is None or only[idx[0]]):
+            held.extend(idx[-k:].tolist())
+        start = end
+    return np.array(sorted(held), dtype=np.int64)
+
+
 def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
                   share: float = TEST_SHARE) -> tuple[np.ndarray, np.ndarray]:
-    """(keep, held) index arrays. random: by post; user: by user; time: each user's latest ``share``."""
+    """(keep, held) index arrays. random: by post; user: by user; time: each user's latest ``share``;
+    warm-holdout: users held out by ``held_out_user``, ``held`` = their latest ``share`` of posts, ``keep`` =
+    the other users' posts only (a held-out user's earlier posts are history: in neither part)."""
     n = len(users)
+    if how == "warm-holdout":
+        out_user = np.array([held_out_user(u, seed) for u in users], dtype=bool)
+        return np.flatnonzero(~out_user), _latest_share(users, times, share, only=out_user)
     rng = np.random.default_rng(seed)
     if how == "random":
         perm = rng.permutation(n)
@@ -92,18 +126,7 @@ def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
         mask = np.array([u in held_users for u in users])
         return np.flatnonzero(~mask), np.flatnonzero(mask)
     if how == "time":
-        held = []
-        order = np.lexsort((times, users))            # by user, then time
-        start = 0
-        while start < n:
-            end = start
-            while end < n and users[order[end]] == users[order[start]]:
-                end += 1
-            idx = order[start:end]
-            k = int(np.floor(len(idx) * share))
-            if k:
-                held.extend(idx[-k:].tolist())
-            start = end
+        held = _latest_share(users, times, share)
         mask = np.zeros(n, dtype=bool)
         mask[held] = True
         return np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -142,12 +165,34 @@ def within_10pct(pred_ln: np.ndarray, true_ln: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - true) <= 0.1 * true)) if len(true) else float("nan")
 
 
+def pairwise_accuracy(pred: np.ndarray, y: np.ndarray, users: np.ndarray) -> float:
+    """Within-user pairwise accuracy: over all pairs of posts by the same user with different ``y``, the share
+    that ``pred`` orders the same way (tied predictions count half). NaN when there is no such pair. A
+    prediction constant per user (its history mean, with the history fixed) scores exactly 0.5."""
+    right, total = 0.0, 0
+    order = np.argsort(users, kind="mergesort")
+    us = users[order]
+    bounds = np.flatnonzero(np.r_[True, us[1:] != us[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b - a < 2:
+            continue
+        idx = order[a:b]
+        dy = np.sign(y[idx][:, None] - y[idx][None, :])          # (n, n)
+        dp = np.sign(pred[idx][:, None] - pred[idx][None, :])
+        upper = np.triu(np.ones_like(dy, dtype=bool), k=1) & (dy != 0)
+        total += int(upper.sum())
+        right += float(np.sum((dp == dy)[upper])) + 0.5 * float(np.sum((dp == 0)[upper]))
+    return right / total if total else float("nan")
+
+
 def metrics(pred: np.ndarray, y: np.ndarray, low: np.ndarray | None = None,
-            high: np.ndarray | None = None) -> dict[str, float]:
+            high: np.ndarray | None = None, users: np.ndarray | None = None) -> dict[str, float]:
     err = pred - y
     m = {"n": int(len(y)), "mae": float(np.mean(np.abs(err))) if len(y) else float("nan"),
          "mse": float(np.mean(err ** 2)) if len(y) else float("nan"),
          "within_10pct": within_10pct(pred, y), "spearman": spearman(pred, y)}
+    if users is not None:
+        m["pairwise"] = pairwise_accuracy(pred, y, users)
     if low is not None and high is not None:
         m["coverage_p10_p90"] = float(np.mean((y >= low) & (y <= high))) if len(y) else float("nan")
     return m
@@ -286,8 +331,30 @@ def _labelled(frame) -> tuple[np.ndarray, int]:
     return np.flatnonzero(has_likes & (frame.likes > 0)), zero
 
 
-def train_on_frame(frame, opts: TrainOptions, progress=None):
-    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices)."""
+def _with_test_features(sub, test: np.ndarray, score_features: Callable[[list[str]], object]):
+    """``sub`` with the test rows' feature columns replaced by what ``score`` computes for them (their own and
+    each other's likes hidden); targets, images and classes stay."""
+    fresh = score_features(sub.post_id[test].tolist())
+    pos = {pid: i for i, pid in enumerate(fresh.post_id)}
+    missing = [pid for pid in sub.post_id[test] if pid not in pos]
+    if missing:
+        raise FeatureMismatch(f"{len(missing)} held-out posts got no scoring features: run `igcli featurize`")
+    take = np.array([pos[pid] for pid in sub.post_id[test]], dtype=np.int64)
+    cols = {k: v.copy() for k, v in sub.cols.items()}
+    for k in cols:
+        cols[k][test] = fresh.cols[k][take]
+    from dataclasses import replace
+
+    return replace(sub, cols=cols)
+
+
+def train_on_frame(frame, opts: TrainOptions, progress=None,
+                   score_features: Callable[[list[str]], object] | None = None):
+    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices).
+
+    ``score_features(post_ids) -> Frame``: for ``warm-holdout``, the features ``igcli score`` computes for the
+    held-out test posts with their likes hidden (``warm_holdout_features``); without it the stored
+    features are used and the result says so (``test_features``)."""
     from igcli.families import DEFAULT_FAMILY_DEPTH
     from igcli.model import build_model
     from igcli.preprocess import Preprocessor
@@ -299,9 +366,16 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
         raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
     sub = frame.take(labelled)
     keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), opts.split, opts.seed)
+    if opts.split == "warm-holdout" and (len(test) == 0 or len(keep) == 0):
+        raise InputError("--split warm-holdout held out no posts (or every user): too few users in the store")
     part = sub.take(keep)
-    tr, va = split_indices(part.username, part.posted_at.astype("int64"), opts.split, opts.seed + 1, VAL_SHARE)
+    val_how = "user" if opts.split == "warm-holdout" else opts.split
+    tr, va = split_indices(part.username, part.posted_at.astype("int64"), val_how, opts.seed + 1, VAL_SHARE)
     train_idx, val_idx = keep[tr], keep[va]
+    test_features = "stored"
+    if opts.split == "warm-holdout" and score_features is not None:
+        sub = _with_test_features(sub, test, score_features)
+        test_features = "score"
     pre = Preprocessor.fit(sub.take(train_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH)
     inputs = pre.transform(sub)
     y = sub.ln_likes
@@ -324,12 +398,15 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
     timings["epochs"] = epochs
     pred = predict(model, rows(test))
     yt = y[test]
+    ut = sub.username[test]
     result = {
-        "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2]),
+        "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2], users=ut),
         "baselines": {
-            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt),
-            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt),
+            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt, users=ut),
+            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt,
+                                               users=ut),
         },
+        "test_features": test_features,
         "subsets": {},
         "n": (len(train_idx), len(val_idx), len(test)),
         "zero": zero,
@@ -338,9 +415,35 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
     }
     hist_known = np.isfinite(sub.cols["hist_mean"][test])
     for name, mask in (("with_history", hist_known), ("cold_start", ~hist_known)):
-        result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2])
+        result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2], users=ut[mask])
     result["family_effects"] = _family_effects(model, pre, inputs, test) if "objects" in opts.branches else []
     return model, pre, result, (sub, train_idx, val_idx, test, pred)
+
+
+def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, sources: dict):
+    """``score_features`` for ``train_on_frame``: the held-out posts' features exactly as ``igcli score``
+    computes them (``igcli.score.features_for_card``), with the likes of every held-out test post hidden, so
+    none sees its own or another test post's likes; their users' earlier posts keep theirs (the history).
+    Runs inside a transaction that is rolled back: the store is left as it was."""
+    from igcli.preprocess import load_frame
+    from igcli.score import features_for_card
+
+    def compute(post_ids: list[str]):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("igc_hide", pa.table({"post_id": pa.array(post_ids, pa.string())}))
+            # Changed after the last featurize, like a freshly ingested batch without likes.
+            con.execute("""UPDATE posts SET likes = NULL,
+                                  updated_at = (SELECT max(updated_at) FROM posts) + INTERVAL 1 SECOND
+                           WHERE post_id IN (SELECT post_id FROM igc_hide)""")
+            con.unregister("igc_hide")
+            features_for_card(con, {"feature_params": feature_params, "model_id": "warm-holdout"}, post_ids)
+            return load_frame(con, post_ids, sources.get("objects"), sources.get("aesthetics"),
+                              features_table="pf_new")
+        finally:
+            con.execute("ROLLBACK")
+
+    return compute
 
 
 def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
@@ -373,14 +476,19 @@ def train(
         sources = _choose_sources(con, opts, branches)
         frame = load_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
-        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress)
+        score_features = None
+        if opts.split == "warm-holdout":
+            score_features = warm_holdout_features(con, frame.feature_params, sources)
+        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress,
+                                                                                score_features)
         res["timings"]["load_s"] = load_s
         random_init = any(s and s.get("random_init") for s in sources.values())
         leaky = bool(frame.feature_params.get("leaky_user_stats"))
         model_id = _model_id(branches, opts.split, opts.seed)
         run = RunResult(
             model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
-            res["subsets"], res["timings"], random_init, leaky, family_effects=res["family_effects"],
+            res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
+            family_effects=res["family_effects"],
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")
