@@ -103,6 +103,19 @@ def _scaling(model) -> dict:
     return out
 
 
+def _image_inputs(model) -> dict | None:
+    """How the exported graph turns the raw embedding into the head's image inputs (fixed layers)."""
+    if "aesthetics" not in model.names:
+        return None
+    from igcli.model import RIDGE_ALPHA, RIDGE_FOLDS
+
+    br = model.branches["aesthetics"]
+    return {"embedding_dim": int(br.proj.shape[0]), "pca_components": int(br.proj.shape[1]),
+            "pca_fitted_on": "training rows with an embedding (standardised)",
+            "ridge_alpha": RIDGE_ALPHA, "ridge_target": "ln-likes minus the anchor, in units of y_std",
+            "ridge_training_rows": f"out-of-fold, {RIDGE_FOLDS} folds grouped by user; full fit in the graph"}
+
+
 def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
                  plots: dict | None = None) -> Path:
     exports_dir = Path(exports_dir)
@@ -128,6 +141,7 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
             "preprocess": pre.to_card(),
             "feature_names": pre.meta_names(),
             "scaling": _scaling(model),
+            "image_inputs": _image_inputs(model),
             "feature_params": feature_params,
             "backbones": sources,
             "random_init_inputs": run.random_init_inputs,

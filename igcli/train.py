@@ -223,6 +223,9 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
     xs = [torch.from_numpy(inputs[k]) for k in names]
     xv = [torch.from_numpy(val_inputs[k]) for k in names]
     yt = torch.from_numpy(y.astype(np.float32))
+    # the training rows' image ridge score is its out-of-fold value (igcli.model.build_model)
+    oof = getattr(model, "ridge_oof", None)
+    oof = torch.from_numpy(oof) if oof is not None and len(oof) == len(y) else None
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(3, opts.patience // 3))
     best, best_state, since, epochs = float("inf"), None, 0, 0
@@ -233,7 +236,8 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, opts.batch_size):
             idx = perm[start:start + opts.batch_size]
-            loss = pinball_loss(model(*[x[idx] for x in xs]), yt[idx])
+            extra = {"ridge_override": oof[idx]} if oof is not None else {}
+            loss = pinball_loss(model(*[x[idx] for x in xs], **extra), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -390,7 +394,7 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
 
     torch.manual_seed(opts.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor,
-                        history_columns=history)
+                        history_columns=history, groups=sub.username[train_idx])
     timings["prepare_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     model, epochs, best_val = _fit(model, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress)

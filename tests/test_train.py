@@ -178,3 +178,43 @@ def test_warm_holdout_train_records_it(trained_store, tmp_path):
     run = train(trained_store["db_copy"](tmp_path), TrainOptions(split="warm-holdout", epochs=20, export=False))
     assert run.split == "warm-holdout" and run.test_features == "score" and run.n_test > 0
     assert "pairwise" in run.metrics
+
+
+def _with_embedding(frame, dim=12, seed=0):
+    rng = np.random.default_rng(seed)
+    frame.embedding = rng.normal(size=(len(frame), dim)).astype(np.float32)
+    frame.embedding[:, 0] += frame.ln_likes.clip(0, 20) if frame.ln_likes is not None else 0  # some signal
+    frame.embedding = np.nan_to_num(frame.embedding).astype(np.float32)
+    frame.nima_mean = np.full(len(frame), np.nan)
+    return frame
+
+
+@pytest.mark.parametrize("split", ["random", "warm-holdout"])
+def test_image_projections_are_fitted_on_training_rows_only(trained_store, split):
+    """A value planted only in test posts' embeddings changes no constant; planted in training rows it does."""
+    from dataclasses import replace as dc_replace
+
+    from igcli import store
+    from igcli.preprocess import load_frame
+
+    con = store.connect(trained_store["db"], read_only=True)
+    frame = _with_embedding(load_frame(con))
+    con.close()
+    opts = TrainOptions(branches=("metadata", "aesthetics"), split=split, epochs=1, export=False)
+
+    def constants(emb):
+        model, _, _, (sub, train_idx, _v, test, _p) = train_on_frame(dc_replace(frame, embedding=emb), opts)
+        br = model.branches["aesthetics"]
+        return [br.norm.mean.numpy(), br.norm.std.numpy(), br.proj.numpy(), br.ridge_w.numpy(),
+                np.array([float(br.ridge_b)]), model.ridge_oof], sub, train_idx, test
+
+    base, sub, train_idx, test = constants(frame.embedding)
+    assert base[2].shape == (12, 12) and np.abs(base[3]).sum() > 0       # PCA (k = D here) and ridge fitted
+    pos = {p: i for i, p in enumerate(frame.post_id)}
+    planted = frame.embedding.copy()
+    planted[[pos[p] for p in sub.post_id[test]], 3] = 1e4
+    for a, b in zip(base, constants(planted)[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    planted_train = frame.embedding.copy()
+    planted_train[[pos[p] for p in sub.post_id[train_idx[:5]]], 3] = 1e4
+    assert not np.array_equal(base[0], constants(planted_train)[0][0])
