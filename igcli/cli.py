@@ -440,12 +440,17 @@ def score(
     if r.out:
         t.add_row("written to", r.out)
     out.print(t)
-    ex = Table(title="examples")
-    for c in ("post_id", "predicted likes", "p10", "p90"):
-        ex.add_column(c, justify="left" if c == "post_id" else "right")
-    for e in r.examples:
-        ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}")
-    out.print(ex)
+    for title, rows in (("examples", r.examples), ("furthest above their usual", r.above_usual),
+                        ("furthest below their usual", r.below_usual)):
+        if not rows:
+            continue
+        ex = Table(title=title)
+        for c in ("post_id", "predicted likes", "p10", "p90", "usual", "vs usual"):
+            ex.add_column(c, justify="left" if c == "post_id" else "right")
+        for e in rows:
+            ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}",
+                       f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×")
+        out.print(ex)
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -100,6 +100,9 @@ def _scaling(model) -> dict:
         norm = getattr(model.branches[b], "norm", None)
         if norm is not None:
             out[b] = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
+    if model.anchor_index is not None:   # the cold-start anchor, which is also a cold user's usual_likes
+        out["prior"] = {"anchor_index": int(model.anchor_index), "w": model.prior_w.tolist(),
+                        "b": float(model.prior_b)}
     return out
 
 

@@ -382,6 +382,8 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
         test_features = "score"
     pre = Preprocessor.fit(sub.take(train_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH)
     inputs = pre.transform(sub)
+    if "objects" in inputs:
+        pre.objects_mean = inputs["objects"][train_idx].mean(axis=0).tolist()
     y = sub.ln_likes
 
     def rows(ix):
