@@ -95,7 +95,8 @@ def check_parity(model, path: Path, seed: int = 1234) -> dict[str, float]:
 
 
 def _scaling(model) -> dict:
-    out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std)}
+    out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std),
+           "interval_scale": float(model.interval_scale)}   # p10/p90 widening, calibrated on validation
     for b in model.names:
         norm = getattr(model.branches[b], "norm", None)
         if norm is not None:

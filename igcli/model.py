@@ -132,6 +132,8 @@ class FusionModel(nn.Module):
         self.skip = nn.Linear(n, 1)
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
+        # p10 / p90 widening factor calibrated on the validation part after training (train.calibrate)
+        self.register_buffer("interval_scale", torch.tensor(1.0))
 
     @property
     def input_names(self) -> list[str]:
@@ -149,8 +151,8 @@ class FusionModel(nn.Module):
         h = torch.cat(feats, dim=1)
         raw = self.head(h)                                    # (B, 3)
         mid = raw[:, 1:2] + self.skip(h)                      # (B, 1) median, standardised units
-        low = mid - nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
-        high = mid + nn.functional.softplus(raw[:, 2:3])
+        low = mid - self.interval_scale * nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
+        high = mid + self.interval_scale * nn.functional.softplus(raw[:, 2:3])
         base = self.y_mean
         if self.anchor_index is not None:
             hist = inputs[0][:, self.anchor_index:self.anchor_index + 1]          # (B, 1) raw ln-likes

@@ -40,7 +40,7 @@ class TrainOptions:
     patience: int = 25
     batch_size: int = 512
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-3
     dropout: float = 0.1
     anchor: bool = True                     # predict a correction to the user's mean past ln-likes
     family_depth: int | None = None
@@ -261,6 +261,23 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
     return model, epochs, best
 
 
+COVERAGE_TARGET = 0.8          # p10-p90 should hold 80% of posts
+
+
+def interval_scale(pred: np.ndarray, y: np.ndarray, target: float = COVERAGE_TARGET) -> float:
+    """Factor c on the p10 / p90 distances from the median so that ``target`` of the rows fall inside:
+    the ``target``-quantile of each row's exceedance ((mid - y) / (mid - p10) below, (y - mid) / (p90 - mid)
+    above). Fitted on the validation part; 1.0 when there is none."""
+    if len(y) < 10:
+        return 1.0
+    low, mid, high = pred[:, 0], pred[:, 1], pred[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(y < mid, (mid - y) / (mid - low), (y - mid) / (high - mid))
+    e = e[np.isfinite(e)]
+    c = float(np.quantile(e, target)) if len(e) else 1.0
+    return c if np.isfinite(c) and c > 0 else 1.0
+
+
 def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndarray:
     import torch
 
@@ -402,6 +419,9 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
     model, epochs, best_val = _fit(model, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress)
     timings["train_s"] = time.perf_counter() - t1
     timings["epochs"] = epochs
+    c = interval_scale(predict(model, rows(val_idx)), y[val_idx])
+    model.interval_scale.fill_(c)
+    timings["interval_scale"] = c
     pred = predict(model, rows(test))
     yt = y[test]
     ut = sub.username[test]

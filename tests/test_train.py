@@ -218,3 +218,46 @@ def test_image_projections_are_fitted_on_training_rows_only(trained_store, split
     planted_train = frame.embedding.copy()
     planted_train[[pos[p] for p in sub.post_id[train_idx[:5]]], 3] = 1e4
     assert not np.array_equal(base[0], constants(planted_train)[0][0])
+
+
+def test_interval_scale_reaches_the_target_coverage_on_the_rows_it_saw():
+    from igcli.train import interval_scale
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=2000)
+    mid = np.zeros_like(y)
+    pred = np.stack([mid - 0.5, mid, mid + 0.5], axis=1)                 # far too narrow for N(0, 1)
+    c = interval_scale(pred, y)
+    assert c > 2.0
+    inside = np.mean((y >= mid - c * 0.5) & (y <= mid + c * 0.5))
+    assert inside == pytest.approx(0.8, abs=0.01)
+    assert interval_scale(pred[:5], y[:5]) == 1.0
+
+
+def test_interval_scale_is_in_the_model_and_the_card(trained_store):
+    card = json.loads((trained_store["exports"] / trained_store["run"].model_id / "model_card.json").read_text())
+    c = card["scaling"]["interval_scale"]
+    assert c > 0 and c == pytest.approx(trained_store["run"].timings["interval_scale"])
+
+
+def test_stored_optional_feature_columns_are_used_when_present(trained_store, tmp_path, monkeypatch):
+    from igcli import features, store
+    from igcli.errors import FeatureMismatch
+    from igcli.preprocess import Preprocessor, load_frame
+
+    db = trained_store["db_copy"](tmp_path)
+    con = store.connect(db)
+    monkeypatch.setattr(features, "CAPTION_FEATURES", ("n_words",), raising=False)
+    pre_without = Preprocessor.fit(load_frame(con), ("metadata",))
+    assert "n_words" not in pre_without.meta_names()                   # not in the store yet: left out
+    con.execute("ALTER TABLE post_features ADD COLUMN n_words BIGINT")
+    con.execute("UPDATE post_features SET n_words = len(post_id)")
+    frame = load_frame(con)
+    con.close()
+    pre = Preprocessor.fit(frame, ("metadata",))
+    j = pre.meta_names().index("n_words")
+    np.testing.assert_allclose(pre.transform(frame)["meta"][:, j], np.log1p([len(p) for p in frame.post_id]),
+                               rtol=1e-6)
+    del frame.cols["n_words"]
+    with pytest.raises(FeatureMismatch, match="featurize --rebuild"):
+        pre.transform(frame)
