@@ -70,9 +70,14 @@ class RunResult:
     export_dir: str | None = None
     test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
     family_effects: list[tuple[str, float]] = field(default_factory=list)
+    # the rows as train_on_frame split them (labelled frame, train / val / test indices into it), for
+    # benchmarks that fit other models on exactly the same rows; not part of the JSON record
+    split_rows: tuple | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict:
-        d = asdict(self)
+        from dataclasses import fields
+
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "split_rows"}
         d["branches"] = list(self.branches)
         return d
 
@@ -514,7 +519,7 @@ def train(
         run = RunResult(
             model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
             res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
-            family_effects=res["family_effects"],
+            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test),
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")
