@@ -103,7 +103,8 @@ class Row:
             elif key in ("within_10pct", "coverage_p10_p90", "pairwise"):
                 out.append(f"{m:.1%}")
             elif key == "mae" and len(self.values) > 1:
-                out.append(f"{m:.3f} ±{np.std([v['mae'] for v in self.values]):.3f}")
+                maes = [v["mae"] for v in self.values if v.get("mae") is not None and np.isfinite(v["mae"])]
+                out.append(f"{m:.3f} ±{np.std(maes):.3f}" if len(maes) > 1 else f"{m:.3f}")
             else:
                 out.append(f"{m:.3f}")
         n = self.mean("n")
