@@ -300,14 +300,16 @@ def featurize(
 
 def _metrics_row(t: Table, label: str, m: dict, extra: str = "") -> None:
     cov = m.get("coverage_p10_p90")
+    pair = m.get("pairwise")
     t.add_row(label, f"{m['n']:,}", f"{m['mae']:.3f}", f"{m['mse']:.3f}", f"{100 * m['within_10pct']:.1f}%",
               "-" if m["spearman"] != m["spearman"] else f"{m['spearman']:.3f}",
-              "-" if cov is None else f"{100 * cov:.1f}%", extra)
+              "-" if cov is None else f"{100 * cov:.1f}%",
+              "-" if pair is None or pair != pair else f"{100 * pair:.1f}%", extra)
 
 
 def _metrics_table(title: str) -> Table:
     t = Table(title=title)
-    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "note"):
+    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "pairwise", "note"):
         t.add_column(c, justify="left" if c in ("model", "note") else "right")
     return t
 
