@@ -47,8 +47,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEV_DATA, print_table, shown, write_json  # noqa: E402
 
-METRICS = ("mae", "mse", "within_10pct", "spearman", "coverage_p10_p90")
-HEADER = ["split", "model", "MAE", "MSE", "±10%", "Spearman", "p10-p90 cov.", "n test", "fit s", "note"]
+METRICS = ("mae", "mse", "within_10pct", "spearman", "coverage_p10_p90", "pairwise")
+HEADER = ["split", "model", "MAE", "MSE", "±10%", "Spearman", "p10-p90 cov.", "pairwise", "n test", "fit s",
+          "note"]
+SPLITS = ("random", "user", "time", "warm-holdout")
 BACKBONE = "efficientnet_lite0"
 IRV2 = " [objects: paper's IRv2]"   # suffix of the rows whose objects are the precomputed Inception-ResNet-v2
 
@@ -98,10 +100,11 @@ class Row:
             m = self.mean(key)
             if m is None:
                 out.append("")
-            elif key in ("within_10pct", "coverage_p10_p90"):
+            elif key in ("within_10pct", "coverage_p10_p90", "pairwise"):
                 out.append(f"{m:.1%}")
             elif key == "mae" and len(self.values) > 1:
-                out.append(f"{m:.3f} ±{np.std([v['mae'] for v in self.values]):.3f}")
+                maes = [v["mae"] for v in self.values if v.get("mae") is not None and np.isfinite(v["mae"])]
+                out.append(f"{m:.3f} ±{np.std(maes):.3f}" if len(maes) > 1 else f"{m:.3f}")
             else:
                 out.append(f"{m:.3f}")
         n = self.mean("n")
@@ -156,17 +159,17 @@ def build_store(db: Path, data: Path, aesthetics: bool, log) -> dict:
 
 # ------------------------------------------------------------------------------------- references
 
-def _split_rows(frame, split: str, seed: int):
-    """The rows ``igcli.train.train_on_frame`` uses: labelled posts, test part, then validation carved
-    from the rest. Returns (labelled frame, train, val, test) with indices into the labelled frame."""
-    from igcli.train import VAL_SHARE, _labelled, split_indices
+def _split_rows(run, frame):
+    """The rows ``igcli.train.train_on_frame`` used for ``run`` (``RunResult.split_rows``: labelled frame with,
+    for warm-holdout, the test posts' features as ``score`` computes them, and train / val / test indices),
+    with the object classes of ``frame`` attached for LightGBM."""
+    sub, tr, va, te = run.split_rows
+    if frame.classes is not None:
+        pos = {pid: i for i, pid in enumerate(frame.post_id)}
+        from dataclasses import replace
 
-    labelled, _ = _labelled(frame)
-    sub = frame.take(labelled)
-    keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), split, seed)
-    part = sub.take(keep)
-    tr, va = split_indices(part.username, part.posted_at.astype("int64"), split, seed + 1, VAL_SHARE)
-    return sub, keep[tr], keep[va], test
+        sub = replace(sub, classes=[frame.classes[pos[p]] for p in sub.post_id])
+    return sub, tr, va, te
 
 
 def user_mean_not_pit(sub, train_idx, test, fallback: float) -> np.ndarray:
@@ -206,11 +209,11 @@ def lightgbm_run(sub, train_idx, val_idx, test, with_objects: bool, seed: int) -
         booster = lgb.train({**params, **objective}, dtrain, num_boost_round=3000, valid_sets=[dval],
                             callbacks=[lgb.early_stopping(100, verbose=False)])
         pred[q] = booster.predict(x[test], num_iteration=booster.best_iteration)
-    yt = y[test]
-    out = {"all": metrics(pred[0.5], yt, pred[0.1], pred[0.9])}
+    yt, ut = y[test], sub.username[test]
+    out = {"all": metrics(pred[0.5], yt, pred[0.1], pred[0.9], users=ut)}
     hist = np.isfinite(sub.cols["hist_mean"][test])
     for name, mask in (("with_history", hist), ("cold_start", ~hist)):
-        out[name] = metrics(pred[0.5][mask], yt[mask], pred[0.1][mask], pred[0.9][mask])
+        out[name] = metrics(pred[0.5][mask], yt[mask], pred[0.1][mask], pred[0.9][mask], users=ut[mask])
     return out
 
 
@@ -218,7 +221,11 @@ def lightgbm_run(sub, train_idx, val_idx, test, with_objects: bool, seed: int) -
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--splits", default="random,user,time", help="comma-separated: random,user,time")
+    ap.add_argument("--splits", default="random,user,time,warm-holdout",
+                    help="comma-separated: random,user,time,warm-holdout")
+    ap.add_argument("--combos", help="only these branch combinations, e.g. metadata,metadata+aesthetics "
+                    "[default: all seven]")
+    ap.add_argument("--no-irv2", action="store_true", help="skip the rows with the paper's IRv2 classes")
     ap.add_argument("--seeds", type=int, default=1, help="average over seeds 0..N-1 (default 1)")
     ap.add_argument("--store", type=Path, help="store to build, or reuse when it already has features")
     ap.add_argument("--no-aesthetics", action="store_true", help="skip the aesthetics embeddings: the "
@@ -229,9 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="write the rows here for bench/run_all.py")
     a = ap.parse_args(argv)
     splits = [s.strip() for s in a.splits.split(",") if s.strip()]
-    bad = [s for s in splits if s not in ("random", "user", "time")]
+    bad = [s for s in splits if s not in SPLITS]
     if bad:
-        ap.error(f"unknown split {bad[0]!r}: choose from random, user, time")
+        ap.error(f"unknown split {bad[0]!r}: choose from {', '.join(SPLITS)}")
+    combos = None
+    if a.combos:
+        combos = [tuple(b for b in ("metadata", "objects", "aesthetics") if b in c.split("+"))
+                  for c in a.combos.split(",") if c.strip()]
     if not (a.data / "posts.csv").is_file():
         sys.exit(f"no dev data at {a.data}: set IGCLI_DEV_DATA or pass --data DIR")
 
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         built = build_store(db, a.data, not a.no_aesthetics, log)
         table1, table2 = paper_tables(a.data.parent / "paper-tables.md")
         rows, skipped, fit_s, families = evaluate(db, splits, list(range(max(1, a.seeds))), log, table1,
-                                                  a.families_only)
+                                                  a.families_only, combos, not a.no_irv2)
     total = time.perf_counter() - t_start
     notes = [
         f"dev data {shown(a.data)}; seeds 0..{max(1, a.seeds) - 1}, mean over seeds (MAE ± its standard deviation); "
@@ -289,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | None = None,
-             families_only: bool = False):
+             families_only: bool = False, only: list[tuple[str, ...]] | None = None, irv2: bool = True):
     """Every combination, baseline and reference on each split and seed; returns (rows, skipped, fit seconds,
     family effects of the random split's full model)."""
     import torch
@@ -322,8 +333,10 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
 
             for seed in seeds:
                 first = None
-                variants = [(combo, BACKBONE, "") for combo in all_combinations()]
-                variants += [(combo, "precomputed", IRV2) for combo in all_combinations() if "objects" in combo]
+                wanted = [c for c in all_combinations() if only is None or c in only]
+                variants = [(combo, BACKBONE, "") for combo in wanted]
+                if irv2:
+                    variants += [(combo, "precomputed", IRV2) for combo in wanted if "objects" in combo]
                 if families_only:
                     variants = [v for v in variants if v[0] == ("objects",)]
                 for combo, objects_source, suffix in variants:
@@ -358,15 +371,16 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
                     continue
                 add(other, "baseline: training mean", first.baselines["constant_train_mean"])
                 add(other, "baseline: user mean, earlier posts (PIT)", first.baselines["user_mean_earlier_posts"])
-                sub, tr, va, te = _split_rows(frame, split, seed)
-                assert (len(tr), len(va), len(te)) == (first.n_train, first.n_val, first.n_test), "rows differ"
+                sub, tr, va, te = _split_rows(first, frame)
                 keep = np.concatenate([tr, va])
-                add(other, "reference: user mean, all train posts", metrics(
-                    user_mean_not_pit(sub, keep, te, float(np.mean(sub.ln_likes[keep]))), sub.ln_likes[te]),
-                    "no test user in training: the mean" if split == "user" else "NOT PIT: sees later posts")
+                if split != "warm-holdout":      # no held-out user is in training: it would be the mean
+                    add(other, "reference: user mean, all train posts", metrics(
+                        user_mean_not_pit(sub, keep, te, float(np.mean(sub.ln_likes[keep]))), sub.ln_likes[te],
+                        users=sub.username[te]),
+                        "no test user in training: the mean" if split == "user" else "NOT PIT: sees later posts")
                 if families_only:
                     continue
-                for with_objects in (False, True):
+                for with_objects in (False, True) if sub.classes is not None else (False,):
                     t0 = time.perf_counter()
                     lgbm = lightgbm_run(sub, tr, va, te, with_objects, seed)
                     seconds = time.perf_counter() - t0

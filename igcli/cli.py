@@ -300,14 +300,16 @@ def featurize(
 
 def _metrics_row(t: Table, label: str, m: dict, extra: str = "") -> None:
     cov = m.get("coverage_p10_p90")
+    pair = m.get("pairwise")
     t.add_row(label, f"{m['n']:,}", f"{m['mae']:.3f}", f"{m['mse']:.3f}", f"{100 * m['within_10pct']:.1f}%",
               "-" if m["spearman"] != m["spearman"] else f"{m['spearman']:.3f}",
-              "-" if cov is None else f"{100 * cov:.1f}%", extra)
+              "-" if cov is None else f"{100 * cov:.1f}%",
+              "-" if pair is None or pair != pair else f"{100 * pair:.1f}%", extra)
 
 
 def _metrics_table(title: str) -> Table:
     t = Table(title=title)
-    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "note"):
+    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "pairwise", "note"):
         t.add_column(c, justify="left" if c in ("model", "note") else "right")
     return t
 
@@ -320,7 +322,9 @@ def train(
         "--all-combinations", help="Train all seven subsets of branches and print them as one table.")] = False,
     split: Annotated[str, typer.Option(
         help="random: 67/33 by post (the paper). user: by user (unseen users at test). "
-             "time: each user's latest third is the test part.")] = "random",
+             "time: each user's latest third is the test part. warm-holdout: a fifth of users held out by a "
+             "stable hash; their first two thirds are history, their last third is scored as `igcli score` "
+             "would (likes hidden); training on the other users only.")] = "random",
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 300,
     family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families [default: 7].")] = None,
@@ -438,12 +442,17 @@ def score(
     if r.out:
         t.add_row("written to", r.out)
     out.print(t)
-    ex = Table(title="examples")
-    for c in ("post_id", "predicted likes", "p10", "p90"):
-        ex.add_column(c, justify="left" if c == "post_id" else "right")
-    for e in r.examples:
-        ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}")
-    out.print(ex)
+    for title, rows in (("examples", r.examples), ("furthest above their usual", r.above_usual),
+                        ("furthest below their usual", r.below_usual)):
+        if not rows:
+            continue
+        ex = Table(title=title)
+        for c in ("post_id", "predicted likes", "p10", "p90", "usual", "vs usual"):
+            ex.add_column(c, justify="left" if c == "post_id" else "right")
+        for e in rows:
+            ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}",
+                       f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×")
+        out.print(ex)
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -95,12 +95,29 @@ def check_parity(model, path: Path, seed: int = 1234) -> dict[str, float]:
 
 
 def _scaling(model) -> dict:
-    out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std)}
+    out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std),
+           "interval_scale": float(model.interval_scale)}   # p10/p90 widening, calibrated on validation
     for b in model.names:
         norm = getattr(model.branches[b], "norm", None)
         if norm is not None:
             out[b] = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
+    if model.anchor_index is not None:   # the cold-start anchor, which is also a cold user's usual_likes
+        out["prior"] = {"anchor_index": int(model.anchor_index), "w": model.prior_w.tolist(),
+                        "b": float(model.prior_b)}
     return out
+
+
+def _image_inputs(model) -> dict | None:
+    """How the exported graph turns the raw embedding into the head's image inputs (fixed layers)."""
+    if "aesthetics" not in model.names:
+        return None
+    from igcli.model import RIDGE_ALPHA, RIDGE_FOLDS
+
+    br = model.branches["aesthetics"]
+    return {"embedding_dim": int(br.proj.shape[0]), "pca_components": int(br.proj.shape[1]),
+            "pca_fitted_on": "training rows with an embedding (standardised)",
+            "ridge_alpha": RIDGE_ALPHA, "ridge_target": "ln-likes minus the anchor, in units of y_std",
+            "ridge_training_rows": f"out-of-fold, {RIDGE_FOLDS} folds grouped by user; full fit in the graph"}
 
 
 def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
@@ -128,11 +145,13 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
             "preprocess": pre.to_card(),
             "feature_names": pre.meta_names(),
             "scaling": _scaling(model),
+            "image_inputs": _image_inputs(model),
             "feature_params": feature_params,
             "backbones": sources,
             "random_init_inputs": run.random_init_inputs,
             "leaky_user_stats": run.leaky_features,
             "split": run.split,
+            "test_features": run.test_features,
             "seed": run.seed,
             "train_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
             "data_fingerprint": data_fp,

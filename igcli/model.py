@@ -65,18 +65,40 @@ class ObjectsBranch(nn.Module):
 
 
 class AestheticsBranch(nn.Module):
-    """A retrained head on the stored (frozen) MobileNet / NIMA features."""
+    """The stored (frozen) image embedding -> fixed projections fitted on the training rows -> a small head.
+
+    The projections are constants of the graph, so ``score`` feeds the raw embedding: the top principal
+    components of the standardised embedding (``proj``, (D, k)) and a ridge score of the user-relative target
+    (``ridge_w``, ``ridge_b``). During training the ridge score of the training rows is replaced by its
+    out-of-fold value (``ridge_override``), so the head does not learn to trust a score fitted on its own
+    targets. Masked to zero for posts without an embedding."""
 
     input_names = ("aesthetics", "aesthetics_mask")
 
-    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, dropout: float = 0.2):
+    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, dropout: float = 0.2,
+                 proj: np.ndarray | None = None, ridge: tuple[np.ndarray, float] | None = None):
         super().__init__()
         self.norm = Standardize(mean, std)
-        self.net = _mlp(n_in, 64, 16, dropout)
-        self.out_dim = 16 + 1
+        proj = np.zeros((n_in, 0), np.float32) if proj is None else proj
+        w, b = ridge if ridge is not None else (np.zeros(n_in, np.float32), 0.0)
+        self.register_buffer("proj", torch.as_tensor(np.asarray(proj, np.float32)))          # (D, k)
+        self.register_buffer("ridge_w", torch.as_tensor(np.asarray(w, np.float32))[:, None])  # (D, 1)
+        self.register_buffer("ridge_b", torch.tensor(float(b)))
+        k = self.proj.shape[1] + 1
+        self.net = _mlp(k, 64, 16, dropout)
+        self.out_dim = 16 + k + 1
 
-    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, D), (B, 1)
-        return torch.cat([self.net(self.norm(emb)) * mask, mask], dim=1)
+    def projections(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, D) -> (B, k), (B, 1)
+        z = self.norm(emb)
+        return z @ self.proj, z @ self.ridge_w + self.ridge_b
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor,
+                ridge_override: torch.Tensor | None = None) -> torch.Tensor:  # (B, D), (B, 1)
+        pcs, ridge = self.projections(emb)
+        if ridge_override is not None:
+            ridge = ridge_override
+        f = torch.cat([pcs, ridge], dim=1) * mask                             # (B, k + 1)
+        return torch.cat([self.net(f) * mask, f, mask], dim=1)
 
 
 BRANCHES: dict[str, Callable[..., nn.Module]] = {
@@ -110,22 +132,27 @@ class FusionModel(nn.Module):
         self.skip = nn.Linear(n, 1)
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
+        # p10 / p90 widening factor calibrated on the validation part after training (train.calibrate)
+        self.register_buffer("interval_scale", torch.tensor(1.0))
 
     @property
     def input_names(self) -> list[str]:
         return [name for b in self.names for name in self.branches[b].input_names]
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor, ridge_override: torch.Tensor | None = None) -> torch.Tensor:
         feats, i = [], 0
         for b in self.names:
             k = len(self.branches[b].input_names)
-            feats.append(self.branches[b](*inputs[i:i + k]))
+            if b == "aesthetics" and ridge_override is not None:
+                feats.append(self.branches[b](*inputs[i:i + k], ridge_override=ridge_override))
+            else:
+                feats.append(self.branches[b](*inputs[i:i + k]))
             i += k
         h = torch.cat(feats, dim=1)
         raw = self.head(h)                                    # (B, 3)
         mid = raw[:, 1:2] + self.skip(h)                      # (B, 1) median, standardised units
-        low = mid - nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
-        high = mid + nn.functional.softplus(raw[:, 2:3])
+        low = mid - self.interval_scale * nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
+        high = mid + self.interval_scale * nn.functional.softplus(raw[:, 2:3])
         base = self.y_mean
         if self.anchor_index is not None:
             hist = inputs[0][:, self.anchor_index:self.anchor_index + 1]          # (B, 1) raw ln-likes
@@ -148,10 +175,54 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+N_COMPONENTS = 32
+RIDGE_ALPHA = 3000.0
+RIDGE_FOLDS = 5
+
+
+def pca_projection(z: np.ndarray, k: int = N_COMPONENTS) -> np.ndarray:
+    """(D, k') top principal directions of the standardised rows ``z`` (k' = min(k, D, rows - 1))."""
+    k = max(0, min(k, z.shape[1], len(z) - 1))
+    if k == 0:
+        return np.zeros((z.shape[1], 0), np.float32)
+    zc = z.astype(np.float64) - z.mean(axis=0)
+    vals, vecs = np.linalg.eigh(zc.T @ zc)
+    top = vecs[:, np.argsort(vals)[::-1][:k]]
+    top *= np.where(top[np.argmax(np.abs(top), axis=0), np.arange(k)] < 0, -1.0, 1.0)   # deterministic sign
+    return top.astype(np.float32)
+
+
+def ridge_fit(z: np.ndarray, r: np.ndarray, alpha: float = RIDGE_ALPHA) -> tuple[np.ndarray, float]:
+    zm, rm = z.mean(axis=0), float(np.mean(r))
+    zc = (z - zm).astype(np.float64)
+    w = np.linalg.solve(zc.T @ zc + alpha * np.eye(z.shape[1]), zc.T @ (r - rm))
+    return w.astype(np.float32), float(rm - zm @ w)
+
+
+def ridge_out_of_fold(z: np.ndarray, r: np.ndarray, groups: np.ndarray, folds: int = RIDGE_FOLDS,
+                      alpha: float = RIDGE_ALPHA) -> np.ndarray:
+    """Each row's ridge score from a fit on the other folds; folds are whole groups (users)."""
+    import hashlib
+
+    fold = np.array([int(hashlib.sha256(str(g).encode()).hexdigest(), 16) % folds for g in groups])
+    out = np.zeros(len(r), np.float32)
+    for f in range(folds):
+        held = fold == f
+        if not held.any():
+            continue
+        if held.all():                     # a single group: no out-of-fold fit exists
+            return out
+        w, b = ridge_fit(z[~held], r[~held], alpha)
+        out[held] = z[held] @ w + b
+    return out
+
+
 def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], y_train: np.ndarray,
                 dropout: float = 0.1, anchor_index: int | None = None,
-                history_columns: np.ndarray | None = None) -> FusionModel:
-    """Create the model for ``branches``; normalisation constants come from the training inputs only."""
+                history_columns: np.ndarray | None = None, groups: np.ndarray | None = None) -> FusionModel:
+    """Create the model for ``branches``; normalisation constants, projections and ridge weights come from
+    the training inputs only. With the aesthetics branch, ``model.ridge_oof`` holds the training rows'
+    out-of-fold ridge scores (by ``groups``, the users) for the training loop."""
     parts: dict[str, nn.Module] = {}
     for b in branches:
         if b not in BRANCHES:
@@ -161,14 +232,11 @@ def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], 
         parts["metadata"] = MetadataBranch(x.shape[1], *_moments(x), dropout=dropout)
     if "objects" in branches:
         parts["objects"] = ObjectsBranch(train_inputs["objects"].shape[1], dropout=dropout)
-    if "aesthetics" in branches:
-        x = train_inputs["aesthetics"]
-        present = train_inputs["aesthetics_mask"][:, 0] > 0
-        parts["aesthetics"] = AestheticsBranch(x.shape[1], *_moments(x[present]), dropout=max(dropout, 0.2))
     if "metadata" not in branches:
         anchor_index = None
     y_mean = float(np.mean(y_train))
     y_std = float(np.std(y_train) or 1.0)
+    target = (y_train - y_mean) / y_std                     # what the head corrects, standardised
     prior = None
     if anchor_index is not None:
         import torch as _torch
@@ -180,7 +248,24 @@ def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], 
         cold = (z @ prior[0]) + prior[1]
         resid = y_train - np.where(np.isnan(hist), cold, hist)  # scale of what the head has to correct
         y_std = float(np.std(resid) or 1.0)
-    return FusionModel(parts, y_mean, y_std, anchor_index=anchor_index, prior=prior)
+        target = resid / y_std
+    ridge_oof = None
+    if "aesthetics" in branches:
+        x = train_inputs["aesthetics"]
+        present = train_inputs["aesthetics_mask"][:, 0] > 0
+        mean, std = _moments(x[present])
+        z = (x[present] - mean) / std
+        proj = pca_projection(z)
+        ridge, ridge_oof = None, np.zeros((len(x), 1), np.float32)
+        if present.sum() > 1:
+            ridge = ridge_fit(z, target[present])
+            g = groups[present] if groups is not None else np.arange(int(present.sum()))
+            ridge_oof[present, 0] = ridge_out_of_fold(z, target[present], g)
+        parts["aesthetics"] = AestheticsBranch(x.shape[1], mean, std, dropout=max(dropout, 0.2), proj=proj,
+                                               ridge=ridge)
+    model = FusionModel(parts, y_mean, y_std, anchor_index=anchor_index, prior=prior)
+    model.ridge_oof = ridge_oof
+    return model
 
 
 def ridge_prior(z: np.ndarray, y: np.ndarray, exclude: np.ndarray | None = None,

@@ -31,6 +31,27 @@ NUMERIC = (
 QUALITY = tuple((q, "log1p" if q in ("sharpness", "colorfulness") else "none")
                 for q in QUALITY_FEATURES if q != "face_count")
 FLAGS = ("no_history", "hist_std_missing", "has_image_quality")
+# Columns of the newer feature groups (igcli.features DYNAMICS_FEATURES / CAPTION_FEATURES) that are counts
+# or durations: log1p like the others. The groups are used when the store has them.
+_LOG1P_EXTRA = {"days_since_last_liked", "n_posts_before", "posts_last30d", "tag_perf_n", "n_emoji",
+                "n_question", "n_exclaim", "n_words", "n_lines"}
+# What "this post's content" means for usual_likes: inputs set to their training mean (igcli.score).
+CONTENT_COLUMNS = frozenset({"caption_len", "n_hashtags", "n_mentions", "hashtag_weight", "tag_perf", "tag_perf_n",
+                             "tag_novel_frac", "has_image_quality"} | {q for q, _ in QUALITY})
+
+
+def extra_numeric() -> list[tuple[str, str]]:
+    """(name, transform) of the optional feature groups this igcli's featurize defines."""
+    from igcli import features
+
+    names = list(getattr(features, "DYNAMICS_FEATURES", ())) + list(getattr(features, "CAPTION_FEATURES", ()))
+    return [(n, "log1p" if n in _LOG1P_EXTRA else "none") for n in names]
+
+
+def content_columns() -> frozenset[str]:
+    from igcli import features
+
+    return CONTENT_COLUMNS | frozenset(getattr(features, "CAPTION_FEATURES", ()))
 CATEGORICAL = ("month", "weekday", "hour_group")
 OTHER_FAMILY = "other"
 
@@ -91,7 +112,9 @@ def load_frame(
     if not has_pf:
         raise FeatureMismatch("the store has no features yet: run `igcli featurize` first")
     q_cols = ", ".join(f"q.{q}" for q, _ in QUALITY)
-    num_cols = ", ".join(f"f.{c}" for c, _ in NUMERIC)
+    stored = {d[0] for d in con.execute(f"SELECT * FROM {features_table} LIMIT 0").description}
+    extra = [c for c, _ in extra_numeric() if c in stored]
+    num_cols = ", ".join(f"f.{c}" for c in [c for c, _ in NUMERIC] + extra)
     tbl = con.sql(
         f"""SELECT f.post_id, f.username, f.posted_at, f.likes, f.ln_likes, {num_cols},
                    f.no_history, f.month, f.weekday, f.hour_group, {q_cols},
@@ -110,7 +133,7 @@ def load_frame(
     def num(name: str) -> np.ndarray:
         return np.array(tbl.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 
-    cols = {c: num(c) for c, _ in NUMERIC}
+    cols = {c: num(c) for c in [c for c, _ in NUMERIC] + extra}
     cols.update({q: num(q) for q, _ in QUALITY})
     cols.update({c: num(c) for c in CATEGORICAL})
     cols["no_history"] = num("no_history")
@@ -184,11 +207,12 @@ class Preprocessor:
     family_depth: int = DEFAULT_FAMILY_DEPTH
     embedding_dim: int = 0
     use_nima: bool = False
+    objects_mean: list[float] = field(default_factory=list)   # training mean of the objects input (usual)
 
     @classmethod
     def fit(cls, frame: Frame, branches: tuple[str, ...], family_depth: int = DEFAULT_FAMILY_DEPTH,
             min_family_count: int = 5) -> Preprocessor:
-        numeric = list(NUMERIC) + list(QUALITY)
+        numeric = list(NUMERIC) + list(QUALITY) + [(c, tf) for c, tf in extra_numeric() if c in frame.cols]
         cats = {c: sorted({int(v) for v in frame.cols[c] if not np.isnan(v)}) for c in CATEGORICAL}
         fams: list[str] = []
         if "objects" in branches and frame.classes is not None:
@@ -214,6 +238,10 @@ class Preprocessor:
         and where fitted ``objects`` (N, F) + ``objects_mask`` (N, 1), ``aesthetics`` (N, D) +
         ``aesthetics_mask`` (N, 1)."""
         n = len(frame)
+        lacking = [name for name, _ in self.numeric if name not in frame.cols]
+        if lacking:
+            raise FeatureMismatch(f"the model needs features {', '.join(lacking[:4])} that the store lacks: "
+                                  "run `igcli featurize --rebuild` with this igcli")
         parts = [_apply(frame.cols[name], tf) for name, tf in self.numeric]
         hist_std = frame.cols["hist_std"]
         quality_present = np.isfinite(frame.cols["brightness"])
@@ -254,13 +282,34 @@ class Preprocessor:
     def to_card(self) -> dict:
         return {"numeric": [list(x) for x in self.numeric], "flags": list(FLAGS), "categories": self.categories,
                 "families": self.families, "family_depth": self.family_depth,
-                "embedding_dim": self.embedding_dim, "use_nima": self.use_nima, "meta_names": self.meta_names()}
+                "embedding_dim": self.embedding_dim, "use_nima": self.use_nima, "meta_names": self.meta_names(),
+                "objects_mean": [float(v) for v in self.objects_mean]}
 
     @classmethod
     def from_card(cls, card: dict) -> Preprocessor:
         p = card["preprocess"]
         return cls([tuple(x) for x in p["numeric"]], {k: list(v) for k, v in p["categories"].items()},
-                   list(p["families"]), int(p["family_depth"]), int(p["embedding_dim"]), bool(p["use_nima"]))
+                   list(p["families"]), int(p["family_depth"]), int(p["embedding_dim"]), bool(p["use_nima"]),
+                   [float(v) for v in p.get("objects_mean", [])])
+
+    def usual_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` with this post's content at the training mean: content columns of ``meta`` become NaN
+        (the model imputes the training mean), the embedding NaN with its mask on (mean embedding), the
+        objects the training mean family vector. History, timing, followers and calendar stay."""
+        out = dict(inputs)
+        content = content_columns()
+        cols = [i for i, name in enumerate(self.meta_names()) if name in content]
+        meta = inputs["meta"].copy()
+        meta[:, cols] = np.nan
+        out["meta"] = meta
+        if "aesthetics" in inputs:
+            out["aesthetics"] = np.full_like(inputs["aesthetics"], np.nan)
+            out["aesthetics_mask"] = np.ones_like(inputs["aesthetics_mask"])
+        if "objects" in inputs:
+            out["objects"] = np.broadcast_to(np.asarray(self.objects_mean, np.float32),
+                                             inputs["objects"].shape).copy()
+            out["objects_mask"] = np.ones_like(inputs["objects_mask"])
+        return out
 
 
 def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str:

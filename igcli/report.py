@@ -317,11 +317,11 @@ def _scores_section(con: duckdb.DuckDBPyConnection, model_id: str) -> dict | Non
            "pred_figure": _hist_figure(pred, "predicted likes", "posts", log_x=True),
            "vs_usual_figure": None, "has_usual": "usual_likes" in columns}
     actual = _floats(batch, "actual_likes")
-    if "vs_usual" in columns:
-        key, sec["extremes_kind"] = _floats(batch, "vs_usual"), "usual"
+    usual = _floats(batch, "vs_usual") if "vs_usual" in columns else np.array([])
+    if np.any(np.isfinite(usual) & (usual > 0)):     # rows scored before igcli wrote vs_usual hold NULL
+        key, sec["extremes_kind"] = usual, "usual"
         shown = key[np.isfinite(key) & (key > 0)]
-        if len(shown):
-            sec["vs_usual_figure"] = _hist_figure(shown, "predicted / usual likes", "posts", log_x=True, mark=1.0)
+        sec["vs_usual_figure"] = _hist_figure(shown, "predicted / usual likes", "posts", log_x=True, mark=1.0)
     elif np.any(actual > 0):
         key, sec["extremes_kind"] = np.where(actual > 0, actual / pred, np.nan), "actual"
     else:

@@ -27,7 +27,8 @@ from igcli.errors import FeatureMismatch, InputError, ModelError
 
 ORT_BATCH = 65536
 OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
-                  "scored_at")
+                  "scored_at", "usual_likes", "vs_usual")
+EXTREMES = 3                                 # posts furthest above / below their usual in the summary
 
 
 @dataclass
@@ -61,6 +62,8 @@ class ScoreResult:
     examples: list[dict] = field(default_factory=list)
     out: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    above_usual: list[dict] = field(default_factory=list)      # furthest above their usual (vs_usual), first
+    below_usual: list[dict] = field(default_factory=list)      # furthest below
 
     def as_json(self) -> dict:
         from dataclasses import asdict
@@ -113,6 +116,23 @@ def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
+def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> np.ndarray:
+    """ln of usual_likes: the model's median with this post's content at the training mean
+    (``Preprocessor.usual_inputs``); for a post without history (cold start) the model's prior, the anchor
+    it starts from, on the same neutral inputs. ``predict(inputs) -> (N, 3)`` runs the model."""
+    neutral = pre.usual_inputs(inputs)
+    usual = predict(neutral)[:, 1].astype(np.float64)
+    prior = (card.get("scaling") or {}).get("prior")
+    meta_scale = (card.get("scaling") or {}).get("metadata")
+    if prior and meta_scale and len(usual):
+        meta = neutral["meta"].astype(np.float64)
+        mean, std = np.asarray(meta_scale["mean"]), np.asarray(meta_scale["std"])
+        z = (np.where(np.isnan(meta), mean, meta) - mean) / std
+        cold = np.isnan(inputs["meta"][:, prior["anchor_index"]])
+        usual[cold] = (z[cold] @ np.asarray(prior["w"], np.float64)) + prior["b"]
+    return usual
+
+
 def predict_frame(session, model_path: Path, inputs: dict[str, np.ndarray], post_ids: list[str],
                   con: duckdb.DuckDBPyConnection, opts: ScoreOptions) -> np.ndarray:
     """(N, 3) quantiles for the model ``inputs`` of ``post_ids``: this process's session (``--engine local``)
@@ -124,7 +144,7 @@ def predict_frame(session, model_path: Path, inputs: dict[str, np.ndarray], post
     return run_session(session, inputs)
 
 
-def _features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
+def features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
     """Metadata features of the scored posts with the card's parameters, into the temp table ``pf_new``,
     from the stored per-user state plus the batch's own order (``features.compute_batch``); the store is
     left as featurize made it."""
@@ -211,7 +231,7 @@ def score(
         t1 = time.perf_counter()
         _ensure_image_features(con, card, opts, progress)
         with store.transaction(con):
-            _features_for_card(con, card, ids)
+            features_for_card(con, card, ids)
             frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
                                features_table="pf_new")
         timings["features_s"] = time.perf_counter() - t1
@@ -220,6 +240,10 @@ def score(
         quantiles = predict_frame(session, model_dir / "model.onnx", inputs, frame.post_id.tolist(), con, opts)
         ort_s = time.perf_counter() - t2
         timings["onnxruntime_s"] = ort_s
+        usual = usual_log_likes(
+            card, pre, inputs,
+            lambda x: predict_frame(session, model_dir / "model.onnx", x, frame.post_id.tolist(), con, opts))
+        timings["usual_s"] = time.perf_counter() - t2 - ort_s
         now = store.utcnow()
         table = pa.table({
             "post_id": pa.array(frame.post_id.tolist(), pa.string()),
@@ -229,10 +253,13 @@ def score(
             "p10_likes": np.exp(quantiles[:, 0].astype(np.float64)),
             "p90_likes": np.exp(quantiles[:, 2].astype(np.float64)),
             "scored_at": pa.array([now] * len(frame), pa.timestamp("us")),
+            "usual_likes": np.exp(usual),
+            "vs_usual": np.exp(quantiles[:, 1].astype(np.float64) - usual),
         })
         with store.transaction(con):
             con.register("igc_pred", table)
-            con.execute("INSERT OR REPLACE INTO predictions SELECT * FROM igc_pred")
+            con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) "
+                        f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM igc_pred")  # constants of this module
             con.unregister("igc_pred")
             store.fault_point("score.before_commit")
         users_seen = {u for u, nh in zip(frame.username, frame.cols["no_history"], strict=True) if not nh}
@@ -249,15 +276,23 @@ def score(
     if opts.out:
         out_path = write_predictions(table, Path(opts.out))
     seconds = time.perf_counter() - t0
-    examples = [
-        {"post_id": table["post_id"][i].as_py(), "predicted_likes": round(table["predicted_likes"][i].as_py()),
-         "p10_likes": round(table["p10_likes"][i].as_py()), "p90_likes": round(table["p90_likes"][i].as_py())}
-        for i in range(min(5, len(table)))
-    ]
+    def example(i: int) -> dict:
+        return {"post_id": table["post_id"][i].as_py(), "predicted_likes": round(table["predicted_likes"][i].as_py()),
+                "p10_likes": round(table["p10_likes"][i].as_py()), "p90_likes": round(table["p90_likes"][i].as_py()),
+                "usual_likes": round(table["usual_likes"][i].as_py()),
+                "vs_usual": round(table["vs_usual"][i].as_py(), 3)}
+
+    examples = [example(i) for i in range(min(5, len(table)))]
+    vs = table["vs_usual"].to_numpy()
+    order = np.argsort(-vs, kind="mergesort")
+    k = min(EXTREMES, len(vs) // 2) if len(vs) > 1 else len(vs)
+    above_usual = [example(int(i)) for i in order[:k]]
+    below_usual = [example(int(i)) for i in order[::-1][:k]] if len(vs) > 1 else []
     return ScoreResult(
         card["model_id"], len(frame), len(cold_users), int(np.sum(frame.cols["no_history"] > 0)), without_image,
         masked, providers[0], providers, len(frame) / seconds if seconds else 0.0,
         len(frame) / ort_s if ort_s else 0.0, seconds, ing.rejected, examples, out_path, timings,
+        above_usual, below_usual,
     )
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError
 
-SPLITS = ("random", "user", "time")
+SPLITS = ("random", "user", "time", "warm-holdout")
 TEST_SHARE = 1 / 3
 VAL_SHARE = 0.15
+HOLDOUT_PER_MILLE = 200                      # warm-holdout: share of users held out, in 1/1000
 
 
 @dataclass
@@ -38,7 +40,7 @@ class TrainOptions:
     patience: int = 25
     batch_size: int = 512
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-3
     dropout: float = 0.1
     anchor: bool = True                     # predict a correction to the user's mean past ln-likes
     family_depth: int | None = None
@@ -66,20 +68,57 @@ class RunResult:
     random_init_inputs: bool
     leaky_features: bool
     export_dir: str | None = None
+    test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
     family_effects: list[tuple[str, float]] = field(default_factory=list)
+    # the rows as train_on_frame split them (labelled frame, train / val / test indices into it), for
+    # benchmarks that fit other models on exactly the same rows; not part of the JSON record
+    split_rows: tuple | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict:
-        d = asdict(self)
+        from dataclasses import fields
+
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "split_rows"}
         d["branches"] = list(self.branches)
         return d
 
 
 # ----------------------------------------------------------------------------------------- splits
 
+def held_out_user(username: str, seed: int) -> bool:
+    """Warm-holdout membership: a stable hash of (seed, user), the same on every machine and run."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}|{username}".encode()).hexdigest()
+    return int(digest, 16) % 1000 < HOLDOUT_PER_MILLE
+
+
+def _latest_share(users: np.ndarray, times: np.ndarray, share: float, only: np.ndarray | None = None) -> np.ndarray:
+    """Indices of each user's latest floor(n * share) rows by (time, row order); ``only`` restricts the users."""
+    n = len(users)
+    held = []
+    order = np.lexsort((np.arange(n), times, users))        # by user, then time, then row (post_id order)
+    start = 0
+    while start < n:
+        end = start
+        while end < n and users[order[end]] == users[order[start]]:
+            end += 1
+        idx = order[start:end]
+        k = int(np.floor(len(idx) * share))
+        if k and (only is None or only[idx[0]]):
+            held.extend(idx[-k:].tolist())
+        start = end
+    return np.array(sorted(held), dtype=np.int64)
+
+
 def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
                   share: float = TEST_SHARE) -> tuple[np.ndarray, np.ndarray]:
-    """(keep, held) index arrays. random: by post; user: by user; time: each user's latest ``share``."""
+    """(keep, held) index arrays. random: by post; user: by user; time: each user's latest ``share``;
+    warm-holdout: users held out by ``held_out_user``, ``held`` = their latest ``share`` of posts, ``keep`` =
+    the other users' posts only (a held-out user's earlier posts are history: in neither part)."""
     n = len(users)
+    if how == "warm-holdout":
+        out_user = np.array([held_out_user(u, seed) for u in users], dtype=bool)
+        return np.flatnonzero(~out_user), _latest_share(users, times, share, only=out_user)
     rng = np.random.default_rng(seed)
     if how == "random":
         perm = rng.permutation(n)
@@ -92,18 +131,7 @@ def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
         mask = np.array([u in held_users for u in users])
         return np.flatnonzero(~mask), np.flatnonzero(mask)
     if how == "time":
-        held = []
-        order = np.lexsort((times, users))            # by user, then time
-        start = 0
-        while start < n:
-            end = start
-            while end < n and users[order[end]] == users[order[start]]:
-                end += 1
-            idx = order[start:end]
-            k = int(np.floor(len(idx) * share))
-            if k:
-                held.extend(idx[-k:].tolist())
-            start = end
+        held = _latest_share(users, times, share)
         mask = np.zeros(n, dtype=bool)
         mask[held] = True
         return np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -142,12 +170,34 @@ def within_10pct(pred_ln: np.ndarray, true_ln: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - true) <= 0.1 * true)) if len(true) else float("nan")
 
 
+def pairwise_accuracy(pred: np.ndarray, y: np.ndarray, users: np.ndarray) -> float:
+    """Within-user pairwise accuracy: over all pairs of posts by the same user with different ``y``, the share
+    that ``pred`` orders the same way (tied predictions count half). NaN when there is no such pair. A
+    prediction constant per user (its history mean, with the history fixed) scores exactly 0.5."""
+    right, total = 0.0, 0
+    order = np.argsort(users, kind="mergesort")
+    us = users[order]
+    bounds = np.flatnonzero(np.r_[True, us[1:] != us[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b - a < 2:
+            continue
+        idx = order[a:b]
+        dy = np.sign(y[idx][:, None] - y[idx][None, :])          # (n, n)
+        dp = np.sign(pred[idx][:, None] - pred[idx][None, :])
+        upper = np.triu(np.ones_like(dy, dtype=bool), k=1) & (dy != 0)
+        total += int(upper.sum())
+        right += float(np.sum((dp == dy)[upper])) + 0.5 * float(np.sum((dp == 0)[upper]))
+    return right / total if total else float("nan")
+
+
 def metrics(pred: np.ndarray, y: np.ndarray, low: np.ndarray | None = None,
-            high: np.ndarray | None = None) -> dict[str, float]:
+            high: np.ndarray | None = None, users: np.ndarray | None = None) -> dict[str, float]:
     err = pred - y
     m = {"n": int(len(y)), "mae": float(np.mean(np.abs(err))) if len(y) else float("nan"),
          "mse": float(np.mean(err ** 2)) if len(y) else float("nan"),
          "within_10pct": within_10pct(pred, y), "spearman": spearman(pred, y)}
+    if users is not None:
+        m["pairwise"] = pairwise_accuracy(pred, y, users)
     if low is not None and high is not None:
         m["coverage_p10_p90"] = float(np.mean((y >= low) & (y <= high))) if len(y) else float("nan")
     return m
@@ -178,6 +228,9 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
     xs = [torch.from_numpy(inputs[k]) for k in names]
     xv = [torch.from_numpy(val_inputs[k]) for k in names]
     yt = torch.from_numpy(y.astype(np.float32))
+    # the training rows' image ridge score is its out-of-fold value (igcli.model.build_model)
+    oof = getattr(model, "ridge_oof", None)
+    oof = torch.from_numpy(oof) if oof is not None and len(oof) == len(y) else None
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(3, opts.patience // 3))
     best, best_state, since, epochs = float("inf"), None, 0, 0
@@ -188,7 +241,8 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, opts.batch_size):
             idx = perm[start:start + opts.batch_size]
-            loss = pinball_loss(model(*[x[idx] for x in xs]), yt[idx])
+            extra = {"ridge_override": oof[idx]} if oof is not None else {}
+            loss = pinball_loss(model(*[x[idx] for x in xs], **extra), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -210,6 +264,23 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress)
         model.load_state_dict(best_state)
     model.eval()
     return model, epochs, best
+
+
+COVERAGE_TARGET = 0.8          # p10-p90 should hold 80% of posts
+
+
+def interval_scale(pred: np.ndarray, y: np.ndarray, target: float = COVERAGE_TARGET) -> float:
+    """Factor c on the p10 / p90 distances from the median so that ``target`` of the rows fall inside:
+    the ``target``-quantile of each row's exceedance ((mid - y) / (mid - p10) below, (y - mid) / (p90 - mid)
+    above). Fitted on the validation part; 1.0 when there is none."""
+    if len(y) < 10:
+        return 1.0
+    low, mid, high = pred[:, 0], pred[:, 1], pred[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(y < mid, (mid - y) / (mid - low), (y - mid) / (high - mid))
+    e = e[np.isfinite(e)]
+    c = float(np.quantile(e, target)) if len(e) else 1.0
+    return c if np.isfinite(c) and c > 0 else 1.0
 
 
 def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndarray:
@@ -286,8 +357,30 @@ def _labelled(frame) -> tuple[np.ndarray, int]:
     return np.flatnonzero(has_likes & (frame.likes > 0)), zero
 
 
-def train_on_frame(frame, opts: TrainOptions, progress=None):
-    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices)."""
+def _with_test_features(sub, test: np.ndarray, score_features: Callable[[list[str]], object]):
+    """``sub`` with the test rows' feature columns replaced by what ``score`` computes for them (their own and
+    each other's likes hidden); targets, images and classes stay."""
+    fresh = score_features(sub.post_id[test].tolist())
+    pos = {pid: i for i, pid in enumerate(fresh.post_id)}
+    missing = [pid for pid in sub.post_id[test] if pid not in pos]
+    if missing:
+        raise FeatureMismatch(f"{len(missing)} held-out posts got no scoring features: run `igcli featurize`")
+    take = np.array([pos[pid] for pid in sub.post_id[test]], dtype=np.int64)
+    cols = {k: v.copy() for k, v in sub.cols.items()}
+    for k in cols:
+        cols[k][test] = fresh.cols[k][take]
+    from dataclasses import replace
+
+    return replace(sub, cols=cols)
+
+
+def train_on_frame(frame, opts: TrainOptions, progress=None,
+                   score_features: Callable[[list[str]], object] | None = None):
+    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices).
+
+    ``score_features(post_ids) -> Frame``: for ``warm-holdout``, the features ``igcli score`` computes for the
+    held-out test posts with their likes hidden (``warm_holdout_features``); without it the stored
+    features are used and the result says so (``test_features``)."""
     from igcli.families import DEFAULT_FAMILY_DEPTH
     from igcli.model import build_model
     from igcli.preprocess import Preprocessor
@@ -299,11 +392,20 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
         raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
     sub = frame.take(labelled)
     keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), opts.split, opts.seed)
+    if opts.split == "warm-holdout" and (len(test) == 0 or len(keep) == 0):
+        raise InputError("--split warm-holdout held out no posts (or every user): too few users in the store")
     part = sub.take(keep)
-    tr, va = split_indices(part.username, part.posted_at.astype("int64"), opts.split, opts.seed + 1, VAL_SHARE)
+    val_how = "user" if opts.split == "warm-holdout" else opts.split
+    tr, va = split_indices(part.username, part.posted_at.astype("int64"), val_how, opts.seed + 1, VAL_SHARE)
     train_idx, val_idx = keep[tr], keep[va]
+    test_features = "stored"
+    if opts.split == "warm-holdout" and score_features is not None:
+        sub = _with_test_features(sub, test, score_features)
+        test_features = "score"
     pre = Preprocessor.fit(sub.take(train_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH)
     inputs = pre.transform(sub)
+    if "objects" in inputs:
+        pre.objects_mean = inputs["objects"][train_idx].mean(axis=0).tolist()
     y = sub.ln_likes
 
     def rows(ix):
@@ -316,20 +418,26 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
 
     torch.manual_seed(opts.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, anchor_index=anchor,
-                        history_columns=history)
+                        history_columns=history, groups=sub.username[train_idx])
     timings["prepare_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     model, epochs, best_val = _fit(model, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress)
     timings["train_s"] = time.perf_counter() - t1
     timings["epochs"] = epochs
+    c = interval_scale(predict(model, rows(val_idx)), y[val_idx])
+    model.interval_scale.fill_(c)
+    timings["interval_scale"] = c
     pred = predict(model, rows(test))
     yt = y[test]
+    ut = sub.username[test]
     result = {
-        "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2]),
+        "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2], users=ut),
         "baselines": {
-            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt),
-            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt),
+            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt, users=ut),
+            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt,
+                                               users=ut),
         },
+        "test_features": test_features,
         "subsets": {},
         "n": (len(train_idx), len(val_idx), len(test)),
         "zero": zero,
@@ -338,9 +446,35 @@ def train_on_frame(frame, opts: TrainOptions, progress=None):
     }
     hist_known = np.isfinite(sub.cols["hist_mean"][test])
     for name, mask in (("with_history", hist_known), ("cold_start", ~hist_known)):
-        result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2])
+        result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2], users=ut[mask])
     result["family_effects"] = _family_effects(model, pre, inputs, test) if "objects" in opts.branches else []
     return model, pre, result, (sub, train_idx, val_idx, test, pred)
+
+
+def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, sources: dict):
+    """``score_features`` for ``train_on_frame``: the held-out posts' features exactly as ``igcli score``
+    computes them (``igcli.score.features_for_card``), with the likes of every held-out test post hidden, so
+    none sees its own or another test post's likes; their users' earlier posts keep theirs (the history).
+    Runs inside a transaction that is rolled back: the store is left as it was."""
+    from igcli.preprocess import load_frame
+    from igcli.score import features_for_card
+
+    def compute(post_ids: list[str]):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("igc_hide", pa.table({"post_id": pa.array(post_ids, pa.string())}))
+            # Changed after the last featurize, like a freshly ingested batch without likes.
+            con.execute("""UPDATE posts SET likes = NULL,
+                                  updated_at = (SELECT max(updated_at) FROM posts) + INTERVAL 1 SECOND
+                           WHERE post_id IN (SELECT post_id FROM igc_hide)""")
+            con.unregister("igc_hide")
+            features_for_card(con, {"feature_params": feature_params, "model_id": "warm-holdout"}, post_ids)
+            return load_frame(con, post_ids, sources.get("objects"), sources.get("aesthetics"),
+                              features_table="pf_new")
+        finally:
+            con.execute("ROLLBACK")
+
+    return compute
 
 
 def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
@@ -373,14 +507,19 @@ def train(
         sources = _choose_sources(con, opts, branches)
         frame = load_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
-        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress)
+        score_features = None
+        if opts.split == "warm-holdout":
+            score_features = warm_holdout_features(con, frame.feature_params, sources)
+        model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress,
+                                                                                score_features)
         res["timings"]["load_s"] = load_s
         random_init = any(s and s.get("random_init") for s in sources.values())
         leaky = bool(frame.feature_params.get("leaky_user_stats"))
         model_id = _model_id(branches, opts.split, opts.seed)
         run = RunResult(
             model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
-            res["subsets"], res["timings"], random_init, leaky, family_effects=res["family_effects"],
+            res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
+            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test),
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")

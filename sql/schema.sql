@@ -229,3 +229,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     scored_at           TIMESTAMP NOT NULL,
     PRIMARY KEY (post_id, model_id)
 );
+
+-- usual_likes: the model's prediction for this user's typical post at that time (content at the training mean);
+-- vs_usual = predicted / usual. Stores made before they existed gain the columns (NULL for older rows).
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS usual_likes DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS vs_usual DOUBLE;

@@ -143,9 +143,9 @@ def test_full_report_has_every_section_with_data(scored, full):
     assert {"likes", "posts-per-user", "predicted-vs-actual", "calibration", "history", "predicted-likes"} <= set(
         p.figures)
     assert {"images", "calibration", "history", "extremes-above", "extremes-below"} <= set(p.parts)
-    # one metadata-only run: no branch combinations, no object families; no vs_usual column yet
-    assert "ablation" not in p.parts and "families" not in p.parts and "vs-usual" not in p.figures
-    assert p.parts["extremes-above"]["data-kind"] == "predicted"     # the new posts carry no likes
+    # one metadata-only run: no branch combinations, no object families; score writes vs_usual
+    assert "ablation" not in p.parts and "families" not in p.parts and "vs-usual" in p.figures
+    assert p.parts["extremes-above"]["data-kind"] == "usual"
     assert "rejects" not in p.parts                                    # the sample file has no bad rows
     assert all(src.startswith("data:image/") for src in p.images) and len(p.images) > 8
     assert any(src.startswith("data:image/jpeg") for src in p.images), "no post thumbnail embedded"
@@ -259,8 +259,6 @@ def test_vs_usual_columns_drive_the_scores_section(scored, tmp_path: Path):
     furthest above and below their usual; without them it does not."""
     db = copy_db(scored, tmp_path)
     con = duckdb.connect(str(db))
-    con.execute("ALTER TABLE predictions ADD COLUMN usual_likes DOUBLE")
-    con.execute("ALTER TABLE predictions ADD COLUMN vs_usual DOUBLE")
     con.execute("UPDATE predictions SET usual_likes = predicted_likes / (0.5 + (hash(post_id) % 100) / 100.0)")
     con.execute("UPDATE predictions SET vs_usual = predicted_likes / usual_likes")
     top = con.execute("SELECT post_id FROM predictions ORDER BY vs_usual DESC, post_id DESC LIMIT 1").fetchall()[0][0]
@@ -283,6 +281,7 @@ def test_known_likes_rank_posts_against_their_prediction(scored, tmp_path: Path)
     con = duckdb.connect(str(db))
     con.execute("""UPDATE posts SET likes = 1 + (hash(post_id) % 5000)
                    WHERE post_id IN (SELECT post_id FROM predictions)""")
+    con.execute("UPDATE predictions SET usual_likes = NULL, vs_usual = NULL")   # as scored by an older igcli
     top = con.execute("""SELECT pr.post_id FROM predictions pr JOIN posts p USING (post_id)
                          ORDER BY p.likes / pr.predicted_likes DESC LIMIT 1""").fetchall()[0][0]
     con.close()

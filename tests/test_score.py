@@ -99,7 +99,7 @@ def test_output_file(trained_store, tmp_path: Path, suffix: str):
     r = score(trained_store["sample"] / "new_posts.csv", db, _opts(trained_store, out=out))
     table = pcsv.read_csv(out) if suffix == ".csv" else pq.read_table(out)
     assert table.column_names == ["post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes",
-                                  "p90_likes", "scored_at"]
+                                  "p90_likes", "scored_at", "usual_likes", "vs_usual"]
     assert table.num_rows == r.posts and r.out == str(out)
 
 
@@ -137,3 +137,91 @@ def test_cpu_provider_reported(trained_store, tmp_path: Path):
     r = score(trained_store["sample"] / "new_posts.csv", trained_store["db_copy"](tmp_path),
               _opts(trained_store, device="auto"))
     assert r.providers == ["CPUExecutionProvider"]
+
+
+def _rewrite_content(src: Path, dst: Path) -> None:
+    """The same posts with other captions, hashtags and mentions: content only."""
+    with open(src, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["caption"] = ("a much longer caption about something else entirely " * (1 + i % 4)).strip()
+        row["hashtags"] = " ".join(f"#tag{j}" for j in range(i % 7))
+        row["mentions"] = "@someone" if i % 2 else ""
+    with open(dst, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _usual(db: Path) -> dict[str, tuple[float, float, float]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {r[0]: r[1:] for r in con.execute(
+            "SELECT post_id, predicted_likes, usual_likes, vs_usual FROM predictions").fetchall()}
+    finally:
+        con.close()
+
+
+def test_usual_likes_do_not_move_with_content_but_vs_usual_does(trained_store, tmp_path: Path):
+    new = trained_store["sample"] / "new_posts.csv"
+    other = tmp_path / "other_content.csv"
+    _rewrite_content(new, other)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = score(new, trained_store["db_copy"](tmp_path / "a"), _opts(trained_store))
+    score(other, trained_store["db_copy"](tmp_path / "b"), _opts(trained_store, images_dir=new.parent))
+    a, b = _usual(tmp_path / "a" / "copy.duckdb"), _usual(tmp_path / "b" / "copy.duckdb")
+    assert a.keys() == b.keys()
+    for pid in a:
+        pred, usual, vs = a[pid]
+        assert vs == pytest.approx(pred / usual, rel=1e-9)
+        assert b[pid][1] == pytest.approx(usual, rel=1e-5)              # usual: content-free
+    moved = [pid for pid in a if abs(np.log(a[pid][2]) - np.log(b[pid][2])) > 1e-3]
+    assert len(moved) > 0.8 * len(a)                                    # vs_usual follows the content
+    assert r.above_usual and r.below_usual
+    assert r.above_usual[0]["vs_usual"] >= r.below_usual[0]["vs_usual"]
+    assert r.above_usual[0]["vs_usual"] == pytest.approx(max(v[2] for v in a.values()), rel=1e-2)
+
+
+def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
+    import torch
+
+    from igcli.export import _scaling
+    from igcli.model import build_model
+    from igcli.preprocess import Preprocessor
+    from igcli.score import usual_log_likes
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = 64
+    names = ["hist_n", "hist_mean", "followers", "caption_len", "n_hashtags", "n_mentions", "hashtag_weight",
+             "brightness", "days_since_prev"]
+    pre = Preprocessor(numeric=[(c, "none") for c in names], categories={})
+    inputs = {"meta": rng.normal(size=(n, 12)).astype(np.float32),
+              "aesthetics": rng.normal(size=(n, 20)).astype(np.float32),
+              "aesthetics_mask": np.ones((n, 1), np.float32)}
+    inputs["meta"][:8, 1] = np.nan                                         # 8 cold-start posts
+    y = rng.normal(8, 1, size=n) + inputs["aesthetics"][:, 0]
+    model = build_model(("metadata", "aesthetics"), inputs, y, anchor_index=1).eval()
+    with torch.no_grad():                                                 # an untrained head outputs zeros
+        for p in model.head.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+
+    def predict(x):
+        with torch.inference_mode():
+            return model(*[torch.from_numpy(x[k]) for k in model.input_names]).numpy()
+
+    card = {"scaling": _scaling(model)}
+    other = dict(inputs, aesthetics=rng.normal(size=(n, 20)).astype(np.float32))
+    other["meta"] = inputs["meta"].copy()
+    other["meta"][:, 3:8] += 5.0                                          # caption, tags, brightness
+    u1, u2 = usual_log_likes(card, pre, inputs, predict), usual_log_likes(card, pre, other, predict)
+    np.testing.assert_allclose(u1, u2, rtol=1e-6)
+    assert np.abs(predict(inputs)[:, 1] - predict(other)[:, 1]).min() > 1e-4
+    with torch.no_grad():                                                 # cold start: the prior itself
+        z = model.branches["metadata"].norm(torch.from_numpy(pre.usual_inputs(inputs)["meta"][:8]))
+        want = (z @ model.prior_w + model.prior_b).numpy()
+    np.testing.assert_allclose(u1[:8], want, rtol=1e-5, atol=1e-5)
+    changed = inputs["meta"].copy()
+    changed[:, 2] += 3.0                                                  # followers: not content
+    assert np.abs(usual_log_likes(card, pre, dict(inputs, meta=changed), predict) - u1).max() > 1e-4

@@ -42,6 +42,9 @@ def test_card_names_backbones_and_random_init(image_model):
     assert [i["name"] for i in card["inputs"]] == ["meta", "objects", "objects_mask", "aesthetics",
                                                    "aesthetics_mask"]
     assert card["preprocess"]["families"][-1] == "other" and card["preprocess"]["embedding_dim"] > 0
+    img = card["image_inputs"]                  # the fixed PCA + ridge layers of the graph
+    assert img["embedding_dim"] == card["preprocess"]["embedding_dim"] and 0 < img["pca_components"] <= 32
+    assert len(card["preprocess"]["objects_mean"]) == len(card["preprocess"]["families"])   # for usual_likes
 
 
 def test_scoring_runs_missing_backbones_and_masks_posts_without_image(image_model, tmp_path: Path):
