@@ -248,6 +248,7 @@ def test_stored_optional_feature_columns_are_used_when_present(trained_store, tm
     db = trained_store["db_copy"](tmp_path)
     con = store.connect(db)
     monkeypatch.setattr(features, "CAPTION_FEATURES", ("n_words",), raising=False)
+    con.execute("ALTER TABLE post_features DROP COLUMN IF EXISTS n_words")  # a store featurized before it existed
     pre_without = Preprocessor.fit(load_frame(con), ("metadata",))
     assert "n_words" not in pre_without.meta_names()                   # not in the store yet: left out
     con.execute("ALTER TABLE post_features ADD COLUMN n_words BIGINT")
