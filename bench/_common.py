@@ -30,8 +30,10 @@ def shown(path: Path | str) -> str:
     return str(path)
 
 
-def run_child(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
-    """Run ``python args...``; returns (wall seconds, peak RSS of that child in MiB, stdout). Raises on failure.
+def run_child_usage(args: list[str], env: dict | None = None,
+                    cwd: Path | None = None) -> tuple[float, float, float, str]:
+    """Run ``python args...``; returns (wall seconds, CPU seconds, peak RSS in MiB, stdout) of that child.
+    Raises on failure.
 
     Output goes to temporary files and the child is reaped with ``os.wait4``, whose rusage is the child's own.
     """
@@ -49,7 +51,13 @@ def run_child(args: list[str], env: dict | None = None, cwd: Path | None = None)
         stdout, stderr = out.read(), err.read()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, stdout
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stdout
+
+
+def run_child(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
+    """Run ``python args...``; returns (wall seconds, peak RSS of that child in MiB, stdout). Raises on failure."""
+    seconds, _, rss, stdout = run_child_usage(args, env, cwd)
+    return seconds, rss, stdout
 
 
 def median(xs: list[float]) -> float:

@@ -19,11 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, print_table, write_json  # noqa: E402
+from _common import median, print_table, run_child_usage, write_json  # noqa: E402
 
 DUCKDB = """
 import sys, duckdb
@@ -42,20 +41,10 @@ print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected)
 
 
 def run(code: str, *args: str) -> tuple[float, float, float, list[int]]:
-    """(wall s, CPU s, peak RSS MiB, RESULT numbers) of one fresh child process, reaped with wait4."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode:
-        raise RuntimeError(f"child failed ({proc.returncode}):\n{stderr[-2000:]}")
+    """(wall s, CPU s, peak RSS MiB, RESULT numbers) of one fresh child process."""
+    wall, cpu, rss, stdout = run_child_usage(["-c", code, *args])
     res = next(line.split()[1:] for line in stdout.splitlines() if line.startswith("RESULT "))
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, [int(x) for x in res]
+    return wall, cpu, rss, [int(x) for x in res]
 
 
 def make_csv(tmp: Path, rows: int, users: int) -> Path:
