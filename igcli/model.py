@@ -202,9 +202,10 @@ def ridge_fit(z: np.ndarray, r: np.ndarray, alpha: float = RIDGE_ALPHA) -> tuple
 def ridge_out_of_fold(z: np.ndarray, r: np.ndarray, groups: np.ndarray, folds: int = RIDGE_FOLDS,
                       alpha: float = RIDGE_ALPHA) -> np.ndarray:
     """Each row's ridge score from a fit on the other folds; folds are whole groups (users)."""
-    import hashlib
+    from igcli.util import stable_bucket
 
-    fold = np.array([int(hashlib.sha256(str(g).encode()).hexdigest(), 16) % folds for g in groups])
+    names, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)  # hash each group once
+    fold = np.array([stable_bucket(g, folds) for g in names], dtype=np.int64)[inverse]
     out = np.zeros(len(r), np.float32)
     for f in range(folds):
         held = fold == f

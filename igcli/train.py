@@ -86,10 +86,9 @@ class RunResult:
 
 def held_out_user(username: str, seed: int) -> bool:
     """Warm-holdout membership: a stable hash of (seed, user), the same on every machine and run."""
-    import hashlib
+    from igcli.util import stable_bucket
 
-    digest = hashlib.sha256(f"{seed}|{username}".encode()).hexdigest()
-    return int(digest, 16) % 1000 < HOLDOUT_PER_MILLE
+    return stable_bucket(f"{seed}|{username}", 1000) < HOLDOUT_PER_MILLE
 
 
 def _latest_share(users: np.ndarray, times: np.ndarray, share: float, only: np.ndarray | None = None) -> np.ndarray:

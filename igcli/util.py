@@ -13,3 +13,8 @@ def sha256_file(path: Path | str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def stable_bucket(text: str, buckets: int) -> int:
+    """A bucket in [0, buckets) from the sha256 of ``text``: the same on every machine, run and Python."""
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % buckets
