@@ -315,8 +315,15 @@ def run_group(
     progress: Progress | None = None,
 ) -> list[BackboneRun]:
     """The local engine for one backbone group: ``plan_group``, then decode threads and one runner in
-    this process, each batch committed as it is done; one forward pass per image serves every role."""
-    from igcli.runtime import open_runner
+    this process; one forward pass per image serves every role.
+
+    Three things overlap: decode threads work a few batches ahead (they start before the onnxruntime
+    session opens), the main thread runs the model, and one writer thread commits each batch (its own
+    transaction) while the model runs on the next. At most one batch waits to be written, so an
+    interrupted run loses at most the batches not yet committed and resumes from there."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from igcli.runtime import open_runner, start_session
 
     plan = plan_group(con, group, options)
     runs, pending = plan.runs, plan.pending
@@ -324,26 +331,53 @@ def run_group(
         progress(plan.stage, 0, len(pending))
     if not pending:
         return list(runs.values())  # nothing to do: the model is not even loaded
-    runner = open_runner(group, resolve_device(options.device), options.runtime, options.quantize, options.threads)
-    for run in runs.values():
-        run.device, run.exported = runner.provider, runner.exported
+    device = resolve_device(options.device)
+    runner = open_runner(group, device, options.runtime, options.quantize, options.threads, session=False)
     sha256s = [sha for sha, _ in pending]
-    t0 = time.perf_counter()
-    done = 0
-    for x, reasons in decoded_batches([p for _, p in pending], sha256s, runner, options.batch_size, options.workers):
-        shas = sha256s[done:done + len(reasons)]
-        ok = [i for i, why in enumerate(reasons) if not why]
-        graph = runner.infer(x[ok] if len(ok) < len(reasons) else x) if ok else None  # x: (B, H, W, 3) uint8
-        with store.transaction(con):
-            store_rows(con, plan, shas, reasons, runner.post(graph) if ok else {}, store.utcnow())
-        store.fault_point("backbone.after_batch")
-        done += len(reasons)
-        seconds = time.perf_counter() - t0
+    batches = decoded_batches([p for _, p in pending], sha256s, runner, options.batch_size, options.workers)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-write")
+    try:
+        if runner.runtime == "onnxruntime":
+            start_session(runner, device, options.threads)
         for run in runs.values():
-            run.seconds = seconds
-            run.images_per_s = done / seconds if seconds > 0 else 0.0
-        if progress:
-            progress(plan.stage, done, len(pending))
+            run.device, run.exported = runner.provider, runner.exported
+
+        def write(shas: list[str], reasons: list[str], outputs: dict) -> None:
+            with store.transaction(con):
+                store_rows(con, plan, shas, reasons, outputs, store.utcnow())
+            store.fault_point("backbone.after_batch")
+
+        t0 = time.perf_counter()
+        done = 0
+        last = None  # (future, batch size) of the batch being written
+
+        def committed() -> None:
+            nonlocal done
+            future, n = last
+            future.result()  # the writer's error, if any, stops the run here
+            done += n
+            seconds = time.perf_counter() - t0
+            for run in runs.values():
+                run.seconds = seconds
+                run.images_per_s = done / seconds if seconds > 0 else 0.0
+            if progress:
+                progress(plan.stage, done, len(pending))
+
+        start = 0
+        for x, reasons in batches:
+            shas = sha256s[start:start + len(reasons)]
+            start += len(reasons)
+            ok = [i for i, why in enumerate(reasons) if not why]
+            graph = runner.infer(x[ok] if len(ok) < len(reasons) else x) if ok else None  # x: (B, H, W, 3) uint8
+            outputs = runner.post(graph) if ok else {}
+            if last is not None:
+                committed()
+            last = (writer.submit(write, shas, reasons, outputs), len(reasons))
+        if last is not None:
+            committed()
+    finally:
+        batches.close()
+        writer.shutdown(wait=True)
     return list(runs.values())
 
 
@@ -374,54 +408,82 @@ def decoded_batches(
     batch_size: int = 32,
     workers: int = 2,
     prefetch: int = 2,
-):
-    """Yield ``(x, reasons)`` per batch, in order: x (B, H, W, 3) uint8 for ``runner`` (its ``prepare`` and
-    ``input_size``), reasons[i] "" or why image i could not be used (its x is zeros).
+) -> DecodedBatches:
+    """Batches ``(x, reasons)``, in order: x (B, H, W, 3) uint8 for ``runner`` (its ``prepare`` and
+    ``input_size``; the runner needs no session yet), reasons[i] "" or why image i could not be used (its
+    x is zeros).
 
-    ``workers`` threads decode and resize up to ``prefetch`` batches ahead, while the caller runs the
-    model on the current one (PIL and onnxruntime release the GIL). With ``sha256s`` a file whose content
-    no longer matches its ingested hash is refused, so a row is never stored under the wrong image.
+    ``workers`` threads start decoding and resizing at once, up to ``prefetch`` batches ahead of the
+    consumer, while it runs the model on the current one (PIL and onnxruntime release the GIL). With
+    ``sha256s`` a file whose content no longer matches its ingested hash is refused, so a row is never
+    stored under the wrong image. Iterate it once; ``close()`` (also a context manager) stops the threads.
     """
-    import numpy as np
+    return DecodedBatches(paths, sha256s, runner, batch_size, workers, prefetch)
 
-    h, w = runner.input_size
-    min_side = math.ceil(max(h, w) / runner.data_config.get("crop_pct", 1.0))
-    prepare = runner.prepare
 
-    def one(i: int) -> tuple[np.ndarray | None, str]:
-        return decode_image(paths[i], sha256s[i] if sha256s is not None else None, prepare, min_side)
+class DecodedBatches:
+    """The iterator ``decoded_batches`` returns; see there."""
 
-    def collect(results: list[tuple[np.ndarray | None, str]]):
-        x = np.zeros((len(results), h, w, 3), dtype=np.uint8)
+    def __init__(self, paths: list[str], sha256s: list[str] | None, runner: Any, batch_size: int,
+                 workers: int, prefetch: int) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._paths, self._sha256s = paths, sha256s
+        self._h, self._w = runner.input_size
+        self._min_side = math.ceil(max(self._h, self._w) / runner.data_config.get("crop_pct", 1.0))
+        self._prepare = runner.prepare
+        self._batch = batch_size
+        self._starts = iter(range(0, len(paths), batch_size))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="igcli-decode") if workers > 0 else None
+        self._queue: deque = deque()
+        if self._pool is not None:
+            for _ in range(prefetch + 1):
+                if not self._submit():
+                    break
+
+    def _one(self, i: int):
+        sha = self._sha256s[i] if self._sha256s is not None else None
+        return decode_image(self._paths[i], sha, self._prepare, self._min_side)
+
+    def _submit(self) -> bool:
+        s = next(self._starts, None)
+        if s is None:
+            return False
+        self._queue.append([self._pool.submit(self._one, i) for i in range(s, min(s + self._batch, len(self._paths)))])
+        return True
+
+    def _collect(self, results: list):
+        import numpy as np
+
+        x = np.zeros((len(results), self._h, self._w, 3), dtype=np.uint8)
         for j, (arr, _) in enumerate(results):
             if arr is not None:
                 x[j] = arr
         return x, [why for _, why in results]
 
-    starts = range(0, len(paths), batch_size)
-    if workers <= 0:
-        for s in starts:
-            yield collect([one(i) for i in range(s, min(s + batch_size, len(paths)))])
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    def __iter__(self):
+        try:
+            if self._pool is None:
+                for s in self._starts:
+                    yield self._collect([self._one(i) for i in range(s, min(s + self._batch, len(self._paths)))])
+                return
+            while self._queue:
+                futures = self._queue.popleft()
+                self._submit()
+                yield self._collect([f.result() for f in futures])
+        finally:
+            self.close()
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="igcli-decode")
-    queue: deque = deque()
-    todo = iter(starts)
-    try:
-        for s in todo:
-            queue.append([pool.submit(one, i) for i in range(s, min(s + batch_size, len(paths)))])
-            if len(queue) > prefetch:
-                break
-        while queue:
-            futures = queue.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                queue.append([pool.submit(one, i) for i in range(nxt, min(nxt + batch_size, len(paths)))])
-            yield collect([f.result() for f in futures])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> DecodedBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def decode_image(path: str, sha256: str | None, prepare: Callable, min_side: int | None = None):

@@ -161,6 +161,54 @@ def test_resume_after_interruption(con):
         5 * UNIQUE_OK, 5 * UNIQUE_OK)
 
 
+def test_a_failed_write_stops_the_run_and_keeps_the_batches_committed_before_it(con, monkeypatch):
+    """Batches are written by a writer thread while the model runs on the next one: its error reaches the
+    caller, the batches committed before it stay, nothing of the failed batch is stored, a rerun finishes."""
+    import igcli.imagefeatures as imf
+
+    real, calls = imf.store_rows, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imf, "store_rows", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        featurize_images(con, tiny())
+    assert len(calls) == 2  # the run stopped at the failed batch
+    assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (4, 20)
+    monkeypatch.setattr(imf, "store_rows", real)
+    assert featurize_images(con, tiny()).backbones[0].images_run == UNIQUE_OK - 4
+    assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (UNIQUE_OK, 5 * UNIQUE_OK)
+
+
+def test_decoding_starts_before_the_first_batch_is_asked_for(tmp_path):
+    """decoded_batches starts its threads at once (featurize opens the onnxruntime session meanwhile)."""
+    import threading
+    from types import SimpleNamespace
+
+    from igcli.imagefeatures import decoded_batches
+
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        _image(Path(paths[-1]), seed=i)
+    started = threading.Event()
+
+    def prepare(img):
+        started.set()
+        return np.asarray(img.resize((8, 8)), dtype=np.uint8)
+
+    runner = SimpleNamespace(input_size=(8, 8), data_config={}, prepare=prepare)
+    batches = decoded_batches(paths, None, runner, batch_size=2, workers=2)
+    assert started.wait(timeout=30)  # before any iteration
+    got = list(batches)
+    assert [x.shape for x, _ in got] == [(2, 8, 8, 3)] * 3 and all(r == ["", ""] for _, r in got)
+    batches.close()  # closing twice (iteration already closed it) is harmless
+
+
 def test_image_that_fails_to_decode_is_recorded_not_fatal(con):
     (path, old_sha), = q(con, "SELECT path, sha256 FROM images WHERE path LIKE '%p3.jpg'")
     garbage = b"\xff\xd8\xff\xe0 garbage that no decoder accepts"
