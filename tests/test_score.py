@@ -187,7 +187,7 @@ def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
     import torch
 
     from igcli.export import _scaling
-    from igcli.model import build_model
+    from igcli.model import Ensemble, build_model
     from igcli.preprocess import Preprocessor
     from igcli.score import usual_log_likes
 
@@ -202,9 +202,10 @@ def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
               "aesthetics_mask": np.ones((n, 1), np.float32)}
     inputs["meta"][:8, 1] = np.nan                                         # 8 cold-start posts
     y = rng.normal(8, 1, size=n) + inputs["aesthetics"][:, 0]
-    model = build_model(("metadata", "aesthetics"), inputs, y, anchor_index=1).eval()
+    inputs["meta"][0, 2] = 50.0                      # far outside the training scale: clipped in the graph
+    model = Ensemble([build_model(("metadata", "aesthetics"), inputs, y, anchor_index=1)]).eval()
     with torch.no_grad():                                                 # an untrained head outputs zeros
-        for p in model.head.parameters():
+        for p in model.members[0].head.parameters():
             p.add_(torch.randn_like(p) * 0.3)
 
     def predict(x):
@@ -219,9 +220,13 @@ def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
     np.testing.assert_allclose(u1, u2, rtol=1e-6)
     assert np.abs(predict(inputs)[:, 1] - predict(other)[:, 1]).min() > 1e-4
     with torch.no_grad():                                                 # cold start: the prior itself
-        z = model.branches["metadata"].norm(torch.from_numpy(pre.usual_inputs(inputs)["meta"][:8]))
+        neutral = torch.from_numpy(pre.usual_inputs(inputs)["meta"][:8])
+        z = model.branches["metadata"].norm(neutral)
         want = (z @ model.prior_w + model.prior_b).numpy()
+        graph = model.anchor(neutral)[:, 0].numpy()               # the graph's own anchor (what p50 corrects)
     np.testing.assert_allclose(u1[:8], want, rtol=1e-5, atol=1e-5)
+    assert float(z[0, 2]) == pytest.approx(6.0)                          # the clip is in both
+    np.testing.assert_allclose(u1[:8], graph, rtol=1e-5, atol=1e-5)
     changed = inputs["meta"].copy()
     changed[:, 2] += 3.0                                                  # followers: not content
     assert np.abs(usual_log_likes(card, pre, dict(inputs, meta=changed), predict) - u1).max() > 1e-4

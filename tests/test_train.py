@@ -178,6 +178,8 @@ def test_warm_holdout_train_records_it(trained_store, tmp_path):
     run = train(trained_store["db_copy"](tmp_path), TrainOptions(split="warm-holdout", epochs=20, export=False))
     assert run.split == "warm-holdout" and run.test_features == "score" and run.n_test > 0
     assert "pairwise" in run.metrics
+    # every held-out test post has its user's history: no (empty) cold-start subset is reported
+    assert list(run.subsets) == ["with_history"] and run.subsets["with_history"]["n"] == run.n_test
 
 
 def _with_embedding(frame, dim=12, seed=0):
@@ -237,7 +239,26 @@ def test_interval_scale_reaches_the_target_coverage_on_the_rows_it_saw():
 def test_interval_scale_is_in_the_model_and_the_card(trained_store):
     card = json.loads((trained_store["exports"] / trained_store["run"].model_id / "model_card.json").read_text())
     c = card["scaling"]["interval_scale"]
-    assert c > 0 and c == pytest.approx(trained_store["run"].timings["interval_scale"])
+    timings = trained_store["run"].timings
+    assert c["with_history"] > 0 and c["with_history"] == pytest.approx(timings["interval_scale"])
+    assert c["cold_start"] > 0 and c["cold_start"] == pytest.approx(timings["interval_scale_cold"])
+
+
+def test_segment_scales_calibrate_warm_and_cold_rows_apart():
+    from igcli.train import MIN_SEGMENT_ROWS, interval_scale, segment_scales
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    cold = np.arange(n) < 300
+    y = rng.normal(size=n) * np.where(cold, 3.0, 1.0)                   # cold posts: 3x the spread
+    pred = np.stack([-np.ones(n), np.zeros(n), np.ones(n)], axis=1)
+    warm_c, cold_c = segment_scales(pred, y, cold)
+    for rows, c in ((~cold, warm_c), (cold, cold_c)):
+        assert np.mean(np.abs(y[rows]) <= c) == pytest.approx(0.8, abs=0.02)
+    assert cold_c > 2 * warm_c
+    few = np.arange(n) < MIN_SEGMENT_ROWS - 1                             # too few cold rows: the overall one
+    assert segment_scales(pred, y, few)[1] == pytest.approx(interval_scale(pred, y))
+    assert segment_scales(pred, y, few)[1] != pytest.approx(interval_scale(pred[few], y[few]))
 
 
 def test_stored_optional_feature_columns_are_used_when_present(trained_store, tmp_path, monkeypatch):
