@@ -230,3 +230,28 @@ def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
     changed = inputs["meta"].copy()
     changed[:, 2] += 3.0                                                  # followers: not content
     assert np.abs(usual_log_likes(card, pre, dict(inputs, meta=changed), predict) - u1).max() > 1e-4
+
+
+def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
+    """The card's preprocessing (with the rel_* inputs) + the ONNX ensemble give, for the run's test posts,
+    the p50 / p10 / p90 that training computed with torch (test_part.parquet)."""
+    import pyarrow.parquet as pq
+
+    from igcli import store
+    from igcli.export import load_card
+    from igcli.preprocess import Preprocessor, load_frame
+    from igcli.score import make_session, run_session
+
+    model_dir = trained_store["exports"] / trained_store["run"].model_id
+    card = load_card(model_dir)
+    part = pq.read_table(model_dir / "test_part.parquet").to_pydict()
+    pre = Preprocessor.from_card(card)
+    assert any(n.startswith("rel_") for n in pre.meta_names()) and card["scaling"]["ensemble"] == 2
+    con = store.connect(trained_store["db"], read_only=True)
+    frame = load_frame(con, part["post_id"])
+    con.close()
+    got = run_session(make_session(model_dir / "model.onnx", "cpu"), pre.transform(frame))
+    pos = {p: i for i, p in enumerate(frame.post_id)}
+    rows = [pos[p] for p in part["post_id"]]
+    for j, key in enumerate(("p10", "p50", "p90")):
+        np.testing.assert_allclose(got[rows, j], np.asarray(part[key]), rtol=1e-5, atol=1e-4)
