@@ -248,8 +248,8 @@ def test_segment_scales_calibrate_warm_and_cold_rows_apart():
     from igcli.train import MIN_SEGMENT_ROWS, interval_scale, segment_scales
 
     rng = np.random.default_rng(1)
-    n = 2000
-    cold = np.arange(n) < 300
+    n = 4000
+    cold = np.arange(n) < MIN_SEGMENT_ROWS + 100
     y = rng.normal(size=n) * np.where(cold, 3.0, 1.0)                   # cold posts: 3x the spread
     pred = np.stack([-np.ones(n), np.zeros(n), np.ones(n)], axis=1)
     warm_c, cold_c = segment_scales(pred, y, cold)
