@@ -107,7 +107,8 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
     db = tmp_path / "s.duckdb"
     shutil.copy(pipeline["db"], db)
     ex = tmp_path / "ex"
-    ok("train", "--db", str(db), "--branches", "metadata,objects,aesthetics", "--exports", str(ex), "--epochs", "10")
+    ok("train", "--db", str(db), "--branches", "metadata,objects,aesthetics", "--exports", str(ex), "--epochs", "10",
+       "--ensemble", "1")
     # the new posts have no precomputed classes: scored with the objects branch masked, and counted
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)

@@ -141,5 +141,5 @@ def test_failed_export_leaves_no_directory(trained_store, tmp_path: Path, monkey
     monkeypatch.setattr(export, "check_parity", broken)
     exports = tmp_path / "exports"
     with pytest.raises(ModelError, match="parity"):
-        train(trained_store["db_copy"](tmp_path), TrainOptions(epochs=2, exports_dir=exports))
+        train(trained_store["db_copy"](tmp_path), TrainOptions(epochs=2, ensemble=1, exports_dir=exports))
     assert list(exports.iterdir()) == []
