@@ -213,8 +213,14 @@ def lightgbm_run(sub, train_idx, val_idx, test, with_objects: bool, seed: int) -
     out = {"all": metrics(pred[0.5], yt, pred[0.1], pred[0.9], users=ut)}
     hist = np.isfinite(sub.cols["hist_mean"][test])
     for name, mask in (("with_history", hist), ("cold_start", ~hist)):
-        out[name] = metrics(pred[0.5][mask], yt[mask], pred[0.1][mask], pred[0.9][mask], users=ut[mask])
+        if mask.any():                                     # no row for an empty subset
+            out[name] = metrics(pred[0.5][mask], yt[mask], pred[0.1][mask], pred[0.9][mask], users=ut[mask])
     return out
+
+
+def subset_values(runs: list, subset: str) -> list[dict[str, float]]:
+    """The metrics of ``subset`` in each run that had posts in it (``train`` leaves empty subsets out)."""
+    return [r.subsets[subset] for r in runs if r.subsets.get(subset, {}).get("n")]
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -388,15 +394,18 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
                     add(other, name, lgbm["all"], "same rows, inputs", seconds)
                     if not with_objects:
                         for subset, label in (("with_history", "with history"), ("cold_start", "cold start")):
-                            add(other, f"  LightGBM meta+quality: {label}", lgbm[subset], "subset of test")
+                            if subset in lgbm:
+                                add(other, f"  LightGBM meta+quality: {label}", lgbm[subset], "subset of test")
                     log(f"{split} seed {seed} {name:<30} MAE {lgbm['all']['mae']:.4f} ({seconds:.1f} s)")
             if not combos:
                 continue
             ranked = sorted(combos.values(), key=lambda r: r.mean("mae"))
             best = ranked[0].model
             for subset, label in (("with_history", "with history"), ("cold_start", "cold start")):
-                other[f"  best ({best}): {label}"] = Row(split, f"  best ({best}): {label}",
-                                                          [r.subsets[subset] for r in runs[best]], "subset of test")
+                values = subset_values(runs[best], subset)
+                if values:                                 # no row for a subset no seed had a post in
+                    other[f"  best ({best}): {label}"] = Row(split, f"  best ({best}): {label}", values,
+                                                              "subset of test")
             order = ["baseline: training mean", "baseline: user mean, earlier posts (PIT)",
                      "reference: user mean, all train posts", f"  best ({best}): with history",
                      f"  best ({best}): cold start", "LightGBM l1: meta+quality",

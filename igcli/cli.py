@@ -326,7 +326,9 @@ def train(
              "stable hash; their first two thirds are history, their last third is scored as `igcli score` "
              "would (likes hidden); training on the other users only.")] = "random",
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 300,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 200,
+    ensemble: Annotated[int, typer.Option(
+        help="Models trained with different seeds and averaged in the exported graph.")] = 2,
     family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families [default: 7].")] = None,
     objects_source: Annotated[str | None, typer.Option(
         help="'precomputed' or a classifier name [default: the source covering most posts].")] = None,
@@ -346,8 +348,8 @@ def train(
     from igcli.train import train as run_train
 
     opts = TrainOptions(branches=tuple(b.strip() for b in branches.split(",") if b.strip()), split=split,
-                        seed=seed, epochs=epochs, family_depth=family_depth, objects_source=objects_source,
-                        aesthetics_source=aesthetics_source, exports_dir=exports)
+                        seed=seed, epochs=epochs, ensemble=ensemble, family_depth=family_depth,
+                        objects_source=objects_source, aesthetics_source=aesthetics_source, exports_dir=exports)
     with _Bars(unit="epochs/s") as bars:
         if all_combinations:
             ab = train_all_combinations(db, opts, progress=bars)
@@ -381,12 +383,13 @@ def train(
             out.print(ft)
             break
     if first:
-        sub = first.subsets
-        out.print(f"test posts with history: MAE {sub['with_history']['mae']:.3f} ({sub['with_history']['n']:,}); "
-                  f"cold start: MAE {sub['cold_start']['mae']:.3f} ({sub['cold_start']['n']:,}); "
-                  f"{first.zero_likes_excluded} posts with 0 likes left out")
+        parts = [f"{label}: MAE {m['mae']:.3f} ({m['n']:,})" for key, label in
+                 (("with_history", "test posts with history"), ("cold_start", "cold start"))
+                 if (m := first.subsets.get(key))]
+        out.print("; ".join([*parts, f"{first.zero_likes_excluded} posts with 0 likes left out"]))
     for r in runs:
-        out.print(f"model {r.model_id} → {r.export_dir}  ({r.timings['train_s']:.1f}s, {r.timings['epochs']} epochs)")
+        out.print(f"model {r.model_id} → {r.export_dir}  ({r.timings['train_s']:.1f}s, "
+                  f"{r.timings['epochs']} epochs over {r.timings.get('members', 1)} ensemble members)")
 
 
 # -------------------------------------------------------------------------------------------- score

@@ -95,8 +95,12 @@ def check_parity(model, path: Path, seed: int = 1234) -> dict[str, float]:
 
 
 def _scaling(model) -> dict:
+    from igcli.model import CLIP
+
+    scale = model.interval_scale.tolist()    # p10/p90 widening, calibrated on validation, per segment
     out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std),
-           "interval_scale": float(model.interval_scale)}   # p10/p90 widening, calibrated on validation
+           "interval_scale": {"with_history": scale[0], "cold_start": scale[1]},
+           "ensemble": len(model.members), "clip": CLIP}
     for b in model.names:
         norm = getattr(model.branches[b], "norm", None)
         if norm is not None:

@@ -17,17 +17,23 @@ QUANTILES = (0.1, 0.5, 0.9)
 BRANCH_ORDER = ("metadata", "objects", "aesthetics")
 
 
-class Standardize(nn.Module):
-    """NaN -> training mean, then (x - mean) / std; constants fitted on the training part."""
+CLIP = 6.0          # standardised inputs are clipped to +-CLIP: one extreme value can't dominate the head
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray):
+
+class Standardize(nn.Module):
+    """NaN -> training mean, then (x - mean) / std (clipped to +-``clip`` when given); constants fitted on the
+    training part."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float | None = None):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.clip = clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.where(torch.isnan(x), self.mean.expand_as(x), x)
-        return (x - self.mean) / self.std
+        z = (x - self.mean) / self.std
+        return z.clamp(-self.clip, self.clip) if self.clip is not None else z
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequential:
@@ -35,17 +41,18 @@ def _mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequential:
 
 
 class MetadataBranch(nn.Module):
+    """The metadata inputs, standardised and clipped: the shared head does the learning (a wide linear skip
+    plus an MLP over all branches' features at once, which beat a per-branch MLP on the warm holdout)."""
+
     input_names = ("meta",)
 
-    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, width: int = 128, dropout: float = 0.1):
+    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray):
         super().__init__()
-        self.norm = Standardize(mean, std)
-        self.net = _mlp(n_in, width, 64, dropout)
-        self.out_dim = 64 + n_in  # the scaled inputs pass through too: a linear path for strong features
+        self.norm = Standardize(mean, std, clip=CLIP)
+        self.out_dim = n_in
 
-    def forward(self, meta: torch.Tensor) -> torch.Tensor:  # (B, n_meta) -> (B, out_dim)
-        z = self.norm(meta)
-        return torch.cat([self.net(z), z], dim=1)
+    def forward(self, meta: torch.Tensor) -> torch.Tensor:  # (B, n_meta) -> (B, n_meta)
+        return self.norm(meta)
 
 
 class ObjectsBranch(nn.Module):
@@ -65,18 +72,20 @@ class ObjectsBranch(nn.Module):
 
 
 class AestheticsBranch(nn.Module):
-    """The stored (frozen) image embedding -> fixed projections fitted on the training rows -> a small head.
+    """The stored (frozen) image embedding -> fixed projections fitted on the training rows.
 
     The projections are constants of the graph, so ``score`` feeds the raw embedding: the top principal
     components of the standardised embedding (``proj``, (D, k)) and a ridge score of the user-relative target
-    (``ridge_w``, ``ridge_b``). During training the ridge score of the training rows is replaced by its
-    out-of-fold value (``ridge_override``), so the head does not learn to trust a score fitted on its own
-    targets. Masked to zero for posts without an embedding."""
+    (``ridge_w``, ``ridge_b``), then standardised like the other head inputs (``out``: training moments of the
+    components and of the out-of-fold ridge score) and clipped. During training the ridge score of the
+    training rows is replaced by its out-of-fold value (``ridge_override``), so the head does not learn to
+    trust a score fitted on its own targets. Masked to zero for posts without an embedding."""
 
     input_names = ("aesthetics", "aesthetics_mask")
 
-    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, dropout: float = 0.2,
-                 proj: np.ndarray | None = None, ridge: tuple[np.ndarray, float] | None = None):
+    def __init__(self, n_in: int, mean: np.ndarray, std: np.ndarray, proj: np.ndarray | None = None,
+                 ridge: tuple[np.ndarray, float] | None = None,
+                 out_moments: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         self.norm = Standardize(mean, std)
         proj = np.zeros((n_in, 0), np.float32) if proj is None else proj
@@ -85,8 +94,9 @@ class AestheticsBranch(nn.Module):
         self.register_buffer("ridge_w", torch.as_tensor(np.asarray(w, np.float32))[:, None])  # (D, 1)
         self.register_buffer("ridge_b", torch.tensor(float(b)))
         k = self.proj.shape[1] + 1
-        self.net = _mlp(k, 64, 16, dropout)
-        self.out_dim = 16 + k + 1
+        out_moments = out_moments or (np.zeros(k, np.float32), np.ones(k, np.float32))
+        self.out = Standardize(*out_moments, clip=CLIP)
+        self.out_dim = k + 1
 
     def projections(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, D) -> (B, k), (B, 1)
         z = self.norm(emb)
@@ -97,8 +107,8 @@ class AestheticsBranch(nn.Module):
         pcs, ridge = self.projections(emb)
         if ridge_override is not None:
             ridge = ridge_override
-        f = torch.cat([pcs, ridge], dim=1) * mask                             # (B, k + 1)
-        return torch.cat([self.net(f) * mask, f, mask], dim=1)
+        f = self.out(torch.cat([pcs, ridge], dim=1)) * mask                  # (B, k + 1)
+        return torch.cat([f, mask], dim=1)
 
 
 BRANCHES: dict[str, Callable[..., nn.Module]] = {
@@ -111,13 +121,17 @@ BRANCHES: dict[str, Callable[..., nn.Module]] = {
 class FusionModel(nn.Module):
     """Branch outputs -> a shared head predicting p10 / p50 / p90 of ln-likes.
 
+    The head is a linear skip (weights 0, biases -1 / 0 / 1) plus an MLP n -> hidden -> hidden -> 3 whose last
+    layer starts at 0, so training starts from the anchor with a +-1 std interval. p50 = o1,
+    p10 = o1 - softplus(o0), p90 = o1 + softplus(o2) (quantiles never cross), in units of ``y_std``.
     With ``anchor_index`` (the column of the user's mean past ln-likes in ``meta``) the head predicts a
-    correction to that anchor, falling back to the training mean for users without history: the model
+    correction to that anchor, falling back to a cold-start prior for users without history: the model
     starts from the strongest baseline instead of having to rediscover it.
     """
 
     def __init__(self, branches: dict[str, nn.Module], y_mean: float, y_std: float, hidden: int = 64,
-                 anchor_index: int | None = None, prior: tuple[np.ndarray, float] | None = None):
+                 dropout: float = 0.2, anchor_index: int | None = None,
+                 prior: tuple[np.ndarray, float] | None = None):
         super().__init__()
         self.anchor_index = anchor_index
         # Cold-start prior: a ridge fit of ln-likes on the scaled non-history inputs (training rows),
@@ -128,16 +142,33 @@ class FusionModel(nn.Module):
         self.names = [b for b in BRANCH_ORDER if b in branches]
         self.branches = nn.ModuleDict({b: branches[b] for b in self.names})
         n = sum(branches[b].out_dim for b in self.names)
-        self.head = nn.Sequential(nn.Linear(n, hidden), nn.GELU(), nn.Linear(hidden, 3))
-        self.skip = nn.Linear(n, 1)
+        self.skip = nn.Linear(n, 3)
+        self.head = nn.Sequential(nn.Linear(n, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden),
+                                  nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 3))
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
-        # p10 / p90 widening factor calibrated on the validation part after training (train.calibrate)
-        self.register_buffer("interval_scale", torch.tensor(1.0))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Fresh random weights (from torch's current seed) with the head's fixed starting point."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.head[-1].weight)
+        with torch.no_grad():
+            self.skip.bias.copy_(torch.tensor([-1.0, 0.0, 1.0]))
 
     @property
     def input_names(self) -> list[str]:
         return [name for b in self.names for name in self.branches[b].input_names]
+
+    def anchor(self, meta: torch.Tensor) -> torch.Tensor:  # (B, n_meta) -> (B, 1) ln-likes
+        """What the head corrects: the user's history mean, or the cold-start prior without history."""
+        hist = meta[:, self.anchor_index:self.anchor_index + 1]                   # (B, 1) raw ln-likes
+        z = self.branches["metadata"].norm(meta)                                  # (B, n_meta)
+        prior = (z @ self.prior_w)[:, None] + self.prior_b                        # (B, 1)
+        return torch.where(torch.isnan(hist), prior, hist)
 
     def forward(self, *inputs: torch.Tensor, ridge_override: torch.Tensor | None = None) -> torch.Tensor:
         feats, i = [], 0
@@ -148,18 +179,43 @@ class FusionModel(nn.Module):
             else:
                 feats.append(self.branches[b](*inputs[i:i + k]))
             i += k
-        h = torch.cat(feats, dim=1)
-        raw = self.head(h)                                    # (B, 3)
-        mid = raw[:, 1:2] + self.skip(h)                      # (B, 1) median, standardised units
-        low = mid - self.interval_scale * nn.functional.softplus(raw[:, 0:1])       # quantiles never cross
-        high = mid + self.interval_scale * nn.functional.softplus(raw[:, 2:3])
-        base = self.y_mean
-        if self.anchor_index is not None:
-            hist = inputs[0][:, self.anchor_index:self.anchor_index + 1]          # (B, 1) raw ln-likes
-            z = self.branches["metadata"].norm(inputs[0])                         # (B, n_meta)
-            prior = (z @ self.prior_w)[:, None] + self.prior_b                    # (B, 1)
-            base = torch.where(torch.isnan(hist), prior, hist)
+        h = torch.cat(feats, dim=1)                            # (B, n)
+        o = self.skip(h) + self.head(h)                        # (B, 3)
+        mid = o[:, 1:2]                                        # median, in units of y_std
+        low = mid - nn.functional.softplus(o[:, 0:1])
+        high = mid + nn.functional.softplus(o[:, 2:3])
+        base = self.anchor(inputs[0]) if self.anchor_index is not None else self.y_mean
         return torch.cat([low, mid, high], dim=1) * self.y_std + base   # (B, 3) ln-likes
+
+
+class Ensemble(nn.Module):
+    """The exported model: the average of member models' quantiles (members differ only in their random
+    init and batch order; normalisation, projections and prior are shared), with the p10 / p90 distances from
+    the median scaled by a factor calibrated on the validation part, one for posts with user history and one
+    for cold-start posts (``interval_scale``: [with history, cold start])."""
+
+    def __init__(self, members: list[FusionModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("interval_scale", torch.ones(2))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("names", "branches", "anchor_index", "y_mean", "y_std", "prior_w", "prior_b",
+                        "input_names", "anchor", "ridge_oof"):
+                return getattr(self._modules["members"][0], name)
+            raise
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        q = torch.stack([m(*inputs) for m in self.members]).mean(dim=0)        # (B, 3)
+        mid = q[:, 1:2]
+        c = self.interval_scale[0]
+        if self.anchor_index is not None:
+            cold = torch.isnan(inputs[0][:, self.anchor_index:self.anchor_index + 1])     # (B, 1)
+            c = torch.where(cold, self.interval_scale[1], self.interval_scale[0])
+        return torch.cat([mid - c * (mid - q[:, 0:1]), mid, mid + c * (q[:, 2:3] - mid)], dim=1)
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +275,7 @@ def ridge_out_of_fold(z: np.ndarray, r: np.ndarray, groups: np.ndarray, folds: i
 
 
 def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], y_train: np.ndarray,
-                dropout: float = 0.1, anchor_index: int | None = None,
+                dropout: float = 0.2, hidden: int = 64, anchor_index: int | None = None,
                 history_columns: np.ndarray | None = None, groups: np.ndarray | None = None) -> FusionModel:
     """Create the model for ``branches``; normalisation constants, projections and ridge weights come from
     the training inputs only. With the aesthetics branch, ``model.ridge_oof`` holds the training rows'
@@ -230,7 +286,7 @@ def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], 
             raise ValueError(f"unknown branch {b!r}: choose from {', '.join(BRANCHES)}")
     if "metadata" in branches:
         x = train_inputs["meta"]
-        parts["metadata"] = MetadataBranch(x.shape[1], *_moments(x), dropout=dropout)
+        parts["metadata"] = MetadataBranch(x.shape[1], *_moments(x))
     if "objects" in branches:
         parts["objects"] = ObjectsBranch(train_inputs["objects"].shape[1], dropout=dropout)
     if "metadata" not in branches:
@@ -262,9 +318,12 @@ def build_model(branches: tuple[str, ...], train_inputs: dict[str, np.ndarray], 
             ridge = ridge_fit(z, target[present])
             g = groups[present] if groups is not None else np.arange(int(present.sum()))
             ridge_oof[present, 0] = ridge_out_of_fold(z, target[present], g)
-        parts["aesthetics"] = AestheticsBranch(x.shape[1], mean, std, dropout=max(dropout, 0.2), proj=proj,
-                                               ridge=ridge)
-    model = FusionModel(parts, y_mean, y_std, anchor_index=anchor_index, prior=prior)
+        # the head sees the components and the (out-of-fold) ridge score standardised on the training rows
+        out_moments = _moments(np.concatenate([z @ proj, ridge_oof[present]], axis=1))
+        parts["aesthetics"] = AestheticsBranch(x.shape[1], mean, std, proj=proj, ridge=ridge,
+                                               out_moments=out_moments)
+    model = FusionModel(parts, y_mean, y_std, hidden=hidden, dropout=dropout, anchor_index=anchor_index,
+                        prior=prior)
     model.ridge_oof = ridge_oof
     return model
 

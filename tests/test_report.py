@@ -318,7 +318,8 @@ def ablation(sample_dir, tmp_path_factory) -> dict:
     ingest_classes(base / "classes.csv", db=db)
     featurize(db, FeaturizeOptions(hashtag_ranking=sample_dir / "hashtag_ranking.txt",
                                    images=ImageFeatureOptions(skip_backbones=True)))
-    ab = train_all_combinations(db, TrainOptions(split="random", seed=0, epochs=30, exports_dir=base / "exports"))
+    ab = train_all_combinations(db, TrainOptions(split="random", seed=0, epochs=30, ensemble=1,
+                                                  exports_dir=base / "exports"))
     return {"db": db, "exports": base / "exports", "runs": ab.runs}
 
 

@@ -28,7 +28,7 @@ def image_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> d
     img = ImageFeatureOptions(objects=CLASSIFIER, aesthetics=EMBEDDER, objects_explicit=True,
                               aesthetics_explicit=True, random_init=True, batch_size=16, workers=0, device="cpu")
     featurize(db, FeaturizeOptions(images=img))
-    run = train(db, TrainOptions(branches=("metadata", "objects", "aesthetics"), epochs=40,
+    run = train(db, TrainOptions(branches=("metadata", "objects", "aesthetics"), epochs=40, ensemble=1,
                                  exports_dir=base / "exports"))
     return {"db": db, "run": run, "exports": base / "exports", "sample": sample_dir, "base": base}
 

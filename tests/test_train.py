@@ -61,7 +61,7 @@ def test_scaling_constants_never_see_test_rows(trained_store):
     con = store.connect(trained_store["db"], read_only=True)
     frame = load_frame(con)
     con.close()
-    opts = TrainOptions(epochs=2, export=False)
+    opts = TrainOptions(epochs=2, ensemble=1, export=False)
     model, pre, _, (sub, train_idx, _val, test, _pred) = train_on_frame(frame, opts)
     meta = pre.transform(sub)["meta"]
     norm = model.branches["metadata"].norm
@@ -104,7 +104,8 @@ def test_unknown_branch_and_missing_image_features_are_clear(trained_store, tmp_
 
 
 def test_user_split_trains(trained_store, tmp_path):
-    run = train(trained_store["db_copy"](tmp_path), replace(TrainOptions(), split="user", epochs=30, export=False))
+    run = train(trained_store["db_copy"](tmp_path),
+                replace(TrainOptions(), split="user", epochs=30, ensemble=1, export=False))
     assert run.n_test > 0 and run.metrics["mae"] < run.baselines["constant_train_mean"]["mae"]
 
 
@@ -149,7 +150,7 @@ def test_warm_holdout_never_trains_on_a_held_out_user_and_scores_like_score(trai
     before = store.table_counts(con)
     likes_before = con.execute("SELECT sum(likes), count(likes) FROM posts").fetchall()
     frame = load_frame(con)
-    opts = TrainOptions(split="warm-holdout", epochs=5, export=False)
+    opts = TrainOptions(split="warm-holdout", epochs=5, ensemble=1, export=False)
     model, pre, res, (sub, train_idx, val_idx, test, _pred) = train_on_frame(
         frame, opts, score_features=warm_holdout_features(con, frame.feature_params, {}))
     assert res["test_features"] == "score"
@@ -175,9 +176,12 @@ def test_warm_holdout_never_trains_on_a_held_out_user_and_scores_like_score(trai
 
 
 def test_warm_holdout_train_records_it(trained_store, tmp_path):
-    run = train(trained_store["db_copy"](tmp_path), TrainOptions(split="warm-holdout", epochs=20, export=False))
+    run = train(trained_store["db_copy"](tmp_path), TrainOptions(split="warm-holdout", epochs=20, ensemble=1,
+                                                                        export=False))
     assert run.split == "warm-holdout" and run.test_features == "score" and run.n_test > 0
     assert "pairwise" in run.metrics
+    # every held-out test post has its user's history: no (empty) cold-start subset is reported
+    assert list(run.subsets) == ["with_history"] and run.subsets["with_history"]["n"] == run.n_test
 
 
 def _with_embedding(frame, dim=12, seed=0):
@@ -200,7 +204,7 @@ def test_image_projections_are_fitted_on_training_rows_only(trained_store, split
     con = store.connect(trained_store["db"], read_only=True)
     frame = _with_embedding(load_frame(con))
     con.close()
-    opts = TrainOptions(branches=("metadata", "aesthetics"), split=split, epochs=1, export=False)
+    opts = TrainOptions(branches=("metadata", "aesthetics"), split=split, epochs=1, ensemble=1, export=False)
 
     def constants(emb):
         model, _, _, (sub, train_idx, _v, test, _p) = train_on_frame(dc_replace(frame, embedding=emb), opts)
@@ -237,7 +241,26 @@ def test_interval_scale_reaches_the_target_coverage_on_the_rows_it_saw():
 def test_interval_scale_is_in_the_model_and_the_card(trained_store):
     card = json.loads((trained_store["exports"] / trained_store["run"].model_id / "model_card.json").read_text())
     c = card["scaling"]["interval_scale"]
-    assert c > 0 and c == pytest.approx(trained_store["run"].timings["interval_scale"])
+    timings = trained_store["run"].timings
+    assert c["with_history"] > 0 and c["with_history"] == pytest.approx(timings["interval_scale"])
+    assert c["cold_start"] > 0 and c["cold_start"] == pytest.approx(timings["interval_scale_cold"])
+
+
+def test_segment_scales_calibrate_warm_and_cold_rows_apart():
+    from igcli.train import MIN_SEGMENT_ROWS, interval_scale, segment_scales
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    cold = np.arange(n) < MIN_SEGMENT_ROWS + 100
+    y = rng.normal(size=n) * np.where(cold, 3.0, 1.0)                   # cold posts: 3x the spread
+    pred = np.stack([-np.ones(n), np.zeros(n), np.ones(n)], axis=1)
+    warm_c, cold_c = segment_scales(pred, y, cold)
+    for rows, c in ((~cold, warm_c), (cold, cold_c)):
+        assert np.mean(np.abs(y[rows]) <= c) == pytest.approx(0.8, abs=0.02)
+    assert cold_c > 2 * warm_c
+    few = np.arange(n) < MIN_SEGMENT_ROWS - 1                             # too few cold rows: the overall one
+    assert segment_scales(pred, y, few)[1] == pytest.approx(interval_scale(pred, y))
+    assert segment_scales(pred, y, few)[1] != pytest.approx(interval_scale(pred[few], y[few]))
 
 
 def test_stored_optional_feature_columns_are_used_when_present(trained_store, tmp_path, monkeypatch):
