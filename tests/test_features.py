@@ -527,3 +527,28 @@ def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path)
     load(tmp_path, db, as_csv(later), name="later.csv")
     featurize(db, meta_only())                     # incremental again, from the rebuilt state
     assert stored(db) == full_computation(db)
+
+
+def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: Path, db: Path):
+    """Users with more than 64 distinct tags (several mask words in features._tag_history), counted in one
+    full featurize and then from the stored rows after appending later posts: both equal brute force."""
+    rows = random_rows(23, users=4, per_user=150, tags=300)
+    cut = datetime(2020, 2, 10)
+    early = [r for r in rows if r[2] < cut]
+    load(tmp_path, db, as_csv(early), "early.csv")
+    featurize(db, meta_only())
+    load(tmp_path, db, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    res = featurize(db, meta_only())
+    assert res.inserted == len(rows) - len(early) and res.updated == 0
+    f = features(db)
+    posts = [(pid, u, t, lk, sorted({x.lstrip("#").lower() for x in tags.split()})) for pid, u, t, lk, tags, _ in rows]
+    most = max(len({tag for p in posts if p[1] == u for tag in p[4]}) for u in {p[1] for p in posts})
+    assert most > 128                                           # at least three 64-bit words for one user
+    for pid, *_ in posts:
+        want = brute_dynamics(posts, pid)
+        for k in ("tag_perf", "tag_perf_n", "tag_novel_frac"):
+            if want[k] is None:
+                assert f[pid][k] is None, (pid, k)
+            else:
+                assert f[pid][k] == pytest.approx(want[k], rel=1e-9, abs=1e-9), (pid, k, f[pid][k], want[k])
+    assert sum(f[p]["tag_perf_n"] for p in f) > 40            # shared earlier tags do occur
