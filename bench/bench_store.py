@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--full-max", type=int, default=1_000_000,
                     help="larger stores are built by featurizing after each time-ordered part of 1,000,000 posts")
     ap.add_argument("--tmp", help="scratch folder (default: a temporary one)")
+    ap.add_argument("--keep", help="move each built store here (store<N>.duckdb) instead of deleting it")
     ap.add_argument("--json")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -169,6 +170,9 @@ def main() -> None:
         for n in sorted(sizes):
             db, append, scored, parts = prepare(tmp, n, a, log)
             results.append(measure(n, db, parts, append, scored, exports, a, log))
+            if a.keep:
+                Path(a.keep).mkdir(parents=True, exist_ok=True)
+                db.replace(Path(a.keep) / db.name)
             for f in (db, db.with_name(db.name + ".wal"), append, scored):
                 f.unlink(missing_ok=True)
 

@@ -139,13 +139,19 @@ FROM fz_posts
 ORDER BY u, t, post_id;
 
 -- name: tag_history_input_stored
--- The same, with the stored rows of the users' other posts (their post_features row is current: a post
--- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value).
+-- The same, with the stored rows of the users' other posts that share a tag with one of the user's batch
+-- posts (no other row can change a batch post's values). Their post_features row is current: a post
+-- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value.
+WITH wanted AS (
+    SELECT username, list(DISTINCT tag) AS wtags
+    FROM (SELECT username, unnest(tags) AS tag FROM fz_posts) GROUP BY username
+)
 SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags, target
 FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM fz_posts
       UNION ALL
-      SELECT username, post_id, posted_at, round(ln_likes * 4294967296.0)::BIGINT, tags, false FROM post_features
-      WHERE username IN (SELECT DISTINCT username FROM fz_posts) AND post_id NOT IN (SELECT post_id FROM fz_posts))
+      SELECT f.username, f.post_id, f.posted_at, round(f.ln_likes * 4294967296.0)::BIGINT, f.tags, false
+      FROM post_features f JOIN wanted w USING (username)
+      WHERE list_has_any(f.tags, w.wtags) AND f.post_id NOT IN (SELECT post_id FROM fz_posts))
 ORDER BY u, t, post_id;
 
 -- name: cum
@@ -357,14 +363,17 @@ SELECT
     y.h_last1, y.h_max, y.h_min, y.h_slope, y.days_since_last_liked,
     y.n_posts_before::INTEGER AS n_posts_before, y.posts_last30d::INTEGER AS posts_last30d,
     g.tag_perf, g.tag_perf_n, g.tag_novel_frac,
-    igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+')::INTEGER AS n_emoji,
+    CASE WHEN p.ascii THEN 0 ELSE igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,
     (length(p.caption) - length(replace(p.caption, '?', '')))::INTEGER AS n_question,
     (length(p.caption) - length(replace(p.caption, '!', '')))::INTEGER AS n_exclaim,
     len(regexp_extract_all(p.caption, '\S+'))::INTEGER AS n_words,
     CASE WHEN p.caption = '' THEN 0 ELSE length(p.caption) - length(replace(p.caption, chr(10), '')) + 1
     END::INTEGER AS n_lines,
-    CASE WHEN p.n_letters > 0 THEN len(regexp_extract_all(p.caption, '\p{Lu}')) / p.n_letters END AS frac_upper,
-    CASE WHEN p.caption <> '' THEN igc_nchar(p.caption, '[\x00-\x7F]+') / length(p.caption) END AS frac_ascii,
+    CASE WHEN p.n_letters > 0 THEN CASE WHEN p.ascii THEN igc_nchar(p.caption, '[A-Z]+')
+                                        ELSE len(regexp_extract_all(p.caption, '\p{Lu}')) END / p.n_letters
+    END AS frac_upper,
+    CASE WHEN p.caption <> '' THEN CASE WHEN p.ascii THEN length(p.caption) ELSE igc_nchar(p.caption, '[\x00-\x7F]+') END
+                                   / length(p.caption) END AS frac_ascii,
     igc_cta(p.caption) AS cta,
     regexp_matches(p.caption, '(?i)https?://|www\.') AS has_url,
     month(p.posted_at)::INTEGER AS month,
@@ -377,7 +386,10 @@ SELECT
     $half_life_days::DOUBLE AS half_life_days,
     $leaky AS leaky_user_stats,
     p.tags
-FROM (SELECT *, length(regexp_replace(caption, '[^\pL]+', '', 'g')) AS n_letters FROM fz_posts) p   -- letters once
+-- letters counted once; a caption of ASCII only (as many bytes as characters) skips the Unicode classes
+FROM (SELECT *, CASE WHEN ascii THEN igc_nchar(caption, '[A-Za-z]+') ELSE length(regexp_replace(caption, '[^\pL]+', '', 'g'))
+                END AS n_letters
+      FROM (SELECT *, strlen(caption) = length(caption) AS ascii FROM fz_posts)) p
 JOIN (SELECT * FROM fz_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM fz_hist_leaky WHERE $leaky) h
     USING (post_id)
 JOIN fz_times t USING (post_id)
