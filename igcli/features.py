@@ -13,8 +13,9 @@ times of the last 30 days, earliest snapshot) and per hashtag (``tag_state``: us
 ``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
 posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
 only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
-post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they always
-read the stored posts of the batch's users); a hashtag used again at or before its latest use is recounted
+post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they read the
+stored posts of the batch's users that share a tag with a batch post, ``_tag_history``); a hashtag used
+again at or before its latest use is recounted
 from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
 does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
 a batch's features from the same state without writing anything; ``compute_metadata`` is the full
@@ -193,7 +194,8 @@ def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
 
     Each user's tags are bits of a per-user mask, so "shares a tag" is one AND per pair of posts, and each
     earlier post counts once however many tags it shares. Pairs are made in steps of ``_PAIR_CHUNK``. Sums are
-    exact integers (the high and low 32 bits of ln-likes summed apart), so nothing depends on order.
+    exact integers (the high and low 32 bits of ln-likes summed apart, each exact in float64 up to 2^21
+    sharing posts), so nothing depends on order.
     """
     import numpy as np
     import pyarrow.compute as pc

@@ -366,7 +366,9 @@ SELECT
     CASE WHEN p.ascii THEN 0 ELSE igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,
     (length(p.caption) - length(replace(p.caption, '?', '')))::INTEGER AS n_question,
     (length(p.caption) - length(replace(p.caption, '!', '')))::INTEGER AS n_exclaim,
-    len(regexp_extract_all(p.caption, '\S+'))::INTEGER AS n_words,
+    -- runs of non-space (RE2's \s is [\t\n\f\r ]): splitting on spaces is cheaper than a regex
+    len(list_filter(string_split(translate(p.caption, chr(9) || chr(10) || chr(12) || chr(13), '    '), ' '),
+                    lambda w: w <> ''))::INTEGER AS n_words,
     CASE WHEN p.caption = '' THEN 0 ELSE length(p.caption) - length(replace(p.caption, chr(10), '')) + 1
     END::INTEGER AS n_lines,
     CASE WHEN p.n_letters > 0 THEN CASE WHEN p.ascii THEN igc_nchar(p.caption, '[A-Z]+')
