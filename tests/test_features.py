@@ -552,3 +552,36 @@ def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: 
             else:
                 assert f[pid][k] == pytest.approx(want[k], rel=1e-9, abs=1e-9), (pid, k, f[pid][k], want[k])
     assert sum(f[p]["tag_perf_n"] for p in f) > 40            # shared earlier tags do occur
+
+
+def test_featurize_runs_under_its_memory_limit_and_restores_the_callers(tmp_path: Path, db: Path):
+    from igcli import features as fmod
+    from igcli import store
+
+    load(tmp_path, db, as_csv(random_rows(3, users=3, per_user=10)))
+    con = store.connect(db)
+    try:
+        con.execute("SET memory_limit = '2GiB'")   # shown as 2.0 GiB: restored exactly
+        seen = []
+        real = fmod._update
+
+        def spy(c, *a):
+            seen.append(c.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+            return real(c, *a)
+
+        fmod._update = spy
+        try:
+            featurize(db, meta_only(), con=con)
+        finally:
+            fmod._update = real
+        after = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    finally:
+        con.close()
+    ref = duckdb.connect()
+    ref.execute("SET memory_limit = ?", [fmod.MEMORY_LIMIT])
+    want_inside = ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    ref.execute("SET memory_limit = '2GiB'")
+    want_after = ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    ref.close()
+    assert want_inside != want_after
+    assert seen == [want_inside] and after == want_after, (seen, after)
