@@ -185,12 +185,29 @@ def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
 # Pairs (post, earlier liked post of its user) checked per step of _tag_history: bounds its memory (~40 bytes
 # a pair) whatever the store's size.
 _PAIR_CHUNK = 4_000_000
+# Posts (the batch's and the stored ones of its users) read per step of _tag_history: its users are split
+# into buckets by a hash of the name so each read, sort and count stays within MEMORY_LIMIT and ~1 GB of
+# numpy whatever the store's size (one bucket took DuckDB past 1 GB appending 1M posts to a 4M store).
+_TAG_ROWS_PER_BUCKET = 1_000_000
 
 
 def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
-    """Per post of ``fz_posts``: m, the earlier liked posts of its user sharing a hashtag with it, the exact
-    sum ``sy`` of their fixed-point ln-likes, and the share of its tags the user never used before it, into
-    ``fz_taghist`` (post_id, m, sy, frac). ``stored``: the users' other posts are read from ``post_features``.
+    """``_tag_history_bucket`` for every bucket of the batch's users, into ``fz_taghist``."""
+    rows = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
+    if stored:
+        rows += con.execute("SELECT coalesce(sum(n_posts), 0) FROM user_state WHERE username IN "
+                            "(SELECT DISTINCT username FROM fz_posts)").fetchall()[0][0]
+    buckets = max(1, -(-int(rows) // _TAG_ROWS_PER_BUCKET))
+    con.execute("CREATE OR REPLACE TEMP TABLE fz_taghist (post_id VARCHAR, m BIGINT, sy BIGINT, frac DOUBLE)")
+    for bucket in range(buckets):
+        _tag_history_bucket(con, stored, bucket, buckets)
+
+
+def _tag_history_bucket(con: duckdb.DuckDBPyConnection, stored: bool, bucket: int, buckets: int) -> None:
+    """Per post of ``fz_posts`` whose user is in ``bucket``: m, the earlier liked posts of its user sharing a
+    hashtag with it, the exact sum ``sy`` of their fixed-point ln-likes, and the share of its tags the user
+    never used before it, added to ``fz_taghist``. ``stored``: the users' other posts are read from
+    ``post_features``.
 
     Each user's tags are bits of a per-user mask, so "shares a tag" is one AND per pair of posts, and each
     earlier post counts once however many tags it shares. Pairs are made in steps of ``_PAIR_CHUNK``. Sums are
@@ -202,7 +219,7 @@ def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
 
     block = "tag_history_input_stored" if stored else "tag_history_input"
     (query,) = store.split_statements(store.sql_blocks("features")[block])
-    t = con.sql(query).to_arrow_table()
+    t = con.sql(query, params={"bucket": bucket, "buckets": buckets}).to_arrow_table()
     n = t.num_rows
     u = t.column("u").to_numpy()
     ts = t.column("t").to_numpy()
@@ -264,7 +281,7 @@ def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
     frac = pa.array(novel[target] / np.maximum(lens[target], 1), mask=lens[target] == 0)
     con.register("igc_taghist", pa.table({"post_id": t.column("post_id").take(pa.array(target)),
                                           "m": m_out[target], "sy": sy_out[target], "frac": frac}))
-    con.execute("CREATE OR REPLACE TEMP TABLE fz_taghist AS SELECT * FROM igc_taghist")
+    con.execute("INSERT INTO fz_taghist SELECT * FROM igc_taghist")
     con.unregister("igc_taghist")
 
 

@@ -132,10 +132,11 @@ ORDER BY l.k, u;
 
 -- name: tag_history_input
 -- Every post of the batch's users, grouped by user in time order, with its tags and fixed-point ln-likes
--- (target: a post of the batch). Here the batch holds every post of its users (a full computation).
+-- (target: a post of the batch), for the users in bucket $bucket of $buckets (by a hash of the name).
+-- Here the batch holds every post of its users (a full computation).
 SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags,
        true AS target
-FROM fz_posts
+FROM fz_posts WHERE hash(username) % $buckets = $bucket
 ORDER BY u, t, post_id;
 
 -- name: tag_history_input_stored
@@ -144,10 +145,12 @@ ORDER BY u, t, post_id;
 -- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value.
 WITH wanted AS (
     SELECT username, list(DISTINCT tag) AS wtags
-    FROM (SELECT username, unnest(tags) AS tag FROM fz_posts) GROUP BY username
+    FROM (SELECT username, unnest(tags) AS tag FROM fz_posts WHERE hash(username) % $buckets = $bucket)
+    GROUP BY username
 )
 SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags, target
 FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM fz_posts
+      WHERE hash(username) % $buckets = $bucket
       UNION ALL
       SELECT f.username, f.post_id, f.posted_at, round(f.ln_likes * 4294967296.0)::BIGINT, f.tags, false
       FROM post_features f JOIN wanted w USING (username)

@@ -585,3 +585,30 @@ def test_featurize_runs_under_its_memory_limit_and_restores_the_callers(tmp_path
     ref.close()
     assert want_inside != want_after
     assert seen == [want_inside] and after == want_after, (seen, after)
+
+
+def test_hashtag_history_in_buckets_equals_one_bucket(tmp_path: Path, db: Path, monkeypatch):
+    """Users split into several buckets (features._TAG_ROWS_PER_BUCKET) give the same bits as one bucket,
+    in a full featurize and in an incremental one that reads the stored posts."""
+    from igcli import features as fmod
+
+    rows = random_rows(29, users=12, per_user=40, tags=8)
+    cut = datetime(2020, 2, 10)
+    load(tmp_path, db, as_csv([r for r in rows if r[2] < cut]), "early.csv")
+    featurize(db, meta_only())
+    load(tmp_path, db, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    featurize(db, meta_only())
+    one = stored(db)
+    monkeypatch.setattr(fmod, "_TAG_ROWS_PER_BUCKET", 25)
+    calls = []
+    real = fmod._tag_history_bucket
+    monkeypatch.setattr(fmod, "_tag_history_bucket", lambda *a: calls.append(a[2:]) or real(*a))
+    featurize(db, meta_only(rebuild=True))
+    assert stored(db) == one and len(calls) > 5
+    db2 = tmp_path / "two.duckdb"
+    load(tmp_path, db2, as_csv([r for r in rows if r[2] < cut]), "early.csv")
+    featurize(db2, meta_only())
+    load(tmp_path, db2, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    calls.clear()
+    featurize(db2, meta_only())
+    assert stored(db2) == one and len(calls) > 5
