@@ -367,7 +367,16 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
     without rescanning histories; a user with a post at or before its latest featurized one is recomputed
     from its history. Posts already featurized and unchanged are read from ``post_features``. When the
     state was made with other parameters, this is ``compute_metadata`` for the batch's users. Nothing is
-    written to the store."""
+    written to the store. Runs under ``MEMORY_LIMIT`` like ``featurize``."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+    try:
+        return _compute_batch(con, opts, post_ids)
+    finally:
+        con.execute("SET memory_limit = ?", [limit])
+
+
+def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_ids: list[str]) -> str:
     p = _params(con, opts)
     fs = _feature_state(con)
     con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
