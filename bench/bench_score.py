@@ -173,7 +173,7 @@ def main() -> None:
 
     inner = median([r["seconds"] for _, r in runs])
     parts = {k: median([r["timings"][k] for _, r in runs])
-             for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s")}
+             for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s", "usual_s")}
     other = median([r["seconds"] - sum(r["timings"].values()) for _, r in runs])
     rss = max(r["rss"] for _, r in runs)
 
@@ -188,6 +188,8 @@ def main() -> None:
         row("  ingest_s: ingest of the file (all rows unchanged)", a.posts, parts["ingest_s"]),
         row("  features_s: image check + metadata from user state + frame load", a.posts, parts["features_s"]),
         row("  onnxruntime_s", a.posts, parts["onnxruntime_s"]),
+        row("  usual_s: transform to neutral content + second onnxruntime pass (usual_likes)", a.posts,
+            parts["usual_s"]),
         row("  rest: transform + predictions write", a.posts, other),
         row("child process (python start + imports + score)", a.posts, median([s for s, _ in runs]), share=False),
         row(f"model only: onnxruntime {m['provider'].replace('ExecutionProvider', '')}", m["rows"], m["ort_s"],
@@ -199,7 +201,8 @@ def main() -> None:
         f"posts of {a.users:,} users + the {a.posts:,} new posts (ingested, not featurized, before "
         f"the timed runs); no image files; provider {runs[0][1]['provider']}",
         "features_s computes the batch's metadata features from the stored per-user state (user_state, "
-        "tag_state) and the batch's own order, without reading the users' earlier posts",
+        "tag_state) and the batch's own order; only tag_perf / tag_novel_frac read the users' stored posts "
+        "that share a tag with a batch post",
         f"model only: the same {m['rows']:,} x {m['n_meta']} input batch (Preprocessor.transform), "
         f"of a metadata model retrained in-process with train_on_frame (1 epoch) and exported with onnx_export; "
         f"onnxruntime {m['ort_threads']} threads vs torch {m['torch_threads']} threads, batches of 65,536, "

@@ -78,13 +78,15 @@ def prepare(tmp: Path, n: int, a: argparse.Namespace, log: list[str]) -> tuple[P
     chunk = 1_000_000
     parts = []
     # above --full-max the history is split in time order, so each part is appended after the previous one
+    # (one sort into a numbered table, then one cheap filtered copy per part)
     order = "ORDER BY posted_at::TIMESTAMP, post_id" if n > a.full_max else ""
     con.execute("SET preserve_insertion_order = true")
-    con.execute(f"""CREATE VIEW hist AS SELECT * REPLACE (NULL AS image)
-                    FROM read_csv('{gen}/posts.csv', all_varchar = true) {order}""")
+    con.execute(f"""CREATE TABLE hist AS SELECT * REPLACE (NULL AS image), (row_number() OVER ({order}) - 1)
+                        // {chunk} AS igc_part
+                    FROM read_csv('{gen}/posts.csv', all_varchar = true)""")
     for i in range(0, n, chunk):
         part = tmp / f"hist{n}_{i // chunk}.csv"
-        con.execute(f"COPY (SELECT * FROM hist LIMIT {chunk} OFFSET {i}) TO '{part}' (HEADER)")
+        con.execute(f"COPY (SELECT * EXCLUDE (igc_part) FROM hist WHERE igc_part = {i // chunk}) TO '{part}' (HEADER)")
         parts.append(part)
     con.close()
     for f in gen.iterdir():
@@ -158,6 +160,7 @@ def main() -> None:
     ap.add_argument("--full-max", type=int, default=1_000_000,
                     help="larger stores are built by featurizing after each time-ordered part of 1,000,000 posts")
     ap.add_argument("--tmp", help="scratch folder (default: a temporary one)")
+    ap.add_argument("--keep", help="move each built store here (store<N>.duckdb) instead of deleting it")
     ap.add_argument("--json")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -169,6 +172,9 @@ def main() -> None:
         for n in sorted(sizes):
             db, append, scored, parts = prepare(tmp, n, a, log)
             results.append(measure(n, db, parts, append, scored, exports, a, log))
+            if a.keep:
+                Path(a.keep).mkdir(parents=True, exist_ok=True)
+                db.replace(Path(a.keep) / db.name)
             for f in (db, db.with_name(db.name + ".wal"), append, scored):
                 f.unlink(missing_ok=True)
 

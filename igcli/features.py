@@ -13,8 +13,9 @@ times of the last 30 days, earliest snapshot) and per hashtag (``tag_state``: us
 ``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
 posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
 only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
-post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they always
-read the stored posts of the batch's users); a hashtag used again at or before its latest use is recounted
+post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they read the
+stored posts of the batch's users that share a tag with a batch post, ``_tag_history``); a hashtag used
+again at or before its latest use is recounted
 from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
 does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
 a batch's features from the same state without writing anything; ``compute_metadata`` is the full
@@ -52,6 +53,9 @@ from igcli import store
 from igcli.errors import InputError
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
+# DuckDB's memory while the metadata features are computed: beyond it joins and sorts spill to disk, so a
+# full featurize of a large store needs disk rather than memory (without it, 1M posts peaked at 7.4 GiB).
+MEMORY_LIMIT = "1GB"
 
 # Feature columns of post_features, by kind. `train` fits scaling / one-hot on these.
 HISTORY_FEATURES = ("hist_n", "hist_mean", "hist_median", "hist_std", "hist_last5", "hist_last10",
@@ -178,6 +182,109 @@ def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
     con.unregister("igc_decay")
 
 
+# Pairs (post, earlier liked post of its user) checked per step of _tag_history: bounds its memory (~40 bytes
+# a pair) whatever the store's size.
+_PAIR_CHUNK = 4_000_000
+# Posts (the batch's and the stored ones of its users) read per step of _tag_history: its users are split
+# into buckets by a hash of the name so each read, sort and count stays within MEMORY_LIMIT and ~1 GB of
+# numpy whatever the store's size (one bucket took DuckDB past 1 GB appending 1M posts to a 4M store).
+_TAG_ROWS_PER_BUCKET = 1_000_000
+
+
+def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
+    """``_tag_history_bucket`` for every bucket of the batch's users, into ``fz_taghist``."""
+    rows = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
+    if stored:
+        rows += con.execute("SELECT coalesce(sum(n_posts), 0) FROM user_state WHERE username IN "
+                            "(SELECT DISTINCT username FROM fz_posts)").fetchall()[0][0]
+    buckets = max(1, -(-int(rows) // _TAG_ROWS_PER_BUCKET))
+    con.execute("CREATE OR REPLACE TEMP TABLE fz_taghist (post_id VARCHAR, m BIGINT, sy BIGINT, frac DOUBLE)")
+    for bucket in range(buckets):
+        _tag_history_bucket(con, stored, bucket, buckets)
+
+
+def _tag_history_bucket(con: duckdb.DuckDBPyConnection, stored: bool, bucket: int, buckets: int) -> None:
+    """Per post of ``fz_posts`` whose user is in ``bucket``: m, the earlier liked posts of its user sharing a
+    hashtag with it, the exact sum ``sy`` of their fixed-point ln-likes, and the share of its tags the user
+    never used before it, added to ``fz_taghist``. ``stored``: the users' other posts are read from
+    ``post_features``.
+
+    Each user's tags are bits of a per-user mask, so "shares a tag" is one AND per pair of posts, and each
+    earlier post counts once however many tags it shares. Pairs are made in steps of ``_PAIR_CHUNK``. Sums are
+    exact integers (the high and low 32 bits of ln-likes summed apart, each exact in float64 up to 2^21
+    sharing posts), so nothing depends on order.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    block = "tag_history_input_stored" if stored else "tag_history_input"
+    (query,) = store.split_statements(store.sql_blocks("features")[block])
+    t = con.sql(query, params={"bucket": bucket, "buckets": buckets}).to_arrow_table()
+    n = t.num_rows
+    u = t.column("u").to_numpy()
+    ts = t.column("t").to_numpy()
+    yq = t.column("yq")
+    liked = pc.is_valid(yq).to_numpy(zero_copy_only=False)
+    y = pc.fill_null(yq, 0).to_numpy()
+    target = np.flatnonzero(t.column("target").to_numpy(zero_copy_only=False))
+    tags = t.column("tags").combine_chunks()
+    lens = pc.fill_null(pc.list_value_length(tags), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(tags)
+    row_of_flat = np.repeat(np.arange(n), lens)
+    m_out = np.zeros(n, np.int64)
+    sy_out = np.zeros(n, np.int64)
+    novel = np.zeros(n)
+    if len(flat):
+        codes = pc.dictionary_encode(flat).indices.to_numpy().astype(np.int64)
+        key = u[row_of_flat] * (int(codes.max()) + 1) + codes
+        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        # rows come in (user, time) order, so a (user, tag)'s first row is its first use
+        novel = np.bincount(row_of_flat, weights=ts[row_of_flat[first]][inv] >= ts[row_of_flat], minlength=n)
+        key_user = u[row_of_flat[first]]
+        bit = (np.arange(len(uniq)) - np.searchsorted(key_user, key_user))[inv]   # the tag's index in its user
+        words = int(bit.max()) // 64 + 1
+        masks = np.zeros((n, words), np.uint64)
+        np.bitwise_or.at(masks, (row_of_flat, bit // 64), np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64)))
+        # earlier liked rows of row i: liked rows from its user's first row up to its first row at the same time
+        new_group = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] != ts[:-1])]
+        new_user = np.r_[True, u[1:] != u[:-1]]
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+        user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
+        liked_before = np.r_[0, np.cumsum(liked)]                    # liked rows before row i
+        liked_rows = np.flatnonzero(liked)
+        user_words = np.zeros(int(u.max()) + 1, np.int64)
+        np.maximum.at(user_words, u[row_of_flat], bit // 64 + 1)   # mask words a user's tags take
+        # targets by their user's word count, so each pair checks only the words its user has
+        target = target[np.argsort(user_words[u[target]], kind="stable")]
+        tw = user_words[u[target]]
+        lo = liked_before[user_start[target]]
+        cnt = liked_before[group_start[target]] - lo
+        cum = np.cumsum(cnt)
+        cuts = np.unique(np.r_[0, np.searchsorted(cum, np.arange(_PAIR_CHUNK, cum[-1] if len(cum) else 0, _PAIR_CHUNK)),
+                               np.flatnonzero(np.diff(tw)) + 1, len(target)])
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            c = cnt[a:b]
+            total = int(c.sum())
+            if not total:
+                continue
+            ii = np.repeat(np.arange(a, b, dtype=np.int32), c)         # index into target
+            jj = liked_rows[np.arange(total) - np.repeat(np.cumsum(c) - c - lo[a:b], c)]
+            rows = target[ii]
+            shared = np.zeros(total, bool)
+            for w in range(int(tw[a])):
+                shared |= (masks[rows, w] & masks[jj, w]) != 0
+            ii, jj = ii[shared] - a, jj[shared]
+            m_out[target[a:b]] = np.bincount(ii, minlength=b - a)
+            hi = np.bincount(ii, weights=y[jj] >> 32, minlength=b - a).astype(np.int64)
+            low = np.bincount(ii, weights=y[jj] & 0xFFFFFFFF, minlength=b - a).astype(np.int64)
+            sy_out[target[a:b]] = (hi << 32) + low
+    frac = pa.array(novel[target] / np.maximum(lens[target], 1), mask=lens[target] == 0)
+    con.register("igc_taghist", pa.table({"post_id": t.column("post_id").take(pa.array(target)),
+                                          "m": m_out[target], "sy": sy_out[target], "frac": frac}))
+    con.execute("INSERT INTO fz_taghist SELECT * FROM igc_taghist")
+    con.unregister("igc_taghist")
+
+
 def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen, use_state: bool,
             carry: bool, full_tags: bool) -> None:
     """Fill ``pf_new`` with the metadata features of the posts selected by the ``fz_*`` input tables.
@@ -195,6 +302,7 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
     run(con, "features", "liked")
     _decay(con, p.half_life_days)
     run(con, "features", "cum")
+    _tag_history(con, stored=use_state)
     run(con, "features", "history", {"leaky": p.leaky})
     run(con, "features", "snapshots")
     if p.ranking_id:
@@ -259,7 +367,16 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
     without rescanning histories; a user with a post at or before its latest featurized one is recomputed
     from its history. Posts already featurized and unchanged are read from ``post_features``. When the
     state was made with other parameters, this is ``compute_metadata`` for the batch's users. Nothing is
-    written to the store."""
+    written to the store. Runs under ``MEMORY_LIMIT`` like ``featurize``."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+    try:
+        return _compute_batch(con, opts, post_ids)
+    finally:
+        con.execute("SET memory_limit = ?", [limit])
+
+
+def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_ids: list[str]) -> str:
     p = _params(con, opts)
     fs = _feature_state(con)
     con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
@@ -371,10 +488,15 @@ def featurize(
     try:
         if not con.execute("SELECT count(*) FROM posts LIMIT 1").fetchall()[0][0]:
             raise InputError("the store has no posts: run `igcli ingest POSTS` first")
-        with store.transaction(con):
-            p = _params(con, opts)
-            inserted, updated = _update(con, p, started, opts.rebuild)
-            store.fault_point("featurize.before_commit")
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+        try:
+            with store.transaction(con):
+                p = _params(con, opts)
+                inserted, updated = _update(con, p, started, opts.rebuild)
+                store.fault_point("featurize.before_commit")
+        finally:
+            con.execute("SET memory_limit = ?", [limit])
         posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
                                         "FROM feature_counts").fetchall()[0]
         choices = dict(con.execute("SELECT snapshot_choice, sum(n) FROM feature_counts GROUP BY 1").fetchall())

@@ -130,6 +130,33 @@ SELECT l.post_id, (dense_rank() OVER (ORDER BY l.username) - 1)::BIGINT AS u, l.
 FROM fz_liked l LEFT JOIN fz_state s USING (username)
 ORDER BY l.k, u;
 
+-- name: tag_history_input
+-- Every post of the batch's users, grouped by user in time order, with its tags and fixed-point ln-likes
+-- (target: a post of the batch), for the users in bucket $bucket of $buckets (by a hash of the name).
+-- Here the batch holds every post of its users (a full computation).
+SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags,
+       true AS target
+FROM fz_posts WHERE hash(username) % $buckets = $bucket
+ORDER BY u, t, post_id;
+
+-- name: tag_history_input_stored
+-- The same, with the stored rows of the users' other posts that share a tag with one of the user's batch
+-- posts (no other row can change a batch post's values). Their post_features row is current: a post
+-- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value.
+WITH wanted AS (
+    SELECT username, list(DISTINCT tag) AS wtags
+    FROM (SELECT username, unnest(tags) AS tag FROM fz_posts WHERE hash(username) % $buckets = $bucket)
+    GROUP BY username
+)
+SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags, target
+FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM fz_posts
+      WHERE hash(username) % $buckets = $bucket
+      UNION ALL
+      SELECT f.username, f.post_id, f.posted_at, round(f.ln_likes * 4294967296.0)::BIGINT, f.tags, false
+      FROM post_features f JOIN wanted w USING (username)
+      WHERE list_has_any(f.tags, w.wtags) AND f.post_id NOT IN (SELECT post_id FROM fz_posts))
+ORDER BY u, t, post_id;
+
 -- name: cum
 -- Running history after each timestamp group: state + the batch's liked posts up to it.
 CREATE OR REPLACE TEMP TABLE fz_cum AS
@@ -207,37 +234,18 @@ JOIN (SELECT post_id,
                             RANGE BETWEEN INTERVAL 30 DAY PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS last30
       FROM fz_posts) w USING (post_id);
 
--- Hashtag history of the batch's users, from their posts in the store (not kept as state): a post's
--- tag_perf is over the m earlier liked posts of its user sharing a tag with it, (their mean - hist_mean)
--- * m / (m + 2); tag_novel_frac is the share of its tags the user never used before it.
-CREATE OR REPLACE TEMP TABLE fz_user_tags AS
-SELECT q.post_id, q.username, q.posted_at, igc_q(q.likes) AS yq, u.tag
-FROM posts q, unnest(igc_tags(q.hashtags)) AS u(tag)
-WHERE q.hashtags LIKE '%#%' AND q.username IN (SELECT DISTINCT username FROM fz_posts);
-CREATE OR REPLACE TEMP TABLE fz_ptags AS
-SELECT post_id, username, posted_at, unnest(tags) AS tag FROM fz_posts;
+-- Hashtag history of the batch's users (not kept as state): a post's tag_perf is over the m earlier liked
+-- posts of its user sharing a tag with it, (their mean - hist_mean) * m / (m + 2); tag_novel_frac is the
+-- share of its tags the user never used before it. m, the exact sum of their ln-likes and the novel share
+-- are counted by features.py (_tag_history, from the rows of block tag_history_input) into fz_taghist.
 CREATE OR REPLACE TEMP TABLE fz_tagdyn AS
-WITH shared AS (
-    SELECT DISTINCT a.post_id, h.post_id AS hid, h.yq
-    FROM fz_ptags a JOIN fz_user_tags h
-        ON h.username = a.username AND h.tag = a.tag AND h.posted_at < a.posted_at AND h.yq IS NOT NULL
-), perf AS (
-    SELECT post_id, count(*) AS m, sum(yq::HUGEINT) AS sy FROM shared GROUP BY post_id
-), novel AS (
-    SELECT a.post_id, count(*) FILTER (WHERE f.first_at IS NULL OR f.first_at >= a.posted_at) / count(*) AS frac
-    FROM fz_ptags a
-    LEFT JOIN (SELECT username, tag, min(posted_at) AS first_at FROM fz_user_tags GROUP BY ALL) f
-        USING (username, tag)
-    GROUP BY a.post_id
-)
 SELECT p.post_id,
-       (perf.sy::DOUBLE / perf.m / 4294967296.0 - h.mean) * perf.m / (perf.m + 2) AS tag_perf,
-       coalesce(perf.m, 0)::INTEGER AS tag_perf_n,
-       novel.frac AS tag_novel_frac
+       CASE WHEN g.m > 0 THEN (g.sy::DOUBLE / g.m / 4294967296.0 - h.mean) * g.m / (g.m + 2) END AS tag_perf,
+       coalesce(g.m, 0)::INTEGER AS tag_perf_n,
+       g.frac AS tag_novel_frac
 FROM fz_posts p
 JOIN fz_hist h USING (post_id)
-LEFT JOIN perf USING (post_id)
-LEFT JOIN novel USING (post_id);
+LEFT JOIN fz_taghist g USING (post_id);
 
 -- The paper's leaky variant (benchmark only; always a full computation): every liked post of the user,
 -- the post itself included.
@@ -358,16 +366,19 @@ SELECT
     y.h_last1, y.h_max, y.h_min, y.h_slope, y.days_since_last_liked,
     y.n_posts_before::INTEGER AS n_posts_before, y.posts_last30d::INTEGER AS posts_last30d,
     g.tag_perf, g.tag_perf_n, g.tag_novel_frac,
-    igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+')::INTEGER AS n_emoji,
+    CASE WHEN p.ascii THEN 0 ELSE igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,
     (length(p.caption) - length(replace(p.caption, '?', '')))::INTEGER AS n_question,
     (length(p.caption) - length(replace(p.caption, '!', '')))::INTEGER AS n_exclaim,
-    len(regexp_extract_all(p.caption, '\S+'))::INTEGER AS n_words,
+    -- runs of non-space (RE2's \s is [\t\n\f\r ]): splitting on spaces is cheaper than a regex
+    len(list_filter(string_split(translate(p.caption, chr(9) || chr(10) || chr(12) || chr(13), '    '), ' '),
+                    lambda w: w <> ''))::INTEGER AS n_words,
     CASE WHEN p.caption = '' THEN 0 ELSE length(p.caption) - length(replace(p.caption, chr(10), '')) + 1
     END::INTEGER AS n_lines,
-    CASE WHEN length(regexp_replace(p.caption, '[^\pL]+', '', 'g')) > 0
-         THEN len(regexp_extract_all(p.caption, '\p{Lu}')) / length(regexp_replace(p.caption, '[^\pL]+', '', 'g'))
+    CASE WHEN p.n_letters > 0 THEN CASE WHEN p.ascii THEN igc_nchar(p.caption, '[A-Z]+')
+                                        ELSE len(regexp_extract_all(p.caption, '\p{Lu}')) END / p.n_letters
     END AS frac_upper,
-    CASE WHEN p.caption <> '' THEN igc_nchar(p.caption, '[\x00-\x7F]+') / length(p.caption) END AS frac_ascii,
+    CASE WHEN p.caption <> '' THEN CASE WHEN p.ascii THEN length(p.caption) ELSE igc_nchar(p.caption, '[\x00-\x7F]+') END
+                                   / length(p.caption) END AS frac_ascii,
     igc_cta(p.caption) AS cta,
     regexp_matches(p.caption, '(?i)https?://|www\.') AS has_url,
     month(p.posted_at)::INTEGER AS month,
@@ -380,7 +391,10 @@ SELECT
     $half_life_days::DOUBLE AS half_life_days,
     $leaky AS leaky_user_stats,
     p.tags
-FROM fz_posts p
+-- letters counted once; a caption of ASCII only (as many bytes as characters) skips the Unicode classes
+FROM (SELECT *, CASE WHEN ascii THEN igc_nchar(caption, '[A-Za-z]+') ELSE length(regexp_replace(caption, '[^\pL]+', '', 'g'))
+                END AS n_letters
+      FROM (SELECT *, strlen(caption) = length(caption) AS ascii FROM fz_posts)) p
 JOIN (SELECT * FROM fz_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM fz_hist_leaky WHERE $leaky) h
     USING (post_id)
 JOIN fz_times t USING (post_id)

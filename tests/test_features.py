@@ -527,3 +527,88 @@ def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path)
     load(tmp_path, db, as_csv(later), name="later.csv")
     featurize(db, meta_only())                     # incremental again, from the rebuilt state
     assert stored(db) == full_computation(db)
+
+
+def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: Path, db: Path):
+    """Users with more than 64 distinct tags (several mask words in features._tag_history), counted in one
+    full featurize and then from the stored rows after appending later posts: both equal brute force."""
+    rows = random_rows(23, users=4, per_user=150, tags=300)
+    cut = datetime(2020, 2, 10)
+    early = [r for r in rows if r[2] < cut]
+    load(tmp_path, db, as_csv(early), "early.csv")
+    featurize(db, meta_only())
+    load(tmp_path, db, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    res = featurize(db, meta_only())
+    assert res.inserted == len(rows) - len(early) and res.updated == 0
+    f = features(db)
+    posts = [(pid, u, t, lk, sorted({x.lstrip("#").lower() for x in tags.split()})) for pid, u, t, lk, tags, _ in rows]
+    most = max(len({tag for p in posts if p[1] == u for tag in p[4]}) for u in {p[1] for p in posts})
+    assert most > 128                                           # at least three 64-bit words for one user
+    for pid, *_ in posts:
+        want = brute_dynamics(posts, pid)
+        for k in ("tag_perf", "tag_perf_n", "tag_novel_frac"):
+            if want[k] is None:
+                assert f[pid][k] is None, (pid, k)
+            else:
+                assert f[pid][k] == pytest.approx(want[k], rel=1e-9, abs=1e-9), (pid, k, f[pid][k], want[k])
+    assert sum(f[p]["tag_perf_n"] for p in f) > 40            # shared earlier tags do occur
+
+
+def test_featurize_runs_under_its_memory_limit_and_restores_the_callers(tmp_path: Path, db: Path):
+    from igcli import features as fmod
+    from igcli import store
+
+    load(tmp_path, db, as_csv(random_rows(3, users=3, per_user=10)))
+    con = store.connect(db)
+    try:
+        con.execute("SET memory_limit = '2GiB'")   # shown as 2.0 GiB: restored exactly
+        seen = []
+        real = fmod._update
+
+        def spy(c, *a):
+            seen.append(c.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+            return real(c, *a)
+
+        fmod._update = spy
+        try:
+            featurize(db, meta_only(), con=con)
+        finally:
+            fmod._update = real
+        after = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    finally:
+        con.close()
+    ref = duckdb.connect()
+    ref.execute("SET memory_limit = ?", [fmod.MEMORY_LIMIT])
+    want_inside = ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    ref.execute("SET memory_limit = '2GiB'")
+    want_after = ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    ref.close()
+    assert want_inside != want_after
+    assert seen == [want_inside] and after == want_after, (seen, after)
+
+
+def test_hashtag_history_in_buckets_equals_one_bucket(tmp_path: Path, db: Path, monkeypatch):
+    """Users split into several buckets (features._TAG_ROWS_PER_BUCKET) give the same bits as one bucket,
+    in a full featurize and in an incremental one that reads the stored posts."""
+    from igcli import features as fmod
+
+    rows = random_rows(29, users=12, per_user=40, tags=8)
+    cut = datetime(2020, 2, 10)
+    load(tmp_path, db, as_csv([r for r in rows if r[2] < cut]), "early.csv")
+    featurize(db, meta_only())
+    load(tmp_path, db, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    featurize(db, meta_only())
+    one = stored(db)
+    monkeypatch.setattr(fmod, "_TAG_ROWS_PER_BUCKET", 25)
+    calls = []
+    real = fmod._tag_history_bucket
+    monkeypatch.setattr(fmod, "_tag_history_bucket", lambda *a: calls.append(a[2:]) or real(*a))
+    featurize(db, meta_only(rebuild=True))
+    assert stored(db) == one and len(calls) > 5
+    db2 = tmp_path / "two.duckdb"
+    load(tmp_path, db2, as_csv([r for r in rows if r[2] < cut]), "early.csv")
+    featurize(db2, meta_only())
+    load(tmp_path, db2, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
+    calls.clear()
+    featurize(db2, meta_only())
+    assert stored(db2) == one and len(calls) > 5
