@@ -42,7 +42,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,17 @@ DEFAULT_HALF_LIFE_DAYS = 30.0
 # DuckDB's memory while the metadata features are computed: beyond it joins and sorts spill to disk, so a
 # full featurize of a large store needs disk rather than memory (without it, 1M posts peaked at 7.4 GiB).
 MEMORY_LIMIT = "1GB"
+
+
+@contextmanager
+def _memory_limited(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """``con`` under ``MEMORY_LIMIT`` for the block; the caller's setting is given back after it."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+    try:
+        yield
+    finally:
+        con.execute("SET memory_limit = ?", [limit])
 
 # Feature columns of post_features, by kind. `train` fits scaling / one-hot on these.
 HISTORY_FEATURES = ("hist_n", "hist_mean", "hist_median", "hist_std", "hist_last5", "hist_last10",
@@ -368,12 +380,8 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
     from its history. Posts already featurized and unchanged are read from ``post_features``. When the
     state was made with other parameters, this is ``compute_metadata`` for the batch's users. Nothing is
     written to the store. Runs under ``MEMORY_LIMIT`` like ``featurize``."""
-    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
-    try:
+    with _memory_limited(con):
         return _compute_batch(con, opts, post_ids)
-    finally:
-        con.execute("SET memory_limit = ?", [limit])
 
 
 def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_ids: list[str]) -> str:
@@ -488,15 +496,10 @@ def featurize(
     try:
         if not con.execute("SELECT count(*) FROM posts LIMIT 1").fetchall()[0][0]:
             raise InputError("the store has no posts: run `igcli ingest POSTS` first")
-        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
-        try:
-            with store.transaction(con):
-                p = _params(con, opts)
-                inserted, updated = _update(con, p, started, opts.rebuild)
-                store.fault_point("featurize.before_commit")
-        finally:
-            con.execute("SET memory_limit = ?", [limit])
+        with _memory_limited(con), store.transaction(con):
+            p = _params(con, opts)
+            inserted, updated = _update(con, p, started, opts.rebuild)
+            store.fault_point("featurize.before_commit")
         posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
                                         "FROM feature_counts").fetchall()[0]
         choices = dict(con.execute("SELECT snapshot_choice, sum(n) FROM feature_counts GROUP BY 1").fetchall())

@@ -461,11 +461,12 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
     timings["epochs"] = int(sum(epochs))            # over all members (train_s / epochs = time per epoch)
     timings["members"] = len(members)
     cold_val = ~np.isfinite(sub.cols["hist_mean"][val_idx])
-    c_warm, c_cold = segment_scales(predict(model, rows(val_idx)), y[val_idx], cold_val)
+    val_pred = predict(model, rows(val_idx))        # the median does not depend on the interval factors below
+    c_warm, c_cold = segment_scales(val_pred, y[val_idx], cold_val)
     model.interval_scale.copy_(torch.tensor([c_warm, c_cold]))
     timings["interval_scale"] = c_warm
     timings["interval_scale_cold"] = c_cold
-    best_val = float(np.mean(np.abs(predict(model, rows(val_idx))[:, 1] - y[val_idx]))) if len(val_idx) else 0.0
+    best_val = float(np.mean(np.abs(val_pred[:, 1] - y[val_idx]))) if len(val_idx) else 0.0
     pred = predict(model, rows(test))
     yt = y[test]
     ut = sub.username[test]
