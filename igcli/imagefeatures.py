@@ -414,7 +414,10 @@ def decoded_batches(
     x is zeros).
 
     ``workers`` threads start decoding and resizing at once, up to ``prefetch`` batches ahead of the
-    consumer, while it runs the model on the current one (PIL and onnxruntime release the GIL). With
+    consumer, while it runs the model on the current one (PIL and onnxruntime release the GIL). They run
+    at background priority (``background_thread``), so they fill the cycles the model's threads leave idle
+    instead of pre-empting them mid-operator; an image still queued when the consumer needs it is decoded
+    by the consumer itself, so nothing waits on starved background threads. With
     ``sha256s`` a file whose content no longer matches its ingested hash is refused, so a row is never
     stored under the wrong image. Iterate it once; ``close()`` (also a context manager) stops the threads.
     """
@@ -435,8 +438,10 @@ class DecodedBatches:
         self._prepare = runner.prepare
         self._batch = batch_size
         self._starts = iter(range(0, len(paths), batch_size))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="igcli-decode") if workers > 0 else None
+        self._pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="igcli-decode",
+                                         initializer=background_thread) if workers > 0 else None)
         self._queue: deque = deque()
+        self.inline = 0  # images the consumer decoded itself because no worker had started them
         if self._pool is not None:
             for _ in range(prefetch + 1):
                 if not self._submit():
@@ -450,8 +455,17 @@ class DecodedBatches:
         s = next(self._starts, None)
         if s is None:
             return False
-        self._queue.append([self._pool.submit(self._one, i) for i in range(s, min(s + self._batch, len(self._paths)))])
+        self._queue.append([(i, self._pool.submit(self._one, i))
+                            for i in range(s, min(s + self._batch, len(self._paths)))])
         return True
+
+    def _results(self, futures: list) -> list:
+        mine = {}
+        for i, future in futures:  # what no worker has started is decoded here, at the consumer's priority
+            if not future.done() and future.cancel():
+                self.inline += 1
+                mine[i] = self._one(i)
+        return [mine[i] if i in mine else future.result() for i, future in futures]
 
     def _collect(self, results: list):
         import numpy as np
@@ -471,7 +485,7 @@ class DecodedBatches:
             while self._queue:
                 futures = self._queue.popleft()
                 self._submit()
-                yield self._collect([f.result() for f in futures])
+                yield self._collect(self._results(futures))
         finally:
             self.close()
 
@@ -484,6 +498,20 @@ class DecodedBatches:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def background_thread() -> None:
+    """Put the calling thread in Linux's idle scheduling class: it runs only on a core nothing else at
+    normal priority wants. Elsewhere (or where refused) the thread keeps its priority."""
+    import os
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def decode_image(path: str, sha256: str | None, prepare: Callable, min_side: int | None = None):

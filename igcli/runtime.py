@@ -172,12 +172,13 @@ def open_runner(
 
 
 def start_session(runner: Runner, device: str = "cpu", threads: int | None = None,
-                  model: bytes | None = None) -> Runner:
+                  model: bytes | None = None, spinning: bool = False) -> Runner:
     """Open the onnxruntime session of a runner made with ``open_runner(..., session=False)``, from its
-    ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache)."""
+    ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache).
+    ``spinning``: see ``make_session``."""
     threads = threads or os.cpu_count() or 1
     outputs = runner.outputs
-    session = make_session(model if model is not None else runner.onnx_path, device, threads)
+    session = make_session(model if model is not None else runner.onnx_path, device, threads, spinning)
     runner.provider = session.get_providers()[0]
     lock = threading.Lock() if runner.provider != "CPUExecutionProvider" else None
 
@@ -193,13 +194,17 @@ def start_session(runner: Runner, device: str = "cpu", threads: int | None = Non
     return runner
 
 
-def make_session(path: Path | bytes, device: str, threads: int):
+def make_session(path: Path | bytes, device: str, threads: int, spinning: bool = False):
+    """An onnxruntime session for an exported backbone. Its pool threads sleep between and within runs
+    unless ``spinning``: a spinning thread holds a core the decode threads of featurize need, which cost
+    more end to end (bench_featurize) than the wake-ups cost the model alone."""
     import onnxruntime as ort
 
     from igcli.score import choose_providers
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:

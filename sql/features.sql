@@ -79,14 +79,15 @@ UNION SELECT c.username FROM fz_snap_changes c JOIN user_state s USING (username
 -- posts whose tags tag_state does not count yet: new ones, and changed ones whose tags or time moved
 INSERT INTO fz_fresh
 SELECT post_id FROM fz_pending WHERE post_id NOT IN (SELECT post_id FROM fz_changed WHERE NOT tags_moved);
--- a moved post's old and new tags, and a fresh post's tags already used at or after its time
+-- a moved post's old and new tags, and a fresh post's tags already used after its time (or at its time,
+-- when the state does not know how many uses are at that time)
 INSERT INTO fz_dirty_tags
 SELECT unnest(old_tags) FROM fz_changed WHERE tags_moved
 UNION SELECT unnest(igc_tags(p.hashtags)) FROM posts p
       WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_changed WHERE tags_moved)
 UNION SELECT t.tag FROM (SELECT unnest(igc_tags(p.hashtags)) AS tag, p.posted_at
                          FROM posts p WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_fresh)) t
-      JOIN tag_state s USING (tag) WHERE s.last_at >= t.posted_at;
+      JOIN tag_state s USING (tag) WHERE s.last_at > t.posted_at OR (s.last_at = t.posted_at AND s.last_n IS NULL);
 
 -- name: posts_pending
 CREATE OR REPLACE TEMP TABLE fz_posts AS
@@ -299,16 +300,18 @@ GROUP BY t.post_id;
 
 -- name: tag_uses
 -- Store frequency: uses of a tag = the store's posts (any user) that used it strictly before the post.
--- Fresh posts whose tags are all clean count from tag_state plus the fresh posts before them; posts with a
--- dirty tag (a back-dated or edited use) are recounted from every post of the store that has their tags.
+-- Fresh posts whose tags are all clean count from tag_state (less its uses at the post's own time, when the
+-- post is at the state's latest use) plus the fresh posts before them; posts with a dirty tag (a back-dated
+-- or edited use) are recounted from every post of the store that has their tags.
 CREATE OR REPLACE TEMP TABLE fz_fresh_tags AS
 SELECT p.post_id, p.posted_at, unnest(p.tags) AS tag
 FROM fz_posts p
 WHERE p.post_id IN (SELECT post_id FROM fz_fresh);
 CREATE OR REPLACE TEMP TABLE fz_tag_uses AS
 SELECT t.post_id, t.tag, t.posted_at,
-       coalesce(s.uses, 0) + count(*) OVER (PARTITION BY t.tag ORDER BY t.posted_at
-                                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
+       coalesce(s.uses, 0) - (CASE WHEN t.posted_at = s.last_at THEN s.last_n ELSE 0 END)
+       + count(*) OVER (PARTITION BY t.tag ORDER BY t.posted_at
+                        RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
 FROM fz_fresh_tags t LEFT JOIN tag_state s ON s.tag = t.tag AND $use_state
 WHERE t.tag NOT IN (SELECT tag FROM fz_dirty_tags);
 
@@ -318,17 +321,19 @@ CREATE OR REPLACE TEMP TABLE fz_tag_uses_full (post_id VARCHAR, tag VARCHAR, pos
 
 -- name: tag_uses_full
 -- Posts touched by a dirty tag, and every post of the store with one of their tags, counted from scratch.
-CREATE OR REPLACE TEMP TABLE fz_all_tags AS
-SELECT p.post_id, p.posted_at, u.tag FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
-WHERE p.hashtags LIKE '%#%';
+-- Only the (post, tag) pairs of those tags are held, never every pair of the store.
 CREATE OR REPLACE TEMP TABLE fz_full_posts AS
-SELECT DISTINCT post_id FROM fz_all_tags WHERE tag IN (SELECT tag FROM fz_dirty_tags);
+SELECT DISTINCT p.post_id FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
+WHERE p.hashtags LIKE '%#%' AND u.tag IN (SELECT tag FROM fz_dirty_tags);
+CREATE OR REPLACE TEMP TABLE fz_wanted_tags AS
+SELECT DISTINCT u.tag FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
+WHERE p.post_id IN (SELECT post_id FROM fz_full_posts);
 CREATE OR REPLACE TEMP TABLE fz_tag_uses_full AS
-WITH wanted AS (SELECT DISTINCT a.tag FROM fz_all_tags a JOIN fz_full_posts USING (post_id))
 SELECT post_id, tag, posted_at,
        count(*) OVER (PARTITION BY tag ORDER BY posted_at
                       RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS uses
-FROM fz_all_tags WHERE tag IN (SELECT tag FROM wanted);
+FROM (SELECT p.post_id, p.posted_at, u.tag FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
+      WHERE p.hashtags LIKE '%#%' AND u.tag IN (SELECT tag FROM fz_wanted_tags));
 
 -- name: hashtags_store
 -- A post's weight = sum over its tags of ln(1 + uses), in fixed point. Posts neither fresh nor touched by
@@ -482,13 +487,25 @@ DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);
 INSERT INTO user_state BY NAME SELECT * FROM fz_state_new;
 
 -- name: advance_tags
--- tag_state counts the uses of each tag among featurized posts, and the latest one.
+-- tag_state counts the uses of each tag among featurized posts, the latest one, and the uses at that time.
 CREATE OR REPLACE TEMP TABLE fz_tag_new AS
-SELECT tag, count(*) AS uses, max(posted_at) AS last_at FROM fz_tag_uses_full GROUP BY tag
+WITH full_tags AS (
+    SELECT tag, count(*) AS uses, max(posted_at) AS last_at FROM fz_tag_uses_full GROUP BY tag
+), fresh AS (
+    SELECT tag, posted_at FROM fz_fresh_tags
+    WHERE tag NOT IN (SELECT tag FROM fz_tag_uses_full) AND tag NOT IN (SELECT tag FROM fz_dirty_tags)
+), g AS (
+    SELECT tag, count(*) AS n, max(posted_at) AS last_at FROM fresh GROUP BY tag
+), g_last AS (
+    SELECT f.tag, count(*) AS n FROM fresh f JOIN g ON f.tag = g.tag AND f.posted_at = g.last_at GROUP BY f.tag
+)
+SELECT f.tag, f.uses, f.last_at, count(*) AS last_n
+FROM full_tags f JOIN fz_tag_uses_full u ON u.tag = f.tag AND u.posted_at = f.last_at
+GROUP BY f.tag, f.uses, f.last_at
 UNION ALL
-SELECT t.tag, coalesce(s.uses, 0) + count(*), greatest(max(s.last_at), max(t.posted_at))
-FROM fz_fresh_tags t LEFT JOIN tag_state s USING (tag)
-WHERE t.tag NOT IN (SELECT tag FROM fz_tag_uses_full) AND t.tag NOT IN (SELECT tag FROM fz_dirty_tags)
-GROUP BY t.tag, s.uses;
+-- a clean tag's fresh uses are at or after its stored latest use (else it would be dirty)
+SELECT g.tag, coalesce(s.uses, 0) + g.n, g.last_at,
+       CASE WHEN s.last_at = g.last_at THEN s.last_n + l.n ELSE l.n END
+FROM g JOIN g_last l USING (tag) LEFT JOIN tag_state s USING (tag);
 DELETE FROM tag_state WHERE tag IN (SELECT tag FROM fz_tag_new);
-INSERT INTO tag_state SELECT tag, uses, last_at FROM fz_tag_new;
+INSERT INTO tag_state (tag, uses, last_at, last_n) SELECT tag, uses, last_at, last_n FROM fz_tag_new;

@@ -168,11 +168,14 @@ ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_ty HUGEINT;
 ALTER TABLE user_state ADD COLUMN IF NOT EXISTS recent_at TIMESTAMP[];
 
 -- Uses of each hashtag among featurized posts, and the latest use (store-frequency hashtag weight).
+-- last_n: how many of the uses are at last_at, so a new post at that very time counts the uses strictly
+-- before it without a recount (NULL in stores made before it: such a tie is recounted).
 CREATE TABLE IF NOT EXISTS tag_state (
     tag     VARCHAR NOT NULL,
     uses    BIGINT NOT NULL,
     last_at TIMESTAMP NOT NULL
 );
+ALTER TABLE tag_state ADD COLUMN IF NOT EXISTS last_n BIGINT;
 
 -- What post_features and the state were computed with, and how far they reach.
 CREATE TABLE IF NOT EXISTS feature_state (

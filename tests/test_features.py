@@ -337,6 +337,47 @@ def test_incremental_equals_rebuild_and_full_computation(tmp_path: Path, db: Pat
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, len(seen))
 
 
+@pytest.mark.parametrize("state_knows_ties", [True, False])
+def test_posts_at_a_tags_latest_use_count_from_state(tmp_path: Path, db: Path, state_knows_ties: bool):
+    """Day-level dates make a new part's first posts share a time with the store's latest uses of their tags.
+    The uses strictly before them come from tag_state's count at that time, with no recount of the store; a
+    store made before that count existed (last_n NULL) recounts those tags. Both equal a rebuild."""
+    from igcli import store
+
+    rows = sorted(random_rows(8, users=5, per_user=25, tags=3), key=lambda r: r[2])
+    t_end = max(r[2] for r in rows)
+    last_tags = sorted({tag for r in rows if r[2] == t_end for tag in r[4].split()})
+    assert last_tags, "the fixture needs a tag used at the store's latest time"
+    load(tmp_path, db, as_csv(rows), name="a.csv")
+    featurize(db, meta_only())
+    if not state_knows_ties:
+        con = store.connect(db)
+        con.execute("UPDATE tag_state SET last_n = NULL")
+        con.close()
+    tie = [(f"n{i}", f"user{i % 5}", t_end, 10 + i, " ".join(last_tags[:1 + i % len(last_tags)]), 100 * (i % 5 + 1))
+           for i in range(4)]
+    tie.append(("n9", "user1", t_end + timedelta(hours=6), 3, " ".join(last_tags), 200))
+    load(tmp_path, db, as_csv(tie), name="b.csv")
+    con = store.connect(db)
+    r = featurize(db, meta_only(), con=con)
+    dirty, recounted = con.execute("SELECT (SELECT count(*) FROM fz_dirty_tags), (SELECT count(*) FROM fz_full_posts)"
+                                   ).fetchall()[0]
+    state = con.execute("SELECT tag, uses, last_at, last_n FROM tag_state ORDER BY tag").fetchall()
+    con.close()
+    assert r.inserted == len(tie)
+    if state_knows_ties:
+        assert (dirty, recounted) == (0, 0)
+    else:
+        assert dirty > 0 and recounted > 0
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    load(tmp_path, rebuilt, as_csv(sorted(rows + tie)), name="all.csv")
+    featurize(rebuilt, meta_only())
+    assert stored(db) == stored(rebuilt) == full_computation(db)
+    assert state == query(rebuilt, "SELECT tag, uses, last_at, last_n FROM tag_state ORDER BY tag")
+    n9_tags = set(last_tags)
+    assert all(n == 1 and at == t_end + timedelta(hours=6) for tag, _, at, n in state if tag in n9_tags)
+
+
 def test_appending_later_posts_only_writes_them(tmp_path: Path, db: Path):
     rows = sorted(random_rows(4, users=5, per_user=20), key=lambda r: r[2])
     load(tmp_path, db, as_csv(rows), name="a.csv")

@@ -7,6 +7,7 @@ weights, on 32 px images, so the file runs in well under a minute on 2 CPU cores
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 
@@ -207,6 +208,72 @@ def test_decoding_starts_before_the_first_batch_is_asked_for(tmp_path):
     got = list(batches)
     assert [x.shape for x, _ in got] == [(2, 8, 8, 3)] * 3 and all(r == ["", ""] for _, r in got)
     batches.close()  # closing twice (iteration already closed it) is harmless
+
+
+def _decode_fixture(tmp_path, n):
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        _image(Path(paths[-1]), seed=i)
+    return paths
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the idle scheduling class is Linux's")
+def test_decode_threads_run_in_the_idle_class_and_the_consumer_at_its_own(tmp_path):
+    """Workers yield the cores to the model's threads; what the consumer decodes itself keeps its priority."""
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from igcli.imagefeatures import decoded_batches
+
+    seen = {}
+
+    def prepare(img):
+        seen[threading.current_thread().name] = os.sched_getscheduler(threading.get_native_id())
+        return np.asarray(img.resize((8, 8)), dtype=np.uint8)
+
+    runner = SimpleNamespace(input_size=(8, 8), data_config={}, prepare=prepare)
+    main_policy = os.sched_getscheduler(threading.get_native_id())
+    with decoded_batches(_decode_fixture(tmp_path, 8), None, runner, batch_size=2, workers=2) as batches:
+        assert len(list(batches)) == 4
+    workers = {name: policy for name, policy in seen.items() if name.startswith("igcli-decode")}
+    assert workers and set(workers.values()) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(threading.get_native_id()) == main_policy  # the consumer is untouched
+    assert all(policy == main_policy for name, policy in seen.items() if name not in workers)
+
+
+def test_consumer_decodes_images_no_worker_has_started(tmp_path):
+    """A starved (here: stuck) worker never stalls the run: the consumer decodes the queued images itself."""
+    import threading
+    from types import SimpleNamespace
+
+    from igcli.imagefeatures import decoded_batches
+
+    paths = _decode_fixture(tmp_path, 4)
+    stuck, others_done, lock, by_consumer = threading.Event(), threading.Event(), threading.Lock(), []
+
+    def prepare(img):
+        if threading.current_thread().name.startswith("igcli-decode"):
+            if not stuck.is_set():  # the only worker's first image waits until the consumer did the rest
+                stuck.set()
+                assert others_done.wait(timeout=30), "the consumer did not take over the queued images"
+        else:
+            with lock:
+                by_consumer.append(threading.current_thread().name)
+                if len(by_consumer) == 3:
+                    others_done.set()
+        return np.asarray(img.resize((8, 8)), dtype=np.uint8)
+
+    runner = SimpleNamespace(input_size=(8, 8), data_config={}, prepare=prepare)
+    with decoded_batches(paths, None, runner, batch_size=4, workers=1, prefetch=0) as batches:
+        assert stuck.wait(timeout=30)  # the worker holds one image before the consumer asks for the batch
+        (x, reasons), = list(batches)
+        assert batches.inline == 3
+    assert reasons == [""] * 4 and x.shape == (4, 8, 8, 3)
+    assert by_consumer == [threading.current_thread().name] * 3
+    alone = [decoded_batches([p], None, runner, 1, workers=0) for p in paths]  # decoded without threads
+    assert all(np.array_equal(x[i], next(iter(b))[0][0]) for i, b in enumerate(alone))
 
 
 def test_image_that_fails_to_decode_is_recorded_not_fatal(con):
