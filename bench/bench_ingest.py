@@ -57,6 +57,7 @@ def make_csv(tmp: Path, rows: int, users: int) -> Path:
     generate_sample(tmp / "gen", posts=base_rows, users=users, seed=1, images=False, new_posts=0)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
+    con.execute(f"SET temp_directory = '{tmp / 'duckdb-spill'}'")  # not ./.tmp in the working directory
     parts = []
     for k in range((rows + base_rows - 1) // base_rows):
         part = tmp / f"part{k}.csv"

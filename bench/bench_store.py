@@ -67,6 +67,7 @@ def prepare(tmp: Path, n: int, a: argparse.Namespace, log: list[str]) -> tuple[P
                     new_posts=a.append + a.score)
     con = duckdb.connect()
     con.execute("SET memory_limit = '4GB'")   # a shared machine; DuckDB spills the sort to disk
+    con.execute(f"SET temp_directory = '{tmp / 'duckdb-spill'}'")  # not ./.tmp in the working directory
     # bench-local temp paths, not user values
     con.execute(f"""CREATE TABLE new AS SELECT p.* REPLACE (t.likes AS likes, NULL AS image)
                     FROM read_csv('{gen}/new_posts.csv', all_varchar = true) p
