@@ -207,8 +207,8 @@ def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
     """``_tag_history_bucket`` for every bucket of the batch's users, into ``fz_taghist``."""
     rows = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
     if stored:
-        store.run_block(con, "features", "tag_history_stored")
-        rows += con.execute("SELECT count(*) FROM fz_tag_stored").fetchall()[0][0]
+        rows += con.execute("SELECT coalesce(sum(n_posts), 0) FROM user_state WHERE username IN "
+                            "(SELECT DISTINCT username FROM fz_posts)").fetchall()[0][0]
     buckets = max(1, -(-int(rows) // _TAG_ROWS_PER_BUCKET))
     con.execute("CREATE OR REPLACE TEMP TABLE fz_taghist (post_id VARCHAR, m BIGINT, sy BIGINT, frac DOUBLE)")
     for bucket in range(buckets):
@@ -218,8 +218,8 @@ def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
 def _tag_history_bucket(con: duckdb.DuckDBPyConnection, stored: bool, bucket: int, buckets: int) -> None:
     """Per post of ``fz_posts`` whose user is in ``bucket``: m, the earlier liked posts of its user sharing a
     hashtag with it, the exact sum ``sy`` of their fixed-point ln-likes, and the share of its tags the user
-    never used before it, added to ``fz_taghist``. ``stored``: with the users' stored posts that share a tag
-    with one of their batch posts (``fz_tag_stored``, read once from ``post_features`` by ``_tag_history``).
+    never used before it, added to ``fz_taghist``. ``stored``: the users' other posts are read from
+    ``post_features`` (those sharing a tag with one of the user's batch posts).
 
     Each user's tags are bits of a per-user mask, so "shares a tag" is one AND per pair of posts, and each
     earlier post counts once however many tags it shares. Pairs are made in steps of ``_PAIR_CHUNK``. Sums are

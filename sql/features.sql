@@ -140,33 +140,27 @@ SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(pos
 FROM fz_posts WHERE hash(username) % $buckets = $bucket
 ORDER BY u, t, post_id;
 
--- name: tag_history_stored
--- The stored rows of the batch users' other posts that share a tag with one of the user's batch posts (no
--- other row can change a batch post's values), read once for all buckets. Their post_features row is
--- current: a post changed since the last featurize is in the batch; ln_likes * 2^32 is the exact
--- fixed-point value. "Shares a tag" is a hash join on (user, tag) pairs (list_has_any per row was most of
--- the time).
-CREATE OR REPLACE TEMP TABLE fz_tag_stored AS
-WITH wanted AS (
-    SELECT DISTINCT username, unnest(tags) AS tag FROM fz_posts
+-- name: tag_history_input_stored
+-- The same, with the stored rows of the users' other posts that share a tag with one of the user's batch
+-- posts (no other row can change a batch post's values). Their post_features row is current: a post
+-- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value.
+-- "Shares a tag" is a hash join on (user, tag) pairs: list_has_any per row was most of this query's time.
+WITH batch AS (
+    SELECT username, post_id, posted_at, yq, tags FROM fz_posts WHERE hash(username) % $buckets = $bucket
+), wanted AS (
+    SELECT DISTINCT username, unnest(tags) AS tag FROM batch
 ), cand AS (
     SELECT username, post_id, posted_at, ln_likes, tags FROM post_features
-    WHERE username IN (SELECT username FROM fz_posts) AND post_id NOT IN (SELECT post_id FROM fz_posts)
+    WHERE username IN (SELECT username FROM batch) AND post_id NOT IN (SELECT post_id FROM fz_posts)
 ), shared AS (
     SELECT DISTINCT c.post_id FROM (SELECT username, post_id, unnest(tags) AS tag FROM cand) c
     JOIN wanted USING (username, tag)
 )
-SELECT username, post_id, posted_at, round(ln_likes * 4294967296.0)::BIGINT AS yq, tags
-FROM cand SEMI JOIN shared USING (post_id);
-
--- name: tag_history_input_stored
--- The same as tag_history_input, with the users' rows of fz_tag_stored.
 SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags, target
-FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM fz_posts
-      WHERE hash(username) % $buckets = $bucket
+FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM batch
       UNION ALL
-      SELECT username, post_id, posted_at, yq, tags, false FROM fz_tag_stored
-      WHERE hash(username) % $buckets = $bucket)
+      SELECT username, post_id, posted_at, round(ln_likes * 4294967296.0)::BIGINT, tags, false
+      FROM cand SEMI JOIN shared USING (post_id))
 ORDER BY u, t, post_id;
 
 -- name: cum
