@@ -172,13 +172,12 @@ def open_runner(
 
 
 def start_session(runner: Runner, device: str = "cpu", threads: int | None = None,
-                  model: bytes | None = None, spinning: bool = False) -> Runner:
+                  model: bytes | None = None) -> Runner:
     """Open the onnxruntime session of a runner made with ``open_runner(..., session=False)``, from its
-    ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache).
-    ``spinning``: see ``make_session``."""
+    ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache)."""
     threads = threads or os.cpu_count() or 1
     outputs = runner.outputs
-    session = make_session(model if model is not None else runner.onnx_path, device, threads, spinning)
+    session = make_session(model if model is not None else runner.onnx_path, device, threads)
     runner.provider = session.get_providers()[0]
     lock = threading.Lock() if runner.provider != "CPUExecutionProvider" else None
 

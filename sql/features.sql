@@ -321,18 +321,19 @@ FROM fz_fresh_tags t LEFT JOIN tag_state s ON s.tag = t.tag AND $use_state
 WHERE t.tag NOT IN (SELECT tag FROM fz_dirty_tags);
 
 -- name: tag_uses_none
-CREATE OR REPLACE TEMP TABLE fz_full_posts (post_id VARCHAR);
+CREATE OR REPLACE TEMP TABLE fz_full_posts (post_id VARCHAR, tags VARCHAR[]);
 CREATE OR REPLACE TEMP TABLE fz_tag_uses_full (post_id VARCHAR, tag VARCHAR, posted_at TIMESTAMP, uses BIGINT);
 
 -- name: tag_uses_full
 -- Posts touched by a dirty tag, and every post of the store with one of their tags, counted from scratch.
 -- Only the (post, tag) pairs of those tags are held, never every pair of the store.
 CREATE OR REPLACE TEMP TABLE fz_full_posts AS
-SELECT DISTINCT p.post_id FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
-WHERE p.hashtags LIKE '%#%' AND u.tag IN (SELECT tag FROM fz_dirty_tags);
+SELECT p.post_id, any_value(p.tags) AS tags
+FROM (SELECT post_id, igc_tags(hashtags) AS tags FROM posts WHERE hashtags LIKE '%#%') p, unnest(p.tags) AS u(tag)
+WHERE u.tag IN (SELECT tag FROM fz_dirty_tags)
+GROUP BY p.post_id;
 CREATE OR REPLACE TEMP TABLE fz_wanted_tags AS
-SELECT DISTINCT u.tag FROM posts p, unnest(igc_tags(p.hashtags)) AS u(tag)
-WHERE p.post_id IN (SELECT post_id FROM fz_full_posts);
+SELECT DISTINCT unnest(tags) AS tag FROM fz_full_posts;
 CREATE OR REPLACE TEMP TABLE fz_tag_uses_full AS
 SELECT post_id, tag, posted_at,
        count(*) OVER (PARTITION BY tag ORDER BY posted_at
