@@ -201,8 +201,7 @@ def main() -> None:
         f"posts of {a.users:,} users + the {a.posts:,} new posts (ingested, not featurized, before "
         f"the timed runs); no image files; provider {runs[0][1]['provider']}",
         "features_s computes the batch's metadata features from the stored per-user state (user_state, "
-        "tag_state) and the batch's own order; only tag_perf / tag_novel_frac read the users' stored posts "
-        "that share a tag with a batch post",
+        "user_tag_state, tag_state) and the batch's own order, rereading no history",
         f"model only: the same {m['rows']:,} x {m['n_meta']} input batch (Preprocessor.transform), "
         f"of a metadata model retrained in-process with train_on_frame (1 epoch) and exported with onnx_export; "
         f"onnxruntime {m['ort_threads']} threads vs torch {m['torch_threads']} threads, batches of 65,536, "

@@ -9,15 +9,15 @@ part only). Every history value of a post comes from the same user's posts stric
 Incremental. The store keeps a running state per user (``user_state``: counts, exact sums of ln-likes and
 of their squares, the last 10 values, the sorted values for the median, the decayed sums at the latest liked
 post, exact sums of t, t^2 and t*y for the trend (t in whole seconds), first / latest post time, the post
-times of the last 30 days, earliest snapshot) and per hashtag (``tag_state``: uses, latest use), plus
-``feature_state`` (parameters, and how far into ``posts`` / ``ingests`` they reach). A featurize finds the
-posts ingested or changed since then (``posts.updated_at``), advances each user's state from its new posts
-only, and writes their rows. A user with a back-dated or edited post, or a snapshot at or before its latest
-post, is recomputed from its own history (``tag_perf`` / ``tag_novel_frac`` have no state: they read the
-stored posts of the batch's users that share a tag with a batch post, ``_tag_history``); a hashtag used
-again at or before its latest use is recounted
-from every post that has it. ``rebuild`` (``--rebuild``) recomputes everything from empty state, and so
-does a change of parameters or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
+times of the last 30 days, earliest snapshot), per user and hashtag (``user_tag_state``: uses, uses in
+liked posts and the exact sum of their ln-likes, for ``tag_perf`` / ``tag_novel_frac``) and per hashtag
+(``tag_state``: uses, latest use), plus ``feature_state`` (parameters, feature version, and how far into
+``posts`` / ``ingests`` they reach). A featurize finds the posts ingested or changed since then
+(``posts.updated_at``), advances each user's state from its new posts only, and writes their rows. A user
+with a back-dated or edited post, or a snapshot at or before its latest post, is recomputed from its own
+history; a hashtag used again at or before its latest use is recounted from every post that has it.
+``rebuild`` (``--rebuild``) recomputes everything from empty state, and so does a change of parameters or
+of ``FEATURE_VERSION``, or the leaky ``user_stats_as_of="end"`` mode. ``compute_batch`` gives ``score``
 a batch's features from the same state without writing anything; ``compute_metadata`` is the full
 computation from history (no state), which the tests compare both with.
 
@@ -54,6 +54,9 @@ from igcli import store
 from igcli.errors import InputError
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
+# The definitions stored features follow; a store featurized under another version is recomputed. 2: tag_perf
+# and tag_novel_frac from per-(user, tag) state (matches counted per shared tag).
+FEATURE_VERSION = 2
 # DuckDB's memory while the metadata features are computed: beyond it joins and sorts spill to disk, so a
 # full featurize of a large store needs disk rather than memory (without it, 1M posts peaked at 7.4 GiB).
 MEMORY_LIMIT = "1GB"
@@ -78,7 +81,8 @@ CATEGORICAL_FEATURES = ("month", "weekday", "hour_group")
 FLAG_FEATURES = ("no_history",)
 # History dynamics (point in time, every mode): last / max / min earlier ln-likes, their trend per 30 days,
 # days since the latest liked post, earlier posts (all, and in the 30 days before), and how the user's own
-# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n posts), and
+# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n matches, an
+# earlier post counted once per tag it shares), and
 # the share of the post's tags the user never used before (tag_novel_frac). NULL where undefined.
 DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_liked", "n_posts_before",
                      "posts_last30d", "tag_perf", "tag_perf_n", "tag_novel_frac")
@@ -146,8 +150,9 @@ class _Params:
     leaky: bool
 
     def matches(self, row: tuple | None) -> bool:
-        """Same parameters as a ``feature_state`` row (half_life_days, hashtag_source, leaky, ...)."""
-        return row is not None and (row[0], row[1], row[2]) == (self.half_life_days, self.hashtag_source, self.leaky)
+        """Same parameters and feature version as a ``_feature_state`` row."""
+        return row is not None and (row[0], row[1], row[2], row[5]) == (
+            self.half_life_days, self.hashtag_source, self.leaky, FEATURE_VERSION)
 
 
 def _params(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> _Params:
@@ -194,109 +199,6 @@ def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
     con.unregister("igc_decay")
 
 
-# Pairs (post, earlier liked post of its user) checked per step of _tag_history: bounds its memory (~40 bytes
-# a pair) whatever the store's size.
-_PAIR_CHUNK = 4_000_000
-# Posts (the batch's and the stored ones of its users) read per step of _tag_history: its users are split
-# into buckets by a hash of the name so each read, sort and count stays within MEMORY_LIMIT and ~1 GB of
-# numpy whatever the store's size (one bucket took DuckDB past 1 GB appending 1M posts to a 4M store).
-_TAG_ROWS_PER_BUCKET = 1_000_000
-
-
-def _tag_history(con: duckdb.DuckDBPyConnection, stored: bool) -> None:
-    """``_tag_history_bucket`` for every bucket of the batch's users, into ``fz_taghist``."""
-    rows = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
-    if stored:
-        rows += con.execute("SELECT coalesce(sum(n_posts), 0) FROM user_state WHERE username IN "
-                            "(SELECT DISTINCT username FROM fz_posts)").fetchall()[0][0]
-    buckets = max(1, -(-int(rows) // _TAG_ROWS_PER_BUCKET))
-    con.execute("CREATE OR REPLACE TEMP TABLE fz_taghist (post_id VARCHAR, m BIGINT, sy BIGINT, frac DOUBLE)")
-    for bucket in range(buckets):
-        _tag_history_bucket(con, stored, bucket, buckets)
-
-
-def _tag_history_bucket(con: duckdb.DuckDBPyConnection, stored: bool, bucket: int, buckets: int) -> None:
-    """Per post of ``fz_posts`` whose user is in ``bucket``: m, the earlier liked posts of its user sharing a
-    hashtag with it, the exact sum ``sy`` of their fixed-point ln-likes, and the share of its tags the user
-    never used before it, added to ``fz_taghist``. ``stored``: the users' other posts are read from
-    ``post_features`` (those sharing a tag with one of the user's batch posts).
-
-    Each user's tags are bits of a per-user mask, so "shares a tag" is one AND per pair of posts, and each
-    earlier post counts once however many tags it shares. Pairs are made in steps of ``_PAIR_CHUNK``. Sums are
-    exact integers (the high and low 32 bits of ln-likes summed apart, each exact in float64 up to 2^21
-    sharing posts), so nothing depends on order.
-    """
-    import numpy as np
-    import pyarrow.compute as pc
-
-    block = "tag_history_input_stored" if stored else "tag_history_input"
-    (query,) = store.split_statements(store.sql_blocks("features")[block])
-    t = con.sql(query, params={"bucket": bucket, "buckets": buckets}).to_arrow_table()
-    n = t.num_rows
-    u = t.column("u").to_numpy()
-    ts = t.column("t").to_numpy()
-    yq = t.column("yq")
-    liked = pc.is_valid(yq).to_numpy(zero_copy_only=False)
-    y = pc.fill_null(yq, 0).to_numpy()
-    target = np.flatnonzero(t.column("target").to_numpy(zero_copy_only=False))
-    tags = t.column("tags").combine_chunks()
-    lens = pc.fill_null(pc.list_value_length(tags), 0).to_numpy().astype(np.int64)
-    flat = pc.list_flatten(tags)
-    row_of_flat = np.repeat(np.arange(n), lens)
-    m_out = np.zeros(n, np.int64)
-    sy_out = np.zeros(n, np.int64)
-    novel = np.zeros(n)
-    if len(flat):
-        codes = pc.dictionary_encode(flat).indices.to_numpy().astype(np.int64)
-        key = u[row_of_flat] * (int(codes.max()) + 1) + codes
-        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        # rows come in (user, time) order, so a (user, tag)'s first row is its first use
-        novel = np.bincount(row_of_flat, weights=ts[row_of_flat[first]][inv] >= ts[row_of_flat], minlength=n)
-        key_user = u[row_of_flat[first]]
-        bit = (np.arange(len(uniq)) - np.searchsorted(key_user, key_user))[inv]   # the tag's index in its user
-        words = int(bit.max()) // 64 + 1
-        masks = np.zeros((n, words), np.uint64)
-        np.bitwise_or.at(masks, (row_of_flat, bit // 64), np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64)))
-        # earlier liked rows of row i: liked rows from its user's first row up to its first row at the same time
-        new_group = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] != ts[:-1])]
-        new_user = np.r_[True, u[1:] != u[:-1]]
-        group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-        user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
-        liked_before = np.r_[0, np.cumsum(liked)]                    # liked rows before row i
-        liked_rows = np.flatnonzero(liked)
-        user_words = np.zeros(int(u.max()) + 1, np.int64)
-        np.maximum.at(user_words, u[row_of_flat], bit // 64 + 1)   # mask words a user's tags take
-        # targets by their user's word count, so each pair checks only the words its user has
-        target = target[np.argsort(user_words[u[target]], kind="stable")]
-        tw = user_words[u[target]]
-        lo = liked_before[user_start[target]]
-        cnt = liked_before[group_start[target]] - lo
-        cum = np.cumsum(cnt)
-        cuts = np.unique(np.r_[0, np.searchsorted(cum, np.arange(_PAIR_CHUNK, cum[-1] if len(cum) else 0, _PAIR_CHUNK)),
-                               np.flatnonzero(np.diff(tw)) + 1, len(target)])
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-            c = cnt[a:b]
-            total = int(c.sum())
-            if not total:
-                continue
-            ii = np.repeat(np.arange(a, b, dtype=np.int32), c)         # index into target
-            jj = liked_rows[np.arange(total) - np.repeat(np.cumsum(c) - c - lo[a:b], c)]
-            rows = target[ii]
-            shared = np.zeros(total, bool)
-            for w in range(int(tw[a])):
-                shared |= (masks[rows, w] & masks[jj, w]) != 0
-            ii, jj = ii[shared] - a, jj[shared]
-            m_out[target[a:b]] = np.bincount(ii, minlength=b - a)
-            hi = np.bincount(ii, weights=y[jj] >> 32, minlength=b - a).astype(np.int64)
-            low = np.bincount(ii, weights=y[jj] & 0xFFFFFFFF, minlength=b - a).astype(np.int64)
-            sy_out[target[a:b]] = (hi << 32) + low
-    frac = pa.array(novel[target] / np.maximum(lens[target], 1), mask=lens[target] == 0)
-    con.register("igc_taghist", pa.table({"post_id": t.column("post_id").take(pa.array(target)),
-                                          "m": m_out[target], "sy": sy_out[target], "frac": frac}))
-    con.execute("INSERT INTO fz_taghist SELECT * FROM igc_taghist")
-    con.unregister("igc_taghist")
-
-
 def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen, use_state: bool,
             carry: bool, full_tags: bool) -> None:
     """Fill ``pf_new`` with the metadata features of the posts selected by the ``fz_*`` input tables.
@@ -314,7 +216,7 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
     run(con, "features", "liked")
     _decay(con, p.half_life_days)
     run(con, "features", "cum")
-    _tag_history(con, stored=use_state)
+    run(con, "features", "tag_history")
     run(con, "features", "history", {"leaky": p.leaky})
     run(con, "features", "snapshots")
     if p.ranking_id:
@@ -362,7 +264,7 @@ def _current(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
-    rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen "
+    rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen, feature_version "
                        "FROM feature_state").fetchall()
     return rows[0] if rows else None
 
@@ -409,8 +311,9 @@ def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_
 
 def _write_state(con: duckdb.DuckDBPyConnection, p: _Params, posts_seen, ingests_seen) -> None:
     con.execute("DELETE FROM feature_state")
-    con.execute("INSERT INTO feature_state VALUES (?, ?, ?, ?, ?)",
-                [p.half_life_days, p.hashtag_source, p.leaky, posts_seen, ingests_seen])
+    con.execute("INSERT INTO feature_state BY NAME SELECT ? AS half_life_days, ? AS hashtag_source, ? AS leaky, "
+                "? AS posts_seen, ? AS ingests_seen, ? AS feature_version",
+                [p.half_life_days, p.hashtag_source, p.leaky, posts_seen, ingests_seen, FEATURE_VERSION])
 
 
 def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> tuple[int, int]:
@@ -426,6 +329,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
     if full:
         con.execute("DELETE FROM user_state")
         con.execute("DELETE FROM tag_state")
+        con.execute("DELETE FROM user_tag_state")
         con.execute("INSERT INTO fz_fresh SELECT post_id FROM posts")
         _engine(con, p, all_posts=True, seen=None, use_state=False, carry=False, full_tags=False)
         posts_seen = con.execute("SELECT max(updated_at) FROM posts").fetchall()[0][0]
@@ -441,6 +345,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
         posts_seen = con.execute("SELECT greatest(?, max(updated_at)) FROM posts WHERE updated_at > ?",
                                  [fs[3], fs[3]]).fetchall()[0][0]
     run(con, "features", "advance_state")
+    run(con, "features", "advance_user_tags")
     run(con, "features", "advance_tags")
     con.execute("CREATE TABLE IF NOT EXISTS post_features AS SELECT *, NULL::TIMESTAMP AS computed_at "
                 "FROM pf_new LIMIT 0")

@@ -131,37 +131,29 @@ SELECT l.post_id, (dense_rank() OVER (ORDER BY l.username) - 1)::BIGINT AS u, l.
 FROM fz_liked l LEFT JOIN fz_state s USING (username)
 ORDER BY l.k, u;
 
--- name: tag_history_input
--- Every post of the batch's users, grouped by user in time order, with its tags and fixed-point ln-likes
--- (target: a post of the batch), for the users in bucket $bucket of $buckets (by a hash of the name).
--- Here the batch holds every post of its users (a full computation).
-SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags,
-       true AS target
-FROM fz_posts WHERE hash(username) % $buckets = $bucket
-ORDER BY u, t, post_id;
-
--- name: tag_history_input_stored
--- The same, with the stored rows of the users' other posts that share a tag with one of the user's batch
--- posts (no other row can change a batch post's values). Their post_features row is current: a post
--- changed since the last featurize is in the batch; ln_likes * 2^32 is the exact fixed-point value.
--- "Shares a tag" is a hash join on (user, tag) pairs: list_has_any per row was most of this query's time.
-WITH batch AS (
-    SELECT username, post_id, posted_at, yq, tags FROM fz_posts WHERE hash(username) % $buckets = $bucket
-), wanted AS (
-    SELECT DISTINCT username, unnest(tags) AS tag FROM batch
-), cand AS (
-    SELECT username, post_id, posted_at, ln_likes, tags FROM post_features
-    WHERE username IN (SELECT username FROM batch) AND post_id NOT IN (SELECT post_id FROM fz_posts)
-), shared AS (
-    SELECT DISTINCT c.post_id FROM (SELECT username, post_id, unnest(tags) AS tag FROM cand) c
-    JOIN wanted USING (username, tag)
+-- name: tag_history
+-- The hashtag history of each post, per tag of it: the user's earlier liked posts with the tag (count m,
+-- exact sum sy of their ln-likes) and whether the user used the tag before at all. Users advanced from their
+-- state start from user_tag_state (every stored post of theirs is earlier than the batch); the batch's own
+-- posts count strictly before (a post never sees posts at its own time). Summed over the post's tags into
+-- fz_taghist: a post sharing two tags with an earlier one counts it twice.
+CREATE OR REPLACE TEMP TABLE fz_post_tags AS
+SELECT post_id, username, posted_at, yq, unnest(tags) AS tag FROM fz_posts;
+CREATE OR REPLACE TEMP TABLE fz_taghist AS
+WITH st AS (
+    SELECT * FROM user_tag_state WHERE username IN (SELECT username FROM fz_state)
+), pt AS (
+    SELECT t.post_id,
+           coalesce(s.n_liked, 0) + count(t.yq) OVER w AS m,
+           coalesce(s.sy, 0) + coalesce(sum(t.yq::HUGEINT) OVER w, 0) AS sy,
+           s.uses IS NULL AND count(*) OVER w = 0 AS novel
+    FROM fz_post_tags t LEFT JOIN st s ON s.username = t.username AND s.tag = t.tag
+    WINDOW w AS (PARTITION BY t.username, t.tag ORDER BY t.posted_at
+                 RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP)
 )
-SELECT dense_rank() OVER (ORDER BY username)::BIGINT AS u, post_id, epoch_us(posted_at) AS t, yq, tags, target
-FROM (SELECT username, post_id, posted_at, yq, tags, true AS target FROM batch
-      UNION ALL
-      SELECT username, post_id, posted_at, round(ln_likes * 4294967296.0)::BIGINT, tags, false
-      FROM cand SEMI JOIN shared USING (post_id))
-ORDER BY u, t, post_id;
+SELECT post_id, sum(m)::BIGINT AS m, sum(sy)::HUGEINT AS sy,
+       count(*) FILTER (WHERE novel) / count(*) AS frac
+FROM pt GROUP BY post_id;
 
 -- name: cum
 -- Running history after each timestamp group: state + the batch's liked posts up to it.
@@ -240,10 +232,8 @@ JOIN (SELECT post_id,
                             RANGE BETWEEN INTERVAL 30 DAY PRECEDING AND CURRENT ROW EXCLUDE GROUP) AS last30
       FROM fz_posts) w USING (post_id);
 
--- Hashtag history of the batch's users (not kept as state): a post's tag_perf is over the m earlier liked
--- posts of its user sharing a tag with it, (their mean - hist_mean) * m / (m + 2); tag_novel_frac is the
--- share of its tags the user never used before it. m, the exact sum of their ln-likes and the novel share
--- are counted by features.py (_tag_history, from the rows of block tag_history_input) into fz_taghist.
+-- Hashtag history (block tag_history): tag_perf = (mean ln-likes of the m earlier liked (post, tag) matches
+-- - hist_mean) * m / (m + 2); tag_novel_frac = the share of the post's tags the user never used before it.
 CREATE OR REPLACE TEMP TABLE fz_tagdyn AS
 SELECT p.post_id,
        CASE WHEN g.m > 0 THEN (g.sy::DOUBLE / g.m / 4294967296.0 - h.mean) * g.m / (g.m + 2) END AS tag_perf,
@@ -491,6 +481,21 @@ SELECT b.username,
 FROM b LEFT JOIN fz_state s USING (username) LEFT JOIN d USING (username);
 DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);
 INSERT INTO user_state BY NAME SELECT * FROM fz_state_new;
+
+-- name: advance_user_tags
+-- user_tag_state of every user of the batch: its old rows plus the batch's uses; a user recomputed from its
+-- history (or new) gets rows from its posts in the batch, which are all of them.
+CREATE OR REPLACE TEMP TABLE fz_utag_new AS
+SELECT b.username, b.tag, coalesce(s.uses, 0) + b.uses AS uses, coalesce(s.n_liked, 0) + b.n_liked AS n_liked,
+       coalesce(s.sy, 0) + b.sy AS sy
+FROM (SELECT username, tag, count(*) AS uses, count(yq) AS n_liked, coalesce(sum(yq::HUGEINT), 0) AS sy
+      FROM fz_post_tags GROUP BY username, tag) b
+LEFT JOIN (SELECT * FROM user_tag_state WHERE username IN (SELECT username FROM fz_state)) s
+    ON s.username = b.username AND s.tag = b.tag;
+DELETE FROM user_tag_state
+WHERE username IN (SELECT username FROM fz_posts) AND username NOT IN (SELECT username FROM fz_state);
+DELETE FROM user_tag_state s USING fz_utag_new n WHERE s.username = n.username AND s.tag = n.tag;
+INSERT INTO user_tag_state BY NAME SELECT * FROM fz_utag_new;
 
 -- name: advance_tags
 -- tag_state counts the uses of each tag among featurized posts, the latest one, and the uses at that time.

@@ -177,6 +177,16 @@ CREATE TABLE IF NOT EXISTS tag_state (
 );
 ALTER TABLE tag_state ADD COLUMN IF NOT EXISTS last_n BIGINT;
 
+-- Each user's use of each hashtag among its featurized posts (tag_perf, tag_novel_frac): all uses, uses in
+-- liked posts and the exact sum of their ln-likes (2^-32 units). A row exists once the user used the tag.
+CREATE TABLE IF NOT EXISTS user_tag_state (
+    username VARCHAR NOT NULL,
+    tag      VARCHAR NOT NULL,
+    uses     BIGINT NOT NULL,
+    n_liked  BIGINT NOT NULL,
+    sy       HUGEINT NOT NULL
+);
+
 -- What post_features and the state were computed with, and how far they reach.
 CREATE TABLE IF NOT EXISTS feature_state (
     half_life_days  DOUBLE NOT NULL,
@@ -185,6 +195,9 @@ CREATE TABLE IF NOT EXISTS feature_state (
     posts_seen      TIMESTAMP,         -- max(posts.updated_at) featurized
     ingests_seen    TIMESTAMP          -- max(ingests.finished_at) then
 );
+-- the definitions the stored features follow (igcli.features.FEATURE_VERSION); NULL in stores made before it,
+-- which the next featurize recomputes
+ALTER TABLE feature_state ADD COLUMN IF NOT EXISTS feature_version INTEGER;
 
 -- post_features rows by snapshot choice and history flag, kept up to date by featurize (no scan to report).
 CREATE TABLE IF NOT EXISTS feature_counts (

@@ -486,7 +486,7 @@ def brute_dynamics(posts: list[tuple], pid: str) -> dict:
         sxx = sum((x - tm) ** 2 for x in ts)
         if sxx > 0:
             out["h_slope"] = 30 * sum((x - tm) * (y - ym) for x, y in zip(ts, ys, strict=True)) / (sxx + 900)
-    shared = [math.log(p[3]) for p in liked if set(p[4]) & set(tags)]
+    shared = [math.log(p[3]) for tag in tags for p in liked if tag in p[4]]   # once per shared tag
     m = len(shared)
     out["tag_perf_n"] = m
     out["tag_perf"] = (sum(shared) / m - sum(ys) / len(ys)) * m / (m + 2) if m else None
@@ -571,8 +571,8 @@ def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path)
 
 
 def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: Path, db: Path):
-    """Users with more than 64 distinct tags (several mask words in features._tag_history), counted in one
-    full featurize and then from the stored rows after appending later posts: both equal brute force."""
+    """Users with hundreds of distinct tags, counted in one full featurize and then from user_tag_state after
+    appending later posts: both equal brute force."""
     rows = random_rows(23, users=4, per_user=150, tags=300)
     cut = datetime(2020, 2, 10)
     early = [r for r in rows if r[2] < cut]
@@ -584,7 +584,7 @@ def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: 
     f = features(db)
     posts = [(pid, u, t, lk, sorted({x.lstrip("#").lower() for x in tags.split()})) for pid, u, t, lk, tags, _ in rows]
     most = max(len({tag for p in posts if p[1] == u for tag in p[4]}) for u in {p[1] for p in posts})
-    assert most > 128                                           # at least three 64-bit words for one user
+    assert most > 128
     for pid, *_ in posts:
         want = brute_dynamics(posts, pid)
         for k in ("tag_perf", "tag_perf_n", "tag_novel_frac"):
@@ -628,28 +628,35 @@ def test_featurize_runs_under_its_memory_limit_and_restores_the_callers(tmp_path
     assert seen == [want_inside] and after == want_after, (seen, after)
 
 
-def test_hashtag_history_in_buckets_equals_one_bucket(tmp_path: Path, db: Path, monkeypatch):
-    """Users split into several buckets (features._TAG_ROWS_PER_BUCKET) give the same bits as one bucket,
-    in a full featurize and in an incremental one that reads the stored posts."""
-    from igcli import features as fmod
-
+def test_user_tag_state_counts_each_users_tags_after_appends_and_a_back_dated_post(tmp_path: Path, db: Path):
+    """user_tag_state, advanced by two incremental featurizes (later posts, then a back-dated post that makes
+    its user be recomputed), holds every (user, tag)'s uses, liked uses and exact ln-likes sum; the features
+    equal the full computation; and a store made before feature version 2 is recomputed once."""
     rows = random_rows(29, users=12, per_user=40, tags=8)
     cut = datetime(2020, 2, 10)
     load(tmp_path, db, as_csv([r for r in rows if r[2] < cut]), "early.csv")
     featurize(db, meta_only())
     load(tmp_path, db, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
     featurize(db, meta_only())
-    one = stored(db)
-    monkeypatch.setattr(fmod, "_TAG_ROWS_PER_BUCKET", 25)
-    calls = []
-    real = fmod._tag_history_bucket
-    monkeypatch.setattr(fmod, "_tag_history_bucket", lambda *a: calls.append(a[2:]) or real(*a))
-    featurize(db, meta_only(rebuild=True))
-    assert stored(db) == one and len(calls) > 5
-    db2 = tmp_path / "two.duckdb"
-    load(tmp_path, db2, as_csv([r for r in rows if r[2] < cut]), "early.csv")
-    featurize(db2, meta_only())
-    load(tmp_path, db2, as_csv([r for r in rows if r[2] >= cut]), "late.csv")
-    calls.clear()
-    featurize(db2, meta_only())
-    assert stored(db2) == one and len(calls) > 5
+    back = [("back1", "user3", datetime(2020, 1, 2), 777, "#t1 #t2 #new", 400)]
+    load(tmp_path, db, as_csv(back), "back.csv")
+    res = featurize(db, meta_only())
+    assert res.inserted == 1
+    want: dict[tuple, list] = {}
+    for _, user, _, likes, tags, _ in rows + back:
+        for tag in {x.lstrip("#").lower() for x in tags.split()}:
+            w = want.setdefault((user, tag), [0, 0, 0])
+            w[0] += 1
+            if likes:
+                w[1] += 1
+                w[2] += round(math.log(likes) * 2 ** 32)
+    got = {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, "SELECT * FROM user_tag_state")}
+    assert got == want and ("user3", "new") in got
+    assert stored(db) == full_computation(db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE feature_state SET feature_version = NULL")
+    con.execute("DELETE FROM user_tag_state")
+    con.close()
+    again = featurize(db, meta_only())             # nothing new ingested, yet recomputed
+    assert again.updated == 0 and again.inserted == 0 and stored(db) == full_computation(db)
+    assert {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, "SELECT * FROM user_tag_state")} == want
