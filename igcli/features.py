@@ -55,8 +55,8 @@ from igcli.errors import InputError
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
 # The definitions stored features follow; a store featurized under another version is recomputed. 2: tag_perf
-# and tag_novel_frac from per-(user, tag) state (matches counted per shared tag).
-FEATURE_VERSION = 2
+# and tag_novel_frac from per-(user, tag) state (matches counted per shared tag); 3: that state found by a hash key.
+FEATURE_VERSION = 3
 # DuckDB's memory while the metadata features are computed: beyond it joins and sorts spill to disk, so a
 # full featurize of a large store needs disk rather than memory (without it, 1M posts peaked at 7.4 GiB).
 MEMORY_LIMIT = "1GB"
@@ -149,10 +149,12 @@ class _Params:
     ranking_id: str | None
     leaky: bool
 
+    key_hash: int                            # DuckDB's hash('igcli'): the hash keys of user_tag_state
+
     def matches(self, row: tuple | None) -> bool:
-        """Same parameters and feature version as a ``_feature_state`` row."""
-        return row is not None and (row[0], row[1], row[2], row[5]) == (
-            self.half_life_days, self.hashtag_source, self.leaky, FEATURE_VERSION)
+        """Same parameters, feature version and hash() as a ``_feature_state`` row."""
+        return row is not None and (row[0], row[1], row[2], row[5], row[6]) == (
+            self.half_life_days, self.hashtag_source, self.leaky, FEATURE_VERSION, self.key_hash)
 
 
 def _params(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> _Params:
@@ -164,7 +166,8 @@ def _params(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions) -> _Params:
     if opts.hashtag_ranking is not None:
         ranking_id = load_ranking(con, opts.hashtag_ranking)
     source = f"ranking:{ranking_id}" if ranking_id else "store-frequency"
-    return _Params(float(opts.half_life_days), source, ranking_id, opts.user_stats_as_of == "end")
+    key_hash = con.execute("SELECT hash('igcli')").fetchall()[0][0]
+    return _Params(float(opts.half_life_days), source, ranking_id, opts.user_stats_as_of == "end", key_hash)
 
 
 def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
@@ -264,8 +267,8 @@ def _current(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def _feature_state(con: duckdb.DuckDBPyConnection) -> tuple | None:
-    rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen, feature_version "
-                       "FROM feature_state").fetchall()
+    rows = con.execute("SELECT half_life_days, hashtag_source, leaky, posts_seen, ingests_seen, feature_version, "
+                       "key_hash FROM feature_state").fetchall()
     return rows[0] if rows else None
 
 
@@ -312,8 +315,8 @@ def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_
 def _write_state(con: duckdb.DuckDBPyConnection, p: _Params, posts_seen, ingests_seen) -> None:
     con.execute("DELETE FROM feature_state")
     con.execute("INSERT INTO feature_state BY NAME SELECT ? AS half_life_days, ? AS hashtag_source, ? AS leaky, "
-                "? AS posts_seen, ? AS ingests_seen, ? AS feature_version",
-                [p.half_life_days, p.hashtag_source, p.leaky, posts_seen, ingests_seen, FEATURE_VERSION])
+                "? AS posts_seen, ? AS ingests_seen, ? AS feature_version, ? AS key_hash",
+                [p.half_life_days, p.hashtag_source, p.leaky, posts_seen, ingests_seen, FEATURE_VERSION, p.key_hash])
 
 
 def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> tuple[int, int]:
@@ -345,6 +348,8 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
         posts_seen = con.execute("SELECT greatest(?, max(updated_at)) FROM posts WHERE updated_at > ?",
                                  [fs[3], fs[3]]).fetchall()[0][0]
     run(con, "features", "advance_state")
+    if not full and con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]:
+        run(con, "features", "drop_user_tags")
     run(con, "features", "advance_user_tags")
     run(con, "features", "advance_tags")
     con.execute("CREATE TABLE IF NOT EXISTS post_features AS SELECT *, NULL::TIMESTAMP AS computed_at "

@@ -138,16 +138,24 @@ ORDER BY l.k, u;
 -- posts count strictly before (a post never sees posts at its own time). Summed over the post's tags into
 -- fz_taghist: a post sharing two tags with an earlier one counts it twice.
 CREATE OR REPLACE TEMP TABLE fz_post_tags AS
-SELECT post_id, username, posted_at, yq, unnest(tags) AS tag FROM fz_posts;
+SELECT post_id, username, posted_at, yq, tag, hash(username, tag) AS k, hash(tag || chr(0) || username) AS k2
+FROM (SELECT post_id, username, posted_at, yq, unnest(tags) AS tag FROM fz_posts);
+-- The stored rows of the pairs of users advanced from their state: candidates by k (one integer column), kept
+-- when k2 agrees too (schema.sql says why); rid: for advance_user_tags, in the same transaction.
+CREATE OR REPLACE TEMP TABLE fz_utag_cand AS
+SELECT rowid AS rid, k, k2, uses, n_liked, sy FROM user_tag_state
+WHERE k IN (SELECT k FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state));
+CREATE OR REPLACE TEMP TABLE fz_utag_old AS
+SELECT c.* FROM fz_utag_cand c
+SEMI JOIN (SELECT k, k2 FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state)) w
+    ON w.k = c.k AND w.k2 = c.k2;
 CREATE OR REPLACE TEMP TABLE fz_taghist AS
-WITH st AS (
-    SELECT * FROM user_tag_state WHERE username IN (SELECT username FROM fz_state)
-), pt AS (
+WITH pt AS (
     SELECT t.post_id,
            coalesce(s.n_liked, 0) + count(t.yq) OVER w AS m,
            coalesce(s.sy, 0) + coalesce(sum(t.yq::HUGEINT) OVER w, 0) AS sy,
            s.uses IS NULL AND count(*) OVER w = 0 AS novel
-    FROM fz_post_tags t LEFT JOIN st s ON s.username = t.username AND s.tag = t.tag
+    FROM fz_post_tags t LEFT JOIN fz_utag_old s ON s.k = t.k AND s.k2 = t.k2
     WINDOW w AS (PARTITION BY t.username, t.tag ORDER BY t.posted_at
                  RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW EXCLUDE GROUP)
 )
@@ -483,19 +491,21 @@ DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);
 INSERT INTO user_state BY NAME SELECT * FROM fz_state_new;
 
 -- name: advance_user_tags
--- user_tag_state of every user of the batch: its old rows plus the batch's uses; a user recomputed from its
--- history (or new) gets rows from its posts in the batch, which are all of them.
+-- user_tag_state of every user of the batch: its old rows (fz_utag_old) plus the batch's uses; a user
+-- recomputed from its history (or new) gets rows from its posts in the batch, which are all of them.
 CREATE OR REPLACE TEMP TABLE fz_utag_new AS
-SELECT b.username, b.tag, coalesce(s.uses, 0) + b.uses AS uses, coalesce(s.n_liked, 0) + b.n_liked AS n_liked,
-       coalesce(s.sy, 0) + b.sy AS sy
-FROM (SELECT username, tag, count(*) AS uses, count(yq) AS n_liked, coalesce(sum(yq::HUGEINT), 0) AS sy
+SELECT b.username, b.tag, b.k, b.k2, coalesce(s.uses, 0) + b.uses AS uses,
+       coalesce(s.n_liked, 0) + b.n_liked AS n_liked, coalesce(s.sy, 0) + b.sy AS sy
+FROM (SELECT username, tag, any_value(k) AS k, any_value(k2) AS k2, count(*) AS uses, count(yq) AS n_liked,
+             coalesce(sum(yq::HUGEINT), 0) AS sy
       FROM fz_post_tags GROUP BY username, tag) b
-LEFT JOIN (SELECT * FROM user_tag_state WHERE username IN (SELECT username FROM fz_state)) s
-    ON s.username = b.username AND s.tag = b.tag;
-DELETE FROM user_tag_state
-WHERE username IN (SELECT username FROM fz_posts) AND username NOT IN (SELECT username FROM fz_state);
-DELETE FROM user_tag_state s USING fz_utag_new n WHERE s.username = n.username AND s.tag = n.tag;
+LEFT JOIN fz_utag_old s ON s.k = b.k AND s.k2 = b.k2;
+DELETE FROM user_tag_state WHERE rowid IN (SELECT rid FROM fz_utag_old);
 INSERT INTO user_tag_state BY NAME SELECT * FROM fz_utag_new;
+
+-- name: drop_user_tags
+-- The rows of users recomputed from their history (advance_user_tags writes them anew).
+DELETE FROM user_tag_state WHERE username IN (SELECT username FROM fz_slow);
 
 -- name: advance_tags
 -- tag_state counts the uses of each tag among featurized posts, the latest one, and the uses at that time.

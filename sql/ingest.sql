@@ -63,9 +63,14 @@ CREATE OR REPLACE TEMP MACRO igc_content(has_caption, has_hashtags, has_mentions
          CASE WHEN has_image THEN image_ref END));
 
 -- name: backfill
--- Posts stored before `content_hash` existed get it once.
+-- Posts stored before `content_hash` / `post_key` existed get them once; every post_key is recomputed
+-- when DuckDB's hash() is not the one that computed them (schema.sql, key_hash).
 UPDATE posts SET content_hash = igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
 WHERE content_hash IS NULL;
+UPDATE posts SET post_key = hash(post_id)
+WHERE post_key IS NULL OR (SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')) = 0;
+DELETE FROM key_hash;
+INSERT INTO key_hash VALUES (hash('igcli'));
 
 -- name: stage
 -- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row), the store_* columns
@@ -143,7 +148,10 @@ SELECT
         igc_mentions($has_mentions, raw_mentions, c.caption), c.image_ref) END AS content
 FROM c;
 
--- How each usable row compares with the post the store holds under its post_id (none: a new post).
+-- How each usable row compares with the post the store holds under its post_id (none: a new post). The
+-- stored rows are found by post_key (one integer column) and fetched by rowid; their post_id text decides.
+CREATE OR REPLACE TEMP TABLE stored_rows AS
+SELECT rowid AS rid FROM posts WHERE post_key IN (SELECT hash(post_id) FROM staged WHERE errs IS NULL);
 CREATE OR REPLACE TEMP TABLE matched AS
 SELECT s.rn, p.username_hash <> hash(s.username) AS other_user,
        p.content <> s.content OR (s.likes IS NOT NULL AND p.likes IS DISTINCT FROM s.likes) AS changed,
@@ -157,7 +165,7 @@ JOIN (
            CASE WHEN $full THEN content_hash
                 ELSE igc_content($has_caption, $has_hashtags, $has_mentions, $has_image, posted_at, caption, hashtags,
                                  mentions, image_ref) END AS content
-    FROM posts
+    FROM posts WHERE rowid IN (SELECT rid FROM stored_rows)
 ) p ON p.post_id = s.post_id
 WHERE s.errs IS NULL;
 
@@ -220,9 +228,9 @@ SELECT rn, line, posted_at, likes, image_path FROM igc_plan($has_image) WHERE is
 -- Lines come from the stream again; after records DuckDB's parser refused they come from `staged`, where
 -- they were shifted (`$shifted`, rare).
 INSERT INTO posts
-SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
+SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref), hash(post_id)
 FROM (
-    SELECT trim(s.post_id), trim(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
+    SELECT trim(s.post_id) AS post_id, trim(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
            igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
            igc_bigint(igc_count(s.likes)), nullif(trim(s.image), '') AS image_ref, k.image_path,
@@ -238,7 +246,8 @@ FROM (
 INSERT INTO posts
 SELECT g.post_id, g.username, g.posted_at, g.caption, g.hashtags, g.mentions, g.likes, g.image_ref, k.image_path,
        $source, g.line, $now::TIMESTAMP, $now::TIMESTAMP,
-       igc_content(true, true, true, true, g.posted_at, g.caption, g.hashtags, g.mentions, g.image_ref)
+       igc_content(true, true, true, true, g.posted_at, g.caption, g.hashtags, g.mentions, g.image_ref),
+       hash(g.post_id)
 FROM good g
 LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
 

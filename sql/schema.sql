@@ -22,10 +22,16 @@ CREATE TABLE IF NOT EXISTS posts (
     source_line  BIGINT NOT NULL,
     ingested_at  TIMESTAMP NOT NULL,
     updated_at   TIMESTAMP NOT NULL,
-    content_hash UBIGINT           -- hash of posted_at, caption, hashtags, mentions, image_ref: what a re-ingest
+    content_hash UBIGINT,          -- hash of posted_at, caption, hashtags, mentions, image_ref: what a re-ingest
                                    -- compares, without reading the text back (ingest fills it)
+    post_key     UBIGINT           -- hash(post_id): ingest finds a file's posts by this integer, then compares
+                                   -- the post_id text of those rows only (no scan of every post_id string)
 );
 ALTER TABLE posts ADD COLUMN IF NOT EXISTS content_hash UBIGINT;  -- stores made before it existed
+ALTER TABLE posts ADD COLUMN IF NOT EXISTS post_key UBIGINT;
+-- DuckDB's hash('igcli') when the stored post_key values were computed: a DuckDB whose hash() differs (an
+-- upgrade) recomputes every post_key before comparing a file with the store, so no post is taken for new.
+CREATE TABLE IF NOT EXISTS key_hash (hash_of_igcli UBIGINT NOT NULL);
 
 -- User-level values are dated snapshots: a new row only when the values change.
 CREATE TABLE IF NOT EXISTS user_snapshots (
@@ -179,13 +185,21 @@ ALTER TABLE tag_state ADD COLUMN IF NOT EXISTS last_n BIGINT;
 
 -- Each user's use of each hashtag among its featurized posts (tag_perf, tag_novel_frac): all uses, uses in
 -- liked posts and the exact sum of their ln-likes (2^-32 units). A row exists once the user used the tag.
+-- Keys: k = hash(username, tag) and k2 = hash(tag || chr(0) || username), two independent 64-bit hashes. A
+-- lookup scans k only and keeps the rows whose k2 agrees too, so it never compares the strings of every row
+-- (10x slower at 10M posts); a wrong match would need two pairs to collide in both (about 2^-128 a pair).
 CREATE TABLE IF NOT EXISTS user_tag_state (
     username VARCHAR NOT NULL,
     tag      VARCHAR NOT NULL,
+    k        UBIGINT NOT NULL,
+    k2       UBIGINT NOT NULL,
     uses     BIGINT NOT NULL,
     n_liked  BIGINT NOT NULL,
     sy       HUGEINT NOT NULL
 );
+-- (a store made while the table had no keys gets them here; its feature_version makes featurize refill it)
+ALTER TABLE user_tag_state ADD COLUMN IF NOT EXISTS k UBIGINT;
+ALTER TABLE user_tag_state ADD COLUMN IF NOT EXISTS k2 UBIGINT;
 
 -- What post_features and the state were computed with, and how far they reach.
 CREATE TABLE IF NOT EXISTS feature_state (
@@ -198,6 +212,8 @@ CREATE TABLE IF NOT EXISTS feature_state (
 -- the definitions the stored features follow (igcli.features.FEATURE_VERSION); NULL in stores made before it,
 -- which the next featurize recomputes
 ALTER TABLE feature_state ADD COLUMN IF NOT EXISTS feature_version INTEGER;
+-- DuckDB's hash('igcli') when user_tag_state's keys were computed (another one: the next featurize rebuilds)
+ALTER TABLE feature_state ADD COLUMN IF NOT EXISTS key_hash UBIGINT;
 
 -- post_features rows by snapshot choice and history flag, kept up to date by featurize (no scan to report).
 CREATE TABLE IF NOT EXISTS feature_counts (

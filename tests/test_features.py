@@ -650,8 +650,11 @@ def test_user_tag_state_counts_each_users_tags_after_appends_and_a_back_dated_po
             if likes:
                 w[1] += 1
                 w[2] += round(math.log(likes) * 2 ** 32)
-    got = {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, "SELECT * FROM user_tag_state")}
+    state_sql = "SELECT username, tag, uses, n_liked, sy FROM user_tag_state"
+    got = {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, state_sql)}
     assert got == want and ("user3", "new") in got
+    keys = query(db, "SELECT count(DISTINCT k), count(*) FROM user_tag_state")[0]
+    assert keys[0] == keys[1] == len(want)
     assert stored(db) == full_computation(db)
     con = duckdb.connect(str(db))
     con.execute("UPDATE feature_state SET feature_version = NULL")
@@ -659,4 +662,37 @@ def test_user_tag_state_counts_each_users_tags_after_appends_and_a_back_dated_po
     con.close()
     again = featurize(db, meta_only())             # nothing new ingested, yet recomputed
     assert again.updated == 0 and again.inserted == 0 and stored(db) == full_computation(db)
-    assert {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, "SELECT * FROM user_tag_state")} == want
+    assert {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, state_sql)} == want
+    con = duckdb.connect(str(db))                  # keys made by a DuckDB whose hash() differs: rebuilt too
+    con.execute("UPDATE feature_state SET key_hash = 0")
+    con.execute("UPDATE user_tag_state SET k = 0, k2 = 0")
+    con.close()
+    featurize(db, meta_only())
+    assert query(db, "SELECT count(*) FROM user_tag_state WHERE k <> hash(username, tag)") == [(0,)]
+    assert stored(db) == full_computation(db)
+
+
+def test_user_tag_state_rows_sharing_a_key_are_told_apart_by_their_text(tmp_path: Path, db: Path):
+    """A stored (user, tag) row whose k equals that of a pair the next batch looks up (a collision of the
+    first hash, made here by hand) is fetched as a candidate, but its k2 differs: it is neither counted for
+    that pair nor deleted with it."""
+    rows = random_rows(31, users=6, per_user=40, tags=6)
+    cut = datetime(2020, 2, 10)
+    load(tmp_path, db, as_csv([r for r in rows if r[2] < cut]), "early.csv")
+    featurize(db, meta_only())
+    late = [r for r in rows if r[2] >= cut]
+    late_pairs = {(u, x.lstrip("#").lower()) for _, u, _, _, tags, _ in late for x in tags.split()}
+    stored_pairs = {(u, t) for u, t in query(db, "SELECT username, tag FROM user_tag_state")}
+    # a pair of the same user, so the lookup (by the batch's users) fetches it
+    target, other = next((t, o) for t in sorted(late_pairs & stored_pairs)
+                         for o in sorted(stored_pairs - late_pairs) if o[0] == t[0])
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE user_tag_state SET k = hash(?, ?) WHERE username = ? AND tag = ?", [*target, *other])
+    before = con.execute("SELECT uses, n_liked, sy FROM user_tag_state WHERE username = ? AND tag = ?",
+                         other).fetchall()
+    con.close()
+    load(tmp_path, db, as_csv(late), "late.csv")
+    featurize(db, meta_only())
+    assert stored(db) == full_computation(db)
+    assert query(db, f"SELECT uses, n_liked, sy FROM user_tag_state WHERE username = '{other[0]}' "
+                     f"AND tag = '{other[1]}'") == before
