@@ -29,6 +29,18 @@ def jpeg(path: Path, color=(200, 30, 30), size=(16, 16)) -> None:
 q = query
 
 
+def execute(db: Path, *statements: str) -> None:
+    """Run statements on the store outside igcli (to make an older or damaged store by hand)."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.close()
+
+
 NASTY = (
     HEADER
     # line 2-3: quoted comma, doubled quotes, a newline inside the caption, emoji and Cyrillic
@@ -277,13 +289,9 @@ def test_line_numbers_exact_across_a_file_read_in_parallel(tmp_path: Path, db: P
 
 
 def test_content_hash_backfilled_and_kept_current(tmp_path: Path, db: Path):
-    import duckdb
-
     full = write(tmp_path / "full.csv", HEADER + "p1,alice,2017-04-28,cap #a,#a,,10,100,1,1,\n")
     ingest_posts(full, db=db)
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE posts SET content_hash = NULL")  # a store written before the column existed
-    con.close()
+    execute(db, "UPDATE posts SET content_hash = NULL")  # a store written before the column existed
     r = ingest_posts(full, db=db)
     assert (r.updated, r.unchanged) == (0, 1)
     assert q(db, "SELECT count(*) FROM posts WHERE content_hash IS NULL") == [(0,)]
@@ -302,29 +310,20 @@ def test_content_hash_backfilled_and_kept_current(tmp_path: Path, db: Path):
 def test_post_key_backfilled_and_only_the_post_id_text_decides(tmp_path: Path, db: Path):
     """Stored posts are found by post_key (a hash of post_id), but a row whose key equals another post's is
     compared by its post_id text: a new post is never taken for the stored one it shares a key with."""
-    import duckdb
-
     first = write(tmp_path / "a.csv", HEADER + "p1,alice,2017-04-28,cap,,,10,100,1,1,\n")
     ingest_posts(first, db=db)
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE posts SET post_key = NULL")  # a store written before the column existed
-    con.close()
+    execute(db, "UPDATE posts SET post_key = NULL")  # a store written before the column existed
     r = ingest_posts(first, db=db)
     assert (r.loaded, r.updated, r.unchanged) == (0, 0, 1)
     assert q(db, "SELECT post_key = hash(post_id) FROM posts") == [(True,)]
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE posts SET post_key = hash('p2')")  # p1 now collides with the key of p2
-    con.close()
+    execute(db, "UPDATE posts SET post_key = hash('p2')")  # p1 now collides with the key of p2
     r = ingest_posts(write(tmp_path / "b.csv", HEADER + "p2,bob,2017-04-29,other,,,7,5,1,1,\n"), db=db)
     assert (r.loaded, r.updated, r.unchanged, r.rejected) == (1, 0, 0, 0)
     assert q(db, "SELECT post_id, username, caption FROM posts ORDER BY post_id") == [
         ("p1", "alice", "cap"), ("p2", "bob", "other")]
     # a DuckDB whose hash() differs from the one that computed the keys (made here by hand): every key is
     # recomputed before the file is compared, so the stored posts are found, not loaded a second time
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE posts SET post_key = 42")
-    con.execute("UPDATE key_hash SET hash_of_igcli = 0")
-    con.close()
+    execute(db, "UPDATE posts SET post_key = 42", "UPDATE key_hash SET hash_of_igcli = 0")
     rows = "p1,alice,2017-04-28,cap,,,10,100,1,1,\np2,bob,2017-04-29,other,,,7,5,1,1,\n"
     both = write(tmp_path / "c.csv", HEADER + rows)
     r = ingest_posts(both, db=db)
