@@ -344,6 +344,8 @@ def ingest_posts(
         with store.transaction(con):
             con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
             store.run_block(con, "ingest", "backfill")
+            if not con.execute("SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')").fetchall()[0][0]:
+                store.run_block(con, "ingest", "rekey")
             # an empty store has nothing to compare with: stage every value and read the file once
             wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
             try:

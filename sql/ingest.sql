@@ -63,12 +63,16 @@ CREATE OR REPLACE TEMP MACRO igc_content(has_caption, has_hashtags, has_mentions
          CASE WHEN has_image THEN image_ref END));
 
 -- name: backfill
--- Posts stored before `content_hash` / `post_key` existed get them once; every post_key is recomputed
--- when DuckDB's hash() is not the one that computed them (schema.sql, key_hash).
+-- Posts stored before `content_hash` / `post_key` existed get them once (the IS NULL filters skip every row
+-- group that has none, so this costs nothing in a current store).
 UPDATE posts SET content_hash = igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref)
 WHERE content_hash IS NULL;
-UPDATE posts SET post_key = hash(post_id)
-WHERE post_key IS NULL OR (SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')) = 0;
+UPDATE posts SET post_key = hash(post_id) WHERE post_key IS NULL;
+
+-- name: rekey
+-- Every post_key again, when DuckDB's hash() is not the one that computed them (schema.sql, key_hash); also
+-- the first ingest into a store.
+UPDATE posts SET post_key = hash(post_id);
 DELETE FROM key_hash;
 INSERT INTO key_hash VALUES (hash('igcli'));
 
