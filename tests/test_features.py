@@ -672,7 +672,7 @@ def test_user_tag_state_counts_each_users_tags_after_appends_and_a_back_dated_po
     assert stored(db) == full_computation(db)
 
 
-def test_user_tag_state_rows_sharing_a_key_are_told_apart_by_their_text(tmp_path: Path, db: Path):
+def test_user_tag_state_rows_sharing_a_key_are_told_apart_by_the_second_hash(tmp_path: Path, db: Path):
     """A stored (user, tag) row whose k equals that of a pair the next batch looks up (a collision of the
     first hash, made here by hand) is fetched as a candidate, but its k2 differs: it is neither counted for
     that pair nor deleted with it."""
