@@ -148,7 +148,6 @@ class _Params:
     hashtag_source: str                      # "store-frequency" | "ranking:<sha256>"
     ranking_id: str | None
     leaky: bool
-
     key_hash: int                            # DuckDB's hash('igcli'): the hash keys of user_tag_state
 
     def matches(self, row: tuple | None) -> bool:
@@ -348,7 +347,7 @@ def _update(con: duckdb.DuckDBPyConnection, p: _Params, now, rebuild: bool) -> t
         posts_seen = con.execute("SELECT greatest(?, max(updated_at)) FROM posts WHERE updated_at > ?",
                                  [fs[3], fs[3]]).fetchall()[0][0]
     run(con, "features", "advance_state")
-    if not full and con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]:
+    if con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]:       # (empty in a full recompute)
         run(con, "features", "drop_user_tags")
     run(con, "features", "advance_user_tags")
     run(con, "features", "advance_tags")

@@ -142,13 +142,12 @@ SELECT post_id, username, posted_at, yq, tag, hash(username, tag) AS k, hash(tag
 FROM (SELECT post_id, username, posted_at, yq, unnest(tags) AS tag FROM fz_posts);
 -- The stored rows of the pairs of users advanced from their state: candidates by k (one integer column), kept
 -- when k2 agrees too (schema.sql says why); rid: for advance_user_tags, in the same transaction.
+CREATE OR REPLACE TEMP TABLE fz_utag_wanted AS
+SELECT DISTINCT k, k2 FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state);
 CREATE OR REPLACE TEMP TABLE fz_utag_cand AS
-SELECT rowid AS rid, k, k2, uses, n_liked, sy FROM user_tag_state
-WHERE k IN (SELECT k FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state));
+SELECT rowid AS rid, k, k2, uses, n_liked, sy FROM user_tag_state WHERE k IN (SELECT k FROM fz_utag_wanted);
 CREATE OR REPLACE TEMP TABLE fz_utag_old AS
-SELECT c.* FROM fz_utag_cand c
-SEMI JOIN (SELECT k, k2 FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state)) w
-    ON w.k = c.k AND w.k2 = c.k2;
+SELECT c.* FROM fz_utag_cand c SEMI JOIN fz_utag_wanted w ON w.k = c.k AND w.k2 = c.k2;
 CREATE OR REPLACE TEMP TABLE fz_taghist AS
 WITH pt AS (
     SELECT t.post_id,

@@ -63,6 +63,18 @@ def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
+def execute(db: Path, *statements: str) -> None:
+    """Run statements on a store outside igcli (to make an older or damaged store by hand)."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.close()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run ``python -m igcli`` in a subprocess, as a user would, offline: the environment must carry
     ``offline_model_env``'s HF_HUB_OFFLINE, private HF_HOME and igcli cache (checked, not assumed)."""

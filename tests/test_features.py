@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import query
+from conftest import execute, query
 
 from igcli.features import CAPTION_FEATURES, DYNAMICS_FEATURES, FeaturizeOptions, featurize
 from igcli.ingest import ingest_posts
@@ -557,11 +557,8 @@ def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path)
     load(tmp_path, db, as_csv(rows))
     featurize(db, meta_only())
     want = stored(db)
-    con = duckdb.connect(str(db))
-    con.execute("ALTER TABLE post_features DROP COLUMN h_slope")
-    con.execute("ALTER TABLE post_features DROP COLUMN n_emoji")
-    con.execute("ALTER TABLE user_state DROP COLUMN s_ty")
-    con.close()
+    execute(db, "ALTER TABLE post_features DROP COLUMN h_slope", "ALTER TABLE post_features DROP COLUMN n_emoji",
+            "ALTER TABLE user_state DROP COLUMN s_ty")
     r = featurize(db, meta_only())                 # nothing new ingested, yet not a no-op
     assert stored(db) == want and r.updated + r.inserted == len(rows)
     later = [(f"x{i}", "user0", max(x[2] for x in rows) + timedelta(days=i + 1), 10 + i, "#t1", 100) for i in range(3)]
@@ -656,17 +653,12 @@ def test_user_tag_state_counts_each_users_tags_after_appends_and_a_back_dated_po
     keys = query(db, "SELECT count(DISTINCT k), count(*) FROM user_tag_state")[0]
     assert keys[0] == keys[1] == len(want)
     assert stored(db) == full_computation(db)
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE feature_state SET feature_version = NULL")
-    con.execute("DELETE FROM user_tag_state")
-    con.close()
+    execute(db, "UPDATE feature_state SET feature_version = NULL", "DELETE FROM user_tag_state")
     again = featurize(db, meta_only())             # nothing new ingested, yet recomputed
     assert again.updated == 0 and again.inserted == 0 and stored(db) == full_computation(db)
     assert {(u, t): [a, b, int(c)] for u, t, a, b, c in query(db, state_sql)} == want
-    con = duckdb.connect(str(db))                  # keys made by a DuckDB whose hash() differs: rebuilt too
-    con.execute("UPDATE feature_state SET key_hash = 0")
-    con.execute("UPDATE user_tag_state SET k = 0, k2 = 0")
-    con.close()
+    # keys made by a DuckDB whose hash() differs: rebuilt too
+    execute(db, "UPDATE feature_state SET key_hash = 0", "UPDATE user_tag_state SET k = 0, k2 = 0")
     featurize(db, meta_only())
     assert query(db, "SELECT count(*) FROM user_tag_state WHERE k <> hash(username, tag)") == [(0,)]
     assert stored(db) == full_computation(db)

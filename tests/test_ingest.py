@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import query
+from conftest import execute, query
 from PIL import Image
 
 from igcli import store
@@ -27,18 +27,6 @@ def jpeg(path: Path, color=(200, 30, 30), size=(16, 16)) -> None:
 
 
 q = query
-
-
-def execute(db: Path, *statements: str) -> None:
-    """Run statements on the store outside igcli (to make an older or damaged store by hand)."""
-    import duckdb
-
-    con = duckdb.connect(str(db))
-    try:
-        for statement in statements:
-            con.execute(statement)
-    finally:
-        con.close()
 
 
 NASTY = (
