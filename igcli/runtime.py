@@ -395,7 +395,11 @@ def quantized_cached(fp32: Path, meta: dict[str, Any]) -> Path:
 # ------------------------------------------------------------------------------------------ images
 
 def image_preparer(data_config: dict[str, Any]) -> Callable:
-    """PIL RGB image -> (H, W, 3) uint8 after timm's eval resize and centre crop for ``data_config``."""
+    """PIL RGB image -> (H, W, 3) uint8 after timm's eval resize and centre crop for ``data_config``.
+
+    The resize and the crop run as one PIL resize of the crop's region (``fused_crop``) wherever that gives
+    the same bytes, which skips resampling the pixels the crop throws away (a 224 px image resized to 256
+    and cropped to 224: 0.8 instead of 1.1 ms); elsewhere torchvision's two steps run as they are."""
     import numpy as np
     from timm.data import create_transform
     from torchvision import transforms as T
@@ -406,12 +410,77 @@ def image_preparer(data_config: dict[str, Any]) -> Callable:
     steps = [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
     geometry = T.Compose(steps)
     size = tuple(data_config["input_size"][1:])
+    fused = fused_crop(steps)
 
     def prepare(img) -> np.ndarray:
-        out = np.asarray(geometry(img), dtype=np.uint8)
+        region = fused(img.size) if fused is not None else None
+        if region is not None:
+            out = np.asarray(img.resize((size[1], size[0]), region[0], box=region[1]), dtype=np.uint8)
+        else:
+            out = np.asarray(geometry(img), dtype=np.uint8)
         if out.shape != (*size, 3):
             raise ValueError(f"prepared image is {out.shape}, expected {(*size, 3)}")
         return out
 
     return prepare
 
+
+def fused_crop(steps: list) -> Callable[[tuple[int, int]], tuple[Any, tuple[float, ...]] | None] | None:
+    """For ``[Resize(s), CenterCrop((h, w))]`` (timm's eval geometry): a function of the image size giving
+    ``(resample, box)`` such that ``img.resize((w, h), resample, box=box)`` equals the two steps byte for
+    byte, or None for a size where that is not certain; None when the steps are of another kind.
+
+    PIL computes each output pixel's source centre as ``box0 + (i + 0.5) * scale`` with
+    ``scale = (box1 - box0) / out``, and its filter weights from that centre and scale alone. Resizing
+    the whole image and cropping at ``left`` gives pixel i the centre ``(left + i + 0.5) * (W / new_w)``.
+    The box ``(left * W / new_w, ...)`` gives the same centres in exact arithmetic; they are compared here
+    in the same double arithmetic for every output pixel, so a size whose rounding differs falls back.
+    PIL also picks which pass (horizontal or vertical) runs first, and the two orders round differently; so
+    each new image size is checked once more on a noise image, both ways, and falls back unless equal."""
+    import functools
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    if len(steps) != 2 or not isinstance(steps[0], T.Resize) or not isinstance(steps[1], T.CenterCrop):
+        return None
+    resize, crop = steps
+    modes = {InterpolationMode.BICUBIC: Image.Resampling.BICUBIC, InterpolationMode.BILINEAR: Image.Resampling.BILINEAR}
+    side = resize.size[0] if isinstance(resize.size, list | tuple) and len(resize.size) == 1 else resize.size
+    if not isinstance(side, int) or resize.max_size is not None or resize.interpolation not in modes:
+        return None
+    ch, cw = crop.size
+    resample = modes[resize.interpolation]
+
+    two_steps = T.Compose(steps)
+
+    def axis(n: int, new: int, out: int) -> tuple[float, float] | None:
+        """The box's (start, end) along one axis of n pixels resized to ``new`` and cropped to ``out``."""
+        if new == n or out > new:
+            return None                      # no resampling on this axis, or a padded crop: the plain path
+        left = int(round((new - out) / 2.0))
+        scale = n / new
+        start, end = left * scale, (left + out) * scale
+        if (end - start) / out != scale:
+            return None
+        if any(start + (i + 0.5) * scale != (left + i + 0.5) * scale for i in range(out)):
+            return None
+        return start, end
+
+    @functools.lru_cache(maxsize=64)
+    def region(image_size: tuple[int, int]) -> tuple[Any, tuple[float, ...]] | None:
+        w, h = image_size
+        short, long = min(w, h), max(w, h)
+        new_short, new_long = side, int(side * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        x, y = axis(w, new_w, cw), axis(h, new_h, ch)
+        if x is None or y is None:
+            return None
+        box = (x[0], y[0], x[1], y[1])
+        noise = Image.frombytes("RGB", (w, h), np.random.default_rng(w * 65537 + h).bytes(w * h * 3))
+        same = np.array_equal(np.asarray(noise.resize((cw, ch), resample, box=box)), np.asarray(two_steps(noise)))
+        return (resample, box) if same else None
+
+    return region
