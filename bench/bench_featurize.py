@@ -13,7 +13,8 @@ Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per bac
 * onnxruntime int8: its dynamic quantization (``--quantize int8``), when it builds;
 * end to end: ``featurize_images`` on a temporary store (decode overlapped with inference, DuckDB writes),
   both roles from one forward pass for the packaged backbones; compared with the faster model-only row.
-  The two onnxruntime fp32 rows and this one run in ``--repeats`` interleaved rounds and report medians.
+  Torch eager, the two onnxruntime fp32 rows and this one run in ``--repeats`` interleaved rounds and report
+  medians (int8 reports the best of ``--repeats`` passes).
 
 GFLOP/s = images/s x FLOPs per image (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs). The machine's
 fp32 GEMM rate (torch matmul 2048 x 2048, all threads, best of 5) is measured in the same run and printed
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="decode threads")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="inference threads (torch and ORT)")
     p.add_argument("--repeats", type=int, default=3,
-                   help="timed passes of torch / int8 (the best is reported), and interleaved rounds of onnxruntime "
-                        "fp32 and end to end (the median is reported)")
+                   help="timed passes of int8 (the best is reported), and interleaved rounds of torch eager, "
+                        "onnxruntime fp32 and end to end (the median is reported)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 rows")
     p.add_argument("--int8-agreement", type=int, default=0,
                    help="also measure int8 vs fp32 top-5 agreement on this many images (first backbone)")
@@ -160,18 +161,15 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
                     f"to {ort_fp32.input_size[0]}px uint8"))
     x = np.concatenate(decoded)[:args.n_model]
 
-    torch_runner = open_runner(group, "cpu", runtime="torch", threads=args.threads)
-    t_rate = throughput(torch_runner.infer, x, args)
-    rows.append(Row("model only", name, f"torch eager, {args.threads} threads", len(x), args.batch, t_rate, gflop,
-                    weights_note))
-    del torch_runner
-
-    # The three rows the end-to-end target compares are measured in interleaved rounds and reported as
-    # medians: on a shared machine a best-of pass picks the quietest moment of whichever row got it.
+    # The rows the targets compare (torch eager against onnxruntime, end to end against onnxruntime) are
+    # measured in interleaved rounds and reported as medians: on a shared machine a best-of pass picks the
+    # quietest moment of whichever row got it, and a row measured minutes apart from another sees another load.
     from igcli.runtime import make_session
 
+    torch_runner = open_runner(group, "cpu", runtime="torch", threads=args.threads)
     spinning = make_session(ort_fp32.onnx_path, "cpu", args.threads, spinning=True)
-    models = {"sleeping": ort_fp32.infer, "spinning": lambda b: spinning.run(ort_fp32.outputs, {"image": b})}
+    models = {"torch": torch_runner.infer, "sleeping": ort_fp32.infer,
+              "spinning": lambda b: spinning.run(ort_fp32.outputs, {"image": b})}
     for fn in models.values():
         fn(x[:2])  # warm-up: kernel selection, weight prepacking
     n_e2e = min(args.n_e2e, len(images))
@@ -180,8 +178,11 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
         got = {kind: one_pass(fn, x, args.batch) for kind, fn in models.items()}
         got["e2e"], got["call_s"] = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}")
         rounds.append(got)
+    del torch_runner
     med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    o_rate, s_rate, e2e = med["sleeping"], med["spinning"], med["e2e"]
+    t_rate, o_rate, s_rate, e2e = med["torch"], med["sleeping"], med["spinning"], med["e2e"]
+    rows.append(Row("model only", name, f"torch eager, {args.threads} threads", len(x), args.batch, t_rate, gflop,
+                    f"median{'; ' + weights_note if weights_note else ''}"))
     rows.append(Row("model only", name, f"onnxruntime fp32, {args.threads} threads", len(x), args.batch, o_rate,
                     gflop, f"{o_rate / t_rate:.2f}x torch eager (target >= 2x); featurize's session, median"))
     rows.append(Row("model only", name, f"onnxruntime fp32, {args.threads} spinning threads", len(x), args.batch,
@@ -198,10 +199,10 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     rows.append(Row("end to end", name, f"featurize, ORT + {args.workers} decode threads", n_e2e, args.batch,
                     e2e, gflop, f"{e2e / best:.0%} of the faster ORT model-only row (target >= 90%); both roles, "
                     "rows written, median"))
-    per_round = "; ".join(f"{r['sleeping']:.1f} / {r['spinning']:.1f} / {r['e2e']:.1f} "
+    per_round = "; ".join(f"{r['torch']:.1f} / {r['sleeping']:.1f} / {r['spinning']:.1f} / {r['e2e']:.1f} "
                           f"({r['e2e'] / max(r['sleeping'], r['spinning']):.0%})" for r in rounds)
-    notes.append(f"{name}: {len(rounds)} interleaved rounds of model-only (featurize's session / spinning) and end "
-                 f"to end on a fresh store, images/s: {per_round}")
+    notes.append(f"{name}: {len(rounds)} interleaved rounds of model-only (torch eager / onnxruntime with featurize's "
+                 f"session / spinning) and end to end on a fresh store, images/s: {per_round}")
     notes.append(f"{name}: the median end-to-end featurize call took {med['call_s']:.1f} s for {n_e2e} images, "
                  f"of which {med['call_s'] - n_e2e / e2e:.1f} s before the timed pass (work list, ONNX cache lookup, "
                  "session open; the first decodes overlap it); images/s counts from the open session")

@@ -135,19 +135,23 @@ def ingest(
         str | None, typer.Option(help="CSV encoding: utf-8, utf-16 or latin-1 [default: detect].")
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    recheck: Annotated[bool, typer.Option(
+        help="Compare every row even when the file is unchanged since the store's latest ingest, which was of it.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Load posts into the store. Bad rows go to the [bold]rejects[/] table; good rows are upserted by post_id.
 
     Required columns: post_id, username, posted_at. Optional: caption, hashtags, mentions, likes, followers,
-    following, user_post_count, image, observed_at. Counts accept 1,234 / 1.2k / 3m.
+    following, user_post_count, image, observed_at. Counts accept 1,234 / 1.2k / 3m. The same file again,
+    unchanged and with nothing ingested in between, is not compared row by row: its last outcome stands.
 
     [bold]Example:[/] igcli ingest demo/posts.csv --db igcli.duckdb
     """
     from igcli.ingest import ingest_posts
 
     with _Bars() as bars:
-        r = ingest_posts(posts, db=db, images_dir=images, encoding=encoding, progress=bars)
+        r = ingest_posts(posts, db=db, images_dir=images, encoding=encoding, progress=bars, recheck=recheck)
     if as_json:
         out.print_json(json.dumps({k: v for k, v in r.__dict__.items()}, default=str))
         return
@@ -159,6 +163,9 @@ def ingest(
     for status, n in sorted(r.images.items()):
         t.add_row(f"images {status}", f"{n:,}")
     out.print(t)
+    if r.reused:
+        out.print(f"unchanged since its ingest {r.reused}, the store's latest: rows not compared again (--recheck "
+                  "compares them)")
     if r.ignored_columns:
         out.print(f"ignored unknown column(s): {', '.join(r.ignored_columns)}")
     for line, col, message in r.warnings:

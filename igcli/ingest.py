@@ -9,12 +9,24 @@ it reads the file twice as a stream (check, then write only new and changed rows
 ``MEMORY_LIMIT`` spill to disk, so neither path holds a large file in memory;
 Python reads the header, places the records DuckDB's parser refused, and probes image files in a thread
 pool. A Parquet file is read into memory by pyarrow first.
+
+The same file again. When the store's latest ingest was this very file (same bytes, path, images folder and
+encoding, under the same ``REUSE_VERSION``), nothing has been written to posts or snapshots since, so
+comparing every row again would find every row unchanged: its outcome is reused (the rows count as unchanged,
+its rejects and warnings stay, a new ``ingests`` row records the run) after checking that no image file the
+posts point at changed on disk, no reject depended on the date (a post dated in the future becomes valid
+later) and the stored posts were not edited by hand (``recheck``, ``igcli ingest --recheck``, compares every
+row whatever the file). ``keep_ids`` always compares.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
+import json
+import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +53,10 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 # first load peaked at ~0.8 GiB and 10M rows at ~1.2 GiB; at 512MB, 0.64 and 0.77 GiB for a few % more CPU.
 MEMORY_LIMIT = "512MB"
 ENCODINGS = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}  # DuckDB name -> Python codec
+# The rules a file is loaded by: an earlier ingest of the same file is reused (module docstring) only when it
+# was made under the same version. Bump it when ingest would store or reject a file's rows differently.
+REUSE_VERSION = 1
+FUTURE_DATE = "date more than a year in the future"   # the one reject that depends on when the file is read
 
 _CSV_ERRORS = {
     "TOO MANY COLUMNS": "too many fields",
@@ -68,6 +84,7 @@ class IngestResult:
     images: dict[str, int] = field(default_factory=dict)  # status -> posts of this file
     seconds: float = 0.0
     post_ids: list[str] = field(default_factory=list, repr=False)  # the file's loaded posts (with keep_ids)
+    reused: str | None = None  # the earlier ingest of the same file whose outcome stands (no row compared)
 
     @property
     def rows_per_s(self) -> float:
@@ -308,8 +325,10 @@ def ingest_posts(
     con: duckdb.DuckDBPyConnection | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     keep_ids: bool = False,
+    recheck: bool = False,
 ) -> IngestResult:
-    """Load one CSV or Parquet file of posts; bad rows go to ``rejects``, good rows are upserted."""
+    """Load one CSV or Parquet file of posts; bad rows go to ``rejects``, good rows are upserted. The same
+    file again right after its last ingest reuses that outcome unless ``recheck`` (module docstring)."""
     t0 = time.perf_counter()
     source = Path(source)
     if not source.is_file():
@@ -346,6 +365,9 @@ def ingest_posts(
             store.run_block(con, "ingest", "backfill")
             if not con.execute("SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')").fetchall()[0][0]:
                 store.run_block(con, "ingest", "rekey")
+            key = _file_key(sha, images_dir, encoding)
+            if not (recheck or keep_ids) and _reuse(con, result, key, sha, now):
+                return result
             # an empty store has nothing to compare with: stage every value and read the file once
             wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
             try:
@@ -401,10 +423,11 @@ def ingest_posts(
                     [result.ingest_id],
                 ).fetchall()
             ]
+            summary = {"rows_read": result.rows_read, "images": result.images, "ignored_columns": ignored}
             con.execute(
-                "INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [result.ingest_id, result.source, sha.result(), now, store.utcnow(), result.loaded,
-                 result.updated, result.unchanged, result.rejected],
+                 result.updated, result.unchanged, result.rejected, key(), json.dumps(summary)],
             )
             if keep_ids:
                 result.post_ids = [r[0] for r in con.execute(
@@ -422,8 +445,87 @@ def ingest_posts(
             con.unregister("igc_parquet")  # a no-op when it was never registered
         if own:
             con.close()
-    result.seconds = time.perf_counter() - t0
+        result.seconds = time.perf_counter() - t0
     return result
+
+
+def _file_key(sha, images_dir: Path, encoding: str | None) -> Callable[[], str]:
+    """The file's bytes (``sha``: a future of their sha256) and what decides how they load, as one sha256;
+    computed when first asked for."""
+    got: list[str] = []
+
+    def key() -> str:
+        if not got:
+            text = f"{REUSE_VERSION}\0{sha.result()}\0{images_dir.resolve()}\0{encoding or ''}"
+            got.append(hashlib.sha256(text.encode()).hexdigest())
+        return got[0]
+
+    return key
+
+
+def _reuse(con: duckdb.DuckDBPyConnection, result: IngestResult, key: Callable[[], str], sha, now) -> bool:
+    """When the store's latest ingest was this file and nothing it depends on changed since, record this run
+    as that outcome again (every row unchanged) and fill ``result``; False when the file must be compared."""
+    last = con.execute(
+        "SELECT ingest_id, source_file, file_key, loaded + updated + unchanged, rejected, summary FROM ingests "
+        "ORDER BY finished_at DESC, started_at DESC LIMIT 1").fetchall()
+    if not last or last[0][1] != result.source or last[0][2] is None or last[0][5] is None:
+        return False
+    last_id, _, last_key, usable, rejected, summary_json = last[0]
+    if last_key != key():
+        return False
+    if con.execute("SELECT count(*) FROM rejects WHERE source_file = ? AND reason = ?",
+                   [result.source, FUTURE_DATE]).fetchall()[0][0]:
+        return False
+    summary = json.loads(summary_json)
+    if not _images_unchanged(con, limit=2 * summary["rows_read"] + 16):
+        return False
+    result.reused = last_id
+    result.unchanged, result.rejected, result.rows_read = usable, rejected, summary["rows_read"]
+    result.images = dict(summary["images"])
+    result.ignored_columns = summary["ignored_columns"]
+    con.execute("UPDATE rejects SET ingest_id = ?, rejected_at = ? WHERE source_file = ?",
+                [result.ingest_id, now, result.source])
+    con.execute("UPDATE ingest_warnings SET ingest_id = ?, warned_at = ? WHERE source_file = ?",
+                [result.ingest_id, now, result.source])
+    result.reasons = [tuple(r) for r in con.execute(
+        "SELECT line_number, column_name, reason FROM rejects WHERE ingest_id = ? ORDER BY line_number LIMIT 5",
+        [result.ingest_id]).fetchall()]
+    result.warnings = [tuple(r) for r in con.execute(
+        "SELECT line_number, column_name, message FROM ingest_warnings WHERE ingest_id = ? ORDER BY line_number "
+        "LIMIT 5", [result.ingest_id]).fetchall()]
+    result.warned = con.execute("SELECT count(*) FROM ingest_warnings WHERE ingest_id = ?",
+                                [result.ingest_id]).fetchall()[0][0]
+    con.execute("INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+                [result.ingest_id, result.source, sha.result(), now, store.utcnow(), usable,
+                 rejected, key(), summary_json])
+    return True
+
+
+def _images_unchanged(con: duckdb.DuckDBPyConnection, limit: int) -> bool:
+    """Every image file the stored posts point at is as it was probed (a re-ingest would probe it again
+    otherwise). False, to compare the file instead, when there are more than ``limit`` of them: the posts of
+    other files then dominate, and the file's own images are the ones a comparison stats."""
+    rows = con.execute(
+        "SELECT path, status, byte_size, mtime_ns FROM images "
+        "WHERE path IN (SELECT image_path FROM posts WHERE image_path IS NOT NULL) LIMIT ?", [limit + 1]).fetchall()
+    if len(rows) > limit:
+        return False
+    for path, status, size, mtime in rows:
+        if status == "unsafe_path":
+            continue                                # refused from its text alone
+        try:
+            st = os.stat(path)
+        except OSError:
+            if status != "missing":
+                return False
+            continue
+        regular = stat.S_ISREG(st.st_mode)
+        if status in ("ok", "corrupt") and not (regular and (st.st_size, st.st_mtime_ns) == (size, mtime)):
+            return False
+        if status == "missing" or (status == "not_a_file" and regular):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------------ ingest-classes

@@ -127,6 +127,7 @@ SELECT
                         ELSE 'unparseable date (expected ISO 8601, e.g. 2017-04-28 or 2017-04-28T14:05:00Z)' END}
              WHEN posted_at_ts < TIMESTAMP '1970-01-01'
              THEN {'column_name': 'posted_at', 'value': raw_posted_at, 'reason': 'date before 1970 is not a post date'}
+             -- the one reason that depends on the day the file is read (ingest.py: FUTURE_DATE, same text)
              WHEN posted_at_ts > $now::TIMESTAMP + INTERVAL 366 DAY
              THEN {'column_name': 'posted_at', 'value': raw_posted_at, 'reason': 'date more than a year in the future'}
         END,

@@ -87,8 +87,13 @@ CREATE TABLE IF NOT EXISTS ingests (
     loaded       BIGINT NOT NULL,
     updated      BIGINT NOT NULL,
     unchanged    BIGINT NOT NULL,
-    rejected     BIGINT NOT NULL
+    rejected     BIGINT NOT NULL,
+    file_key     VARCHAR,             -- sha256 of the file's bytes and the options that decide how it loads
+    summary      VARCHAR              -- JSON: rows read, image statuses, ignored columns (reported again when
+                                      -- the same file is ingested again unchanged, see ingest.py)
 );
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS file_key VARCHAR;  -- stores made before they existed
+ALTER TABLE ingests ADD COLUMN IF NOT EXISTS summary VARCHAR;
 
 -- ImageNet top-k classes per image. Precomputed rows (ingest-classes) are keyed by post_id;
 -- classifier rows (featurize) by the image's sha256, so duplicate images run once.

@@ -111,15 +111,69 @@ def test_first_reject_reasons_are_reported(nasty: Path, db: Path):
     assert r.reasons[0] == (5, "username", "missing required value")
 
 
-def test_same_file_twice_changes_nothing(nasty: Path, db: Path):
-    ingest_posts(nasty, db=db)
-    tables = ("posts", "user_snapshots", "images", "rejects")
-    cols = {"rejects": "source_file, line_number, column_name, value, reason"}
+@pytest.mark.parametrize("recheck", [False, True])
+def test_same_file_twice_changes_nothing(nasty: Path, db: Path, recheck: bool):
+    """Reused (the store's latest ingest was this file) or compared row by row (--recheck): the same outcome."""
+    first = ingest_posts(nasty, db=db)
+    tables = ("posts", "user_snapshots", "images", "rejects", "ingest_warnings")
+    cols = {"rejects": "source_file, line_number, column_name, value, reason",
+            "ingest_warnings": "source_file, line_number, column_name, value, message"}
     before = {t: q(db, f"SELECT {cols.get(t, '*')} FROM {t} ORDER BY ALL") for t in tables}
-    r = ingest_posts(nasty, db=db)
-    assert (r.loaded, r.updated, r.unchanged) == (0, 0, 3)
+    r = ingest_posts(nasty, db=db, recheck=recheck)
+    assert (r.loaded, r.updated, r.unchanged, r.rejected, r.rows_read) == (0, 0, 3, first.rejected, first.rows_read)
+    assert (r.reasons, r.images, r.warned) == (first.reasons, first.images, first.warned)
+    assert r.reused == (None if recheck else first.ingest_id)
     after = {t: q(db, f"SELECT {cols.get(t, '*')} FROM {t} ORDER BY ALL") for t in tables}
     assert after == before
+    # the run is recorded, and its rejects are this run's
+    assert q(db, "SELECT loaded, updated, unchanged, rejected FROM ingests ORDER BY finished_at DESC LIMIT 1") == [
+        (0, 0, 3, first.rejected)]
+    assert q(db, "SELECT DISTINCT ingest_id FROM rejects") == [(r.ingest_id,)]
+
+
+def test_same_file_is_compared_again_when_anything_it_depends_on_changed(tmp_path: Path, db: Path):
+    """The last outcome is reused only when the file is the store's latest ingest, byte for byte, with the same
+    images folder, its images are as probed, and no reject depended on the day."""
+    jpeg(tmp_path / "img" / "a.jpg")
+    text = HEADER + "p1,alice,2017-04-28,first,,,10,100,1,1,img/a.jpg\np2,bob,2017-04-29,x,,,5,1,1,1,\n"
+    f = write(tmp_path / "f.csv", text)
+    assert ingest_posts(f, db=db).loaded == 2
+    assert ingest_posts(f, db=db).reused is not None
+    # another file in between: its rows could have replaced this file's, so they are compared
+    other = write(tmp_path / "o.csv", HEADER + "p2,bob,2017-04-29,edited,,,5,1,1,1,\n")
+    assert ingest_posts(other, db=db).updated == 1
+    r = ingest_posts(f, db=db)
+    assert (r.reused, r.updated, r.unchanged) == (None, 1, 1)
+    assert q(db, "SELECT caption FROM posts WHERE post_id = 'p2'") == [("x",)]
+    assert ingest_posts(f, db=db).reused == r.ingest_id
+    # another images folder
+    (tmp_path / "other_images").mkdir()
+    r = ingest_posts(f, db=db, images_dir=tmp_path / "other_images")
+    assert r.reused is None and r.updated == 1      # p1's image is now missing from that folder
+    assert ingest_posts(f, db=db, images_dir=tmp_path / "other_images").reused == r.ingest_id
+    r = ingest_posts(f, db=db)
+    assert r.reused is None and r.updated == 1 and r.images == {"ok": 1, "no image": 1}
+    # an image file rewritten since it was probed: probed again, not reused
+    jpeg(tmp_path / "img" / "a.jpg", color=(0, 0, 255), size=(20, 20))
+    r = ingest_posts(f, db=db)
+    assert r.reused is None
+    assert q(db, "SELECT width FROM images WHERE status = 'ok'") == [(20,)]
+    # the same path with other bytes
+    f.write_text(text.replace("first", "second"))
+    r = ingest_posts(f, db=db)
+    assert (r.reused, r.updated) == (None, 1)
+    # a post dated more than a year ahead is rejected today but may load later: never reused
+    ahead = write(tmp_path / "ahead.csv", HEADER + "p9,carol,2999-01-01,x,,,5,1,1,1,\n")
+    assert ingest_posts(ahead, db=db).rejected == 1
+    assert ingest_posts(ahead, db=db).reused is None
+    # posts edited by hand: only --recheck sees it
+    assert ingest_posts(f, db=db).reused is None          # (ahead.csv was the latest)
+    execute(db, "UPDATE posts SET likes = 999 WHERE post_id = 'p1'")
+    assert ingest_posts(f, db=db).reused is not None
+    assert q(db, "SELECT likes FROM posts WHERE post_id = 'p1'") == [(999,)]
+    r = ingest_posts(f, db=db, recheck=True)
+    assert (r.reused, r.updated) == (None, 1)
+    assert q(db, "SELECT caption, likes FROM posts WHERE post_id = 'p1'") == [("second", 10)]
 
 
 def test_changed_row_updates_by_post_id_and_snapshots_accumulate(tmp_path: Path, db: Path):
