@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_ingest.py [--rows 1000000 10000000] [--repeats 3 1] [--tmp DIR] [--json out.json]
 
 For each size, in one run and alternating: DuckDB's own ``CREATE TABLE t AS SELECT * FROM read_csv(FILE)``
-into a fresh database file, ``igcli ingest`` of the same file into a fresh store, and the same file again into
-that store (the no-op re-ingest). Each is a fresh child process of a small parent (the CSV is made by another
+into a fresh database file, ``igcli ingest`` of the same file into a fresh store, the same file again into
+that store (the no-op re-ingest, which reuses the last outcome of an unchanged file), and once more with
+``--recheck`` (every row compared). Each is a fresh child process of a small parent (the CSV is made by another
 child, since a child's peak RSS starts from its parent's); peak memory is its max resident set, CPU its user +
 system time (steadier than wall time on a loaded machine). The tabular path is measured: the file's image
 column is empty (images are measured by bench_featurize). Files above 1M rows repeat a generated 1M-post
@@ -35,8 +36,8 @@ con.close()
 IGCLI = """
 import sys
 from igcli.ingest import ingest_posts
-r = ingest_posts(sys.argv[1], db=sys.argv[2])
-print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected)
+r = ingest_posts(sys.argv[1], db=sys.argv[2], recheck=sys.argv[3] == "recheck")
+print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, int(r.reused is not None))
 """
 
 
@@ -93,7 +94,8 @@ def main() -> None:
         print(make_csv(Path(a.make_csv[0]), int(a.make_csv[1]), int(a.make_csv[2])))
         return
 
-    header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "no-op s", "no-op / load",
+    header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "no-op s", "no-op / load", "recheck s",
+              "recheck / load",
               "DuckDB CPU s", "igcli CPU s", "DuckDB max memory MiB", "igcli peak MiB", "memory ratio", "load avg"]
     rows, peaks = [], {}
     for n_i, n in enumerate(a.rows):
@@ -104,34 +106,40 @@ def main() -> None:
                                   check=True, capture_output=True, text=True)
             csv = Path(made.stdout.strip().splitlines()[-1])
             size_mb = csv.stat().st_size / 2**20
-            duck, first, again, loads = [], [], [], [os.getloadavg()[0]]
+            duck, first, again, rechecked, loads = [], [], [], [], [os.getloadavg()[0]]
             for i in range(repeats):
                 wall, cpu, rss, res = run(DUCKDB, str(csv), str(tmp / f"duck{i}.duckdb"))
                 assert res == [n], res
                 duck.append((wall, cpu, rss))
                 (tmp / f"duck{i}.duckdb").unlink()
                 db = tmp / f"igcli{i}.duckdb"
-                wall, cpu, rss, res = run(IGCLI, str(csv), str(db))
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(db), "")
                 assert res[1] == n and res[4] == 0, res
                 first.append((wall, cpu, rss))
-                wall, cpu, rss, res = run(IGCLI, str(csv), str(db))
-                assert res[3] == n, res
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(db), "")
+                assert res[3] == n and res[5] == 1, res      # the last outcome reused
                 again.append((wall, cpu, rss))
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(db), "recheck")
+                assert res[3] == n and res[5] == 0, res      # every row compared
+                rechecked.append((wall, cpu, rss))
                 db.unlink()
                 loads.append(os.getloadavg()[0])
-        d, f, g = (median([r[0] for r in x]) for x in (duck, first, again))
-        dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in first), max(r[2] for r in again))
+        d, f, g, c = (median([r[0] for r in x]) for x in (duck, first, again, rechecked))
+        dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in x) for x in (first, again, rechecked))
         peaks[n] = fpeak
-        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(g, 1),  # ratios as
-                     f"{g / f:.2f}", round(median([r[1] for r in duck]), 1),  # text: two decimals in the report
+        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(g, 2),  # ratios as
+                     f"{g / f:.2f}", round(c, 1), f"{c / f:.2f}",  # text: two decimals in the report
+                     round(median([r[1] for r in duck]), 1),
                      round(median([r[1] for r in first]), 1), round(dpeak), round(fpeak), f"{fpeak / dpeak:.2f}",
                      f"{min(loads):.1f}-{max(loads):.1f}"])
     notes = [
         "; ".join(f"median of {r[2]} runs at {r[0]:,} rows" for r in rows) + "; each load in a fresh child "
         "process; DuckDB = CREATE TABLE AS SELECT * FROM read_csv(FILE) into a fresh database file; igcli = "
-        "ingest_posts into a fresh store, then the same file again (no-op)",
-        "ratio = igcli s / DuckDB s; memory = max resident set of the child (igcli: load or no-op, whichever "
-        "is higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
+        "ingest_posts into a fresh store, then the same file again (no-op: the store's latest ingest was this "
+        "unchanged file, so its outcome is reused after hashing the file), then again with recheck=True "
+        "(`--recheck`: every row read and compared with the store)",
+        "ratio = igcli s / DuckDB s; memory = max resident set of the child (igcli: load, no-op or recheck, "
+        "whichever is higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
     ]
     if len(peaks) > 1:
         lo, hi = min(peaks), max(peaks)

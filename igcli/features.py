@@ -60,6 +60,8 @@ FEATURE_VERSION = 3
 # DuckDB's memory while the metadata features are computed: beyond it joins and sorts spill to disk, so a
 # full featurize of a large store needs disk rather than memory (without it, 1M posts peaked at 7.4 GiB).
 MEMORY_LIMIT = "1GB"
+ROW_GROUP_ROWS = 122_880     # DuckDB's rows per row group: a table scan gives each to one thread
+PART_ROWS = 2_048            # the smallest part of a batch scanned from Arrow (one DuckDB vector)
 
 
 @contextmanager
@@ -234,8 +236,38 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
         run(con, "features", "hashtags_store")
         if carry and more:                             # posts of recomputed users that are not fresh
             run(con, "features", "hashtags_carry")
+    _cues(con)
     run(con, "features", "assemble",
         {"hashtag_source": p.hashtag_source, "half_life_days": p.half_life_days, "leaky": p.leaky})
+
+
+def cue_parts(n: int, threads: int) -> int | None:
+    """Rows per Arrow part for the caption cues of ``n`` posts, or None to scan ``fz_posts`` itself (a batch
+    of two row groups or more is parallel already; one of a few thousand rows is not worth splitting)."""
+    if n >= 2 * ROW_GROUP_ROWS or n < 2 * PART_ROWS or threads < 2:
+        return None
+    return max(PART_ROWS, -(-n // (4 * threads)))
+
+
+def _cues(con: duckdb.DuckDBPyConnection) -> None:
+    """The caption cues of ``fz_posts`` into ``fz_cues`` (block ``cues``). DuckDB gives each row group of a
+    table scan to one thread, so a batch under two row groups (a score batch, an append) would run them on
+    one core: its captions are read out as Arrow record batches instead, one part per thread or more, and
+    scanned from there in parallel. The values are the same either way (pure functions of each caption)."""
+    n = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
+    parts = cue_parts(n, con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    if parts is None:
+        con.execute("CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM fz_posts")
+        store.run_block(con, "features", "cues")
+        return
+    table = con.sql("SELECT post_id, caption FROM fz_posts").to_arrow_table()
+    con.register("igc_captions", pa.Table.from_batches(table.to_batches(max_chunksize=parts)))
+    try:
+        con.execute("CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM igc_captions")
+        store.run_block(con, "features", "cues")
+    finally:
+        con.execute("DROP VIEW IF EXISTS fz_caption_src")
+        con.unregister("igc_captions")
 
 
 def _start(con: duckdb.DuckDBPyConnection) -> None:

@@ -46,14 +46,21 @@ CREATE OR REPLACE TEMP MACRO igc_cta(c) AS regexp_matches(c,
 CREATE OR REPLACE TEMP TABLE fz_slow (username VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_fresh (post_id VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_dirty_tags (tag VARCHAR);
-CREATE OR REPLACE TEMP TABLE fz_pending (post_id VARCHAR, username VARCHAR, posted_at TIMESTAMP, is_new BOOLEAN);
+CREATE OR REPLACE TEMP TABLE fz_pending (post_id VARCHAR, username VARCHAR, posted_at TIMESTAMP, likes BIGINT, yq BIGINT,
+                                          caption VARCHAR, tags VARCHAR[], n_hashtags BIGINT, n_mentions BIGINT,
+                                          is_new BOOLEAN);
 
 -- name: pending
 -- Posts inserted or changed since the last featurize (posts.updated_at is set by ingest on insert and on
--- change; the zone maps make this a scan of the newest row groups only). Snapshot rows written by the
--- ingests since then are found by their source file.
+-- change; the zone maps make this a scan of the newest row groups only), parsed once: the plan reads their
+-- tags, and they are the engine's fz_posts (posts_pending). Snapshot rows written by the ingests since then
+-- are found by their source file.
 CREATE OR REPLACE TEMP TABLE fz_pending AS
-SELECT post_id, username, posted_at, ingested_at > $seen AS is_new
+SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
+       igc_tags(hashtags) AS tags,
+       len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
+       len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions,
+       ingested_at > $seen AS is_new
 FROM posts WHERE updated_at > $seen;
 CREATE OR REPLACE TEMP TABLE fz_snap_changes AS
 SELECT username, min(observed_at) AS cutoff
@@ -67,9 +74,9 @@ GROUP BY username;
 -- Otherwise (a back-dated or edited post, an earlier snapshot) the user is recomputed from its history.
 CREATE OR REPLACE TEMP TABLE fz_changed AS
 SELECT p.post_id, f.username AS old_username, f.tags AS old_tags,
-       f.posted_at IS DISTINCT FROM p.posted_at OR f.tags IS DISTINCT FROM igc_tags(q.hashtags) AS tags_moved
-FROM fz_pending p JOIN post_features f USING (post_id) JOIN posts q USING (post_id)
-WHERE NOT p.is_new AND q.updated_at > $seen;
+       f.posted_at IS DISTINCT FROM p.posted_at OR f.tags IS DISTINCT FROM p.tags AS tags_moved
+FROM fz_pending p JOIN post_features f USING (post_id)
+WHERE NOT p.is_new;
 INSERT INTO fz_slow
 SELECT username FROM fz_pending p JOIN user_state s USING (username)
 WHERE NOT p.is_new OR p.posted_at <= s.last_at
@@ -83,19 +90,22 @@ SELECT post_id FROM fz_pending WHERE post_id NOT IN (SELECT post_id FROM fz_chan
 -- when the state does not know how many uses are at that time)
 INSERT INTO fz_dirty_tags
 SELECT unnest(old_tags) FROM fz_changed WHERE tags_moved
-UNION SELECT unnest(igc_tags(p.hashtags)) FROM posts p
-      WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_changed WHERE tags_moved)
-UNION SELECT t.tag FROM (SELECT unnest(igc_tags(p.hashtags)) AS tag, p.posted_at
-                         FROM posts p WHERE p.updated_at > $seen AND p.post_id IN (SELECT post_id FROM fz_fresh)) t
+UNION SELECT unnest(p.tags) FROM fz_pending p WHERE p.post_id IN (SELECT post_id FROM fz_changed WHERE tags_moved)
+UNION SELECT t.tag FROM (SELECT unnest(p.tags) AS tag, p.posted_at
+                         FROM fz_pending p WHERE p.post_id IN (SELECT post_id FROM fz_fresh)) t
       JOIN tag_state s USING (tag) WHERE s.last_at > t.posted_at OR (s.last_at = t.posted_at AND s.last_n IS NULL);
 
 -- name: posts_pending
+-- Every post ($all_posts), else the posts updated since the last featurize as block pending parsed them
+-- (fz_pending is empty when that block did not run: compute_metadata for some users).
 CREATE OR REPLACE TEMP TABLE fz_posts AS
 SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
        igc_tags(hashtags) AS tags,
        len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
        len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions
-FROM posts WHERE $all_posts OR updated_at > $seen;
+FROM posts WHERE $all_posts
+UNION ALL
+SELECT * EXCLUDE (is_new) FROM fz_pending WHERE NOT $all_posts;
 
 -- name: posts_more
 -- Every post of the users recomputed from scratch.
@@ -357,6 +367,32 @@ SELECT f.post_id, f.hashtag_weight FROM post_features f
 WHERE f.post_id IN (SELECT post_id FROM fz_posts)
   AND f.post_id NOT IN (SELECT post_id FROM fz_fresh) AND f.post_id NOT IN (SELECT post_id FROM fz_full_posts);
 
+-- name: cues
+-- Caption cues, pure functions of the text, from fz_caption_src(post_id, caption): fz_posts, or for a batch
+-- smaller than two of DuckDB's row groups the same rows as an Arrow table in parts (features.py), since DuckDB
+-- scans one row group on one thread and these regular expressions are most of a small batch's time.
+CREATE OR REPLACE TEMP TABLE fz_cues AS
+SELECT post_id,
+    CASE WHEN ascii THEN 0 ELSE igc_nchar(caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,
+    (length(caption) - length(replace(caption, '?', '')))::INTEGER AS n_question,
+    (length(caption) - length(replace(caption, '!', '')))::INTEGER AS n_exclaim,
+    -- runs of non-space (RE2's \s is [\t\n\f\r ]): splitting on spaces is cheaper than a regex
+    len(list_filter(string_split(translate(caption, chr(9) || chr(10) || chr(12) || chr(13), '    '), ' '),
+                    lambda w: w <> ''))::INTEGER AS n_words,
+    CASE WHEN caption = '' THEN 0 ELSE length(caption) - length(replace(caption, chr(10), '')) + 1
+    END::INTEGER AS n_lines,
+    CASE WHEN n_letters > 0 THEN CASE WHEN ascii THEN igc_nchar(caption, '[A-Z]+')
+                                      ELSE len(regexp_extract_all(caption, '\p{Lu}')) END / n_letters
+    END AS frac_upper,
+    CASE WHEN caption <> '' THEN CASE WHEN ascii THEN length(caption) ELSE igc_nchar(caption, '[\x00-\x7F]+') END
+                                 / length(caption) END AS frac_ascii,
+    igc_cta(caption) AS cta,
+    regexp_matches(caption, '(?i)https?://|www\.') AS has_url
+-- letters counted once; a caption of ASCII only (as many bytes as characters) skips the Unicode classes
+FROM (SELECT *, CASE WHEN ascii THEN igc_nchar(caption, '[A-Za-z]+') ELSE length(regexp_replace(caption, '[^\pL]+', '', 'g'))
+                END AS n_letters
+      FROM (SELECT post_id, caption, strlen(caption) = length(caption) AS ascii FROM fz_caption_src));
+
 -- name: assemble
 -- One row per computed post; with tag_uses_full, also the stored rows of other posts whose weight moved.
 CREATE OR REPLACE TEMP TABLE pf_new AS
@@ -374,21 +410,7 @@ SELECT
     y.h_last1, y.h_max, y.h_min, y.h_slope, y.days_since_last_liked,
     y.n_posts_before::INTEGER AS n_posts_before, y.posts_last30d::INTEGER AS posts_last30d,
     g.tag_perf, g.tag_perf_n, g.tag_novel_frac,
-    CASE WHEN p.ascii THEN 0 ELSE igc_nchar(p.caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,
-    (length(p.caption) - length(replace(p.caption, '?', '')))::INTEGER AS n_question,
-    (length(p.caption) - length(replace(p.caption, '!', '')))::INTEGER AS n_exclaim,
-    -- runs of non-space (RE2's \s is [\t\n\f\r ]): splitting on spaces is cheaper than a regex
-    len(list_filter(string_split(translate(p.caption, chr(9) || chr(10) || chr(12) || chr(13), '    '), ' '),
-                    lambda w: w <> ''))::INTEGER AS n_words,
-    CASE WHEN p.caption = '' THEN 0 ELSE length(p.caption) - length(replace(p.caption, chr(10), '')) + 1
-    END::INTEGER AS n_lines,
-    CASE WHEN p.n_letters > 0 THEN CASE WHEN p.ascii THEN igc_nchar(p.caption, '[A-Z]+')
-                                        ELSE len(regexp_extract_all(p.caption, '\p{Lu}')) END / p.n_letters
-    END AS frac_upper,
-    CASE WHEN p.caption <> '' THEN CASE WHEN p.ascii THEN length(p.caption) ELSE igc_nchar(p.caption, '[\x00-\x7F]+') END
-                                   / length(p.caption) END AS frac_ascii,
-    igc_cta(p.caption) AS cta,
-    regexp_matches(p.caption, '(?i)https?://|www\.') AS has_url,
+    q.n_emoji, q.n_question, q.n_exclaim, q.n_words, q.n_lines, q.frac_upper, q.frac_ascii, q.cta, q.has_url,
     month(p.posted_at)::INTEGER AS month,
     (isodow(p.posted_at) - 1)::INTEGER AS weekday,
     hour(p.posted_at)::INTEGER AS hour,
@@ -399,10 +421,8 @@ SELECT
     $half_life_days::DOUBLE AS half_life_days,
     $leaky AS leaky_user_stats,
     p.tags
--- letters counted once; a caption of ASCII only (as many bytes as characters) skips the Unicode classes
-FROM (SELECT *, CASE WHEN ascii THEN igc_nchar(caption, '[A-Za-z]+') ELSE length(regexp_replace(caption, '[^\pL]+', '', 'g'))
-                END AS n_letters
-      FROM (SELECT *, strlen(caption) = length(caption) AS ascii FROM fz_posts)) p
+FROM fz_posts p
+JOIN fz_cues q USING (post_id)
 JOIN (SELECT * FROM fz_hist WHERE NOT $leaky UNION ALL BY NAME SELECT * FROM fz_hist_leaky WHERE $leaky) h
     USING (post_id)
 JOIN fz_times t USING (post_id)

@@ -495,7 +495,15 @@ def brute_dynamics(posts: list[tuple], pid: str) -> dict:
     return out
 
 
-def test_dynamics_and_caption_cues_match_brute_force(tmp_path: Path, db: Path):
+@pytest.mark.parametrize("arrow_parts", [False, True])
+def test_dynamics_and_caption_cues_match_brute_force(tmp_path: Path, db: Path, monkeypatch, arrow_parts: bool):
+    """Also with the caption cues scanned from Arrow parts (the path of batches under two row groups, here
+    forced on 240 posts) instead of the table."""
+    from igcli import features as F
+
+    if arrow_parts:
+        monkeypatch.setattr(F, "PART_ROWS", 16)
+    assert (F.cue_parts(240, 2) is not None) is arrow_parts
     rows = random_rows(17, users=6, per_user=40, tags=5)
     load(tmp_path, db, as_csv(rows))
     featurize(db, meta_only())
