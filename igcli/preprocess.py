@@ -132,6 +132,22 @@ def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, fe
     return "SELECT post_id FROM igc_ids"
 
 
+def _posts_of(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, ids_sql: str) -> str:
+    """The table to join for the posts' image paths: ``posts``, or for a list of ids the temp table
+    ``igc_frame_posts`` of those posts alone, found by ``post_key`` (one integer column) and fetched by rowid,
+    so a batch does not join every ``post_id`` string of a large store. When the keys do not find every post
+    (a store whose keys are stale or missing until its next ingest), ``posts`` as before."""
+    if post_ids is None:
+        return "posts"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE igc_frame_rids AS
+                    SELECT rowid AS rid FROM posts WHERE post_key IN (SELECT hash(post_id) FROM ({ids_sql}))""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE igc_frame_posts AS
+                    SELECT post_id, image_path FROM posts WHERE rowid IN (SELECT rid FROM igc_frame_rids)
+                    AND post_id IN ({ids_sql})""")
+    found = con.execute("SELECT count(DISTINCT post_id) FROM igc_frame_posts").fetchall()[0][0]
+    return "igc_frame_posts" if found == len(set(post_ids)) else "posts"
+
+
 def load_frame(
     con: duckdb.DuckDBPyConnection,
     post_ids: list[str] | None = None,
@@ -147,6 +163,7 @@ def load_frame(
     if features_table not in ("post_features", "pf_new"):
         raise ValueError(f"unknown features table {features_table!r}")
     ids_sql = _register_ids(con, post_ids, features_table)
+    posts_sql = _posts_of(con, post_ids, ids_sql)
     has_pf = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [features_table]).fetchall()[0][0]
     if not has_pf:
@@ -160,7 +177,7 @@ def load_frame(
                    f.no_history, f.month, f.weekday, f.hour_group, {q_cols},
                    f.hashtag_source, f.half_life_days, f.leaky_user_stats
             FROM {features_table} f JOIN ({ids_sql}) ids USING (post_id)
-            JOIN posts p USING (post_id)
+            JOIN {posts_sql} p USING (post_id)
             LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
             LEFT JOIN image_quality q ON q.sha256 = i.sha256
             ORDER BY f.posted_at, f.post_id"""  # column names are constants of this module
@@ -202,7 +219,7 @@ def load_frame(
             ).fetchall()
         else:
             rows = con.execute(
-                f"""SELECT p.post_id, c.wnid, c.prob FROM posts p JOIN ({ids_sql}) ids USING (post_id)
+                f"""SELECT p.post_id, c.wnid, c.prob FROM {posts_sql} p JOIN ({ids_sql}) ids USING (post_id)
                     JOIN images i ON i.path = p.image_path AND i.status = 'ok'
                     JOIN image_classes c ON c.sha256 = i.sha256 AND c.post_id IS NULL
                      AND c.backbone = ? AND c.weights_fp = ?
@@ -213,7 +230,7 @@ def load_frame(
             frame.classes[order[pid]].append((wnid, float(prob)))
     if aesthetics is not None:
         rows = con.execute(
-            f"""SELECT p.post_id, e.embedding, e.nima_mean FROM posts p JOIN ({ids_sql}) ids USING (post_id)
+            f"""SELECT p.post_id, e.embedding, e.nima_mean FROM {posts_sql} p JOIN ({ids_sql}) ids USING (post_id)
                 JOIN images i ON i.path = p.image_path AND i.status = 'ok'
                 JOIN image_embeddings e ON e.sha256 = i.sha256 AND e.backbone = ? AND e.weights_fp = ?""",
             [aesthetics["backbone"], aesthetics["weights_fp"]],
@@ -228,6 +245,7 @@ def load_frame(
         frame.embedding, frame.nima_mean = emb, nima
     if post_ids is not None:
         con.unregister("igc_ids")
+        con.execute("DROP TABLE IF EXISTS igc_frame_rids; DROP TABLE IF EXISTS igc_frame_posts")
     return frame
 
 

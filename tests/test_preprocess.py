@@ -77,3 +77,25 @@ def test_transform_names_a_missing_stored_column(trained_store, bad):
     del frame.cols[bad]
     with pytest.raises(FeatureMismatch, match=bad):
         pre.transform(frame)
+
+
+def test_a_batch_frame_finds_its_posts_by_key_and_without_keys_all_the_same(trained_store, tmp_path):
+    """load_frame of some posts joins only those posts (found by post_key, fetched by rowid); with the keys
+    missing (a store not ingested since they existed) it falls back to joining every post: the same frame."""
+    from igcli import store
+    from igcli.preprocess import _posts_of, _register_ids, load_frame
+
+    db = trained_store["db_copy"](tmp_path)
+    con = store.connect(db)
+    try:
+        ids = [r[0] for r in con.execute("SELECT post_id FROM posts ORDER BY post_id DESC LIMIT 40").fetchall()]
+        assert _posts_of(con, ids, _register_ids(con, ids, "post_features")) == "igc_frame_posts"
+        keyed = load_frame(con, ids)
+        con.execute("UPDATE posts SET post_key = NULL WHERE post_id = ?", [ids[0]])
+        assert _posts_of(con, ids, _register_ids(con, ids, "post_features")) == "posts"
+        fallback = load_frame(con, ids)
+    finally:
+        con.close()
+    assert len(keyed) == len(fallback) == 40 and list(keyed.post_id) == list(fallback.post_id)
+    for name, values in keyed.cols.items():
+        np.testing.assert_array_equal(values, fallback.cols[name], err_msg=name)
