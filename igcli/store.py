@@ -18,7 +18,9 @@ import duckdb
 from igcli.errors import StoreError, StoreLocked
 
 DEFAULT_DB = Path("igcli.duckdb")
-SCHEMA_VERSION = 1
+# 2: ingests.file_key and ingests.summary (an igcli of version 1 inserts into ingests by position, so it
+# must refuse this store rather than fail mid-ingest)
+SCHEMA_VERSION = 2
 SCHEMA_FILES = ("schema",)
 
 _PKG_DIR = Path(__file__).resolve().parent

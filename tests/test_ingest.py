@@ -271,6 +271,12 @@ def test_store_has_schema_version(db: Path):
     con = store.connect(db)
     assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
     con.close()
+    # a store written by a newer igcli is refused with the fix named, before anything reads or writes it
+    execute(db, f"INSERT INTO schema_version VALUES ({store.SCHEMA_VERSION + 1}, now())")
+    from igcli.errors import StoreError
+
+    with pytest.raises(StoreError, match="newer than this igcli.*upgrade igcli"):
+        store.connect(db)
 
 
 def test_generated_sample_ingests(sample_dir: Path, db: Path):
