@@ -14,9 +14,9 @@ The same file again. When the store's latest ingest was this very file (same byt
 encoding, under the same ``REUSE_VERSION``), nothing has been written to posts or snapshots since, so
 comparing every row again would find every row unchanged: its outcome is reused (the rows count as unchanged,
 its rejects and warnings stay, a new ``ingests`` row records the run) after checking that no image file the
-posts point at changed on disk, no reject depended on the date (a post dated in the future becomes valid
-later) and the stored posts were not edited by hand (``recheck``, ``igcli ingest --recheck``, compares every
-row whatever the file). ``keep_ids`` always compares.
+posts point at changed on disk and that no reject depended on the date (a post dated in the future becomes
+valid later). Edits made to the store by hand are not seen that way: ``recheck`` (``igcli ingest --recheck``)
+compares every row whatever the file. ``keep_ids`` always compares.
 """
 
 from __future__ import annotations
