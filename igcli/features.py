@@ -256,18 +256,18 @@ def _cues(con: duckdb.DuckDBPyConnection) -> None:
     scanned from there in parallel. The values are the same either way (pure functions of each caption)."""
     n = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
     parts = cue_parts(n, con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    if parts is None:
-        con.execute("CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM fz_posts")
-        store.run_block(con, "features", "cues")
-        return
-    table = con.sql("SELECT post_id, caption FROM fz_posts").to_arrow_table()
-    con.register("igc_captions", pa.Table.from_batches(table.to_batches(max_chunksize=parts)))
-    try:
-        con.execute("CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM igc_captions")
+    source = "fz_posts"
+    if parts is not None:
+        table = con.sql("SELECT post_id, caption FROM fz_posts").to_arrow_table()
+        con.register("igc_captions", pa.Table.from_batches(table.to_batches(max_chunksize=parts)))
+        source = "igc_captions"
+    try:  # source: one of our two names
+        con.execute(f"CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM {source}")
         store.run_block(con, "features", "cues")
     finally:
         con.execute("DROP VIEW IF EXISTS fz_caption_src")
-        con.unregister("igc_captions")
+        if parts is not None:
+            con.unregister("igc_captions")
 
 
 def _start(con: duckdb.DuckDBPyConnection) -> None:

@@ -365,8 +365,7 @@ def ingest_posts(
             store.run_block(con, "ingest", "backfill")
             if not con.execute("SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')").fetchall()[0][0]:
                 store.run_block(con, "ingest", "rekey")
-            key = _file_key(sha, images_dir, encoding)
-            if not (recheck or keep_ids) and _reuse(con, result, key, sha, now):
+            if not (recheck or keep_ids) and _reuse(con, result, sha, images_dir, encoding, now):
                 return result
             # an empty store has nothing to compare with: stage every value and read the file once
             wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
@@ -427,7 +426,8 @@ def ingest_posts(
             con.execute(
                 "INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [result.ingest_id, result.source, sha.result(), now, store.utcnow(), result.loaded,
-                 result.updated, result.unchanged, result.rejected, key(), json.dumps(summary)],
+                 result.updated, result.unchanged, result.rejected, _file_key(sha.result(), images_dir, encoding),
+                 json.dumps(summary)],
             )
             if keep_ids:
                 result.post_ids = [r[0] for r in con.execute(
@@ -449,30 +449,25 @@ def ingest_posts(
     return result
 
 
-def _file_key(sha, images_dir: Path, encoding: str | None) -> Callable[[], str]:
-    """The file's bytes (``sha``: a future of their sha256) and what decides how they load, as one sha256;
-    computed when first asked for."""
-    got: list[str] = []
-
-    def key() -> str:
-        if not got:
-            text = f"{REUSE_VERSION}\0{sha.result()}\0{images_dir.resolve()}\0{encoding or ''}"
-            got.append(hashlib.sha256(text.encode()).hexdigest())
-        return got[0]
-
-    return key
+def _file_key(sha256: str, images_dir: Path, encoding: str | None) -> str:
+    """The file's bytes (their sha256) and what decides how they load, as one sha256."""
+    text = f"{REUSE_VERSION}\0{sha256}\0{images_dir.resolve()}\0{encoding or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _reuse(con: duckdb.DuckDBPyConnection, result: IngestResult, key: Callable[[], str], sha, now) -> bool:
+def _reuse(con: duckdb.DuckDBPyConnection, result: IngestResult, sha, images_dir: Path, encoding: str | None,
+           now) -> bool:
     """When the store's latest ingest was this file and nothing it depends on changed since, record this run
-    as that outcome again (every row unchanged) and fill ``result``; False when the file must be compared."""
+    as that outcome again (every row unchanged) and fill ``result``; False when the file must be compared.
+    ``sha``: the future of the file's sha256, waited for only when the latest ingest was of this path."""
     last = con.execute(
         "SELECT ingest_id, source_file, file_key, loaded + updated + unchanged, rejected, summary FROM ingests "
         "ORDER BY finished_at DESC, started_at DESC LIMIT 1").fetchall()
     if not last or last[0][1] != result.source or last[0][2] is None or last[0][5] is None:
         return False
     last_id, _, last_key, usable, rejected, summary_json = last[0]
-    if last_key != key():
+    key = _file_key(sha.result(), images_dir, encoding)
+    if last_key != key:
         return False
     if con.execute("SELECT count(*) FROM rejects WHERE source_file = ? AND reason = ?",
                    [result.source, FUTURE_DATE]).fetchall()[0][0]:
@@ -498,7 +493,7 @@ def _reuse(con: duckdb.DuckDBPyConnection, result: IngestResult, key: Callable[[
                                 [result.ingest_id]).fetchall()[0][0]
     con.execute("INSERT INTO ingests VALUES (?, 'posts', ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
                 [result.ingest_id, result.source, sha.result(), now, store.utcnow(), usable,
-                 rejected, key(), summary_json])
+                 rejected, key, summary_json])
     return True
 
 

@@ -15,6 +15,9 @@
 CREATE OR REPLACE TEMP MACRO igc_tags(h) AS
     list_sort(list_distinct(list_transform(list_filter(string_split(coalesce(h, ''), ' '), lambda t: t LIKE '#_%'),
                                  lambda t: lower(ltrim(t, '#')))));
+-- tokens of a space-separated hashtags / mentions value that match `pattern` ('#_%', '@_%'), repeats counted
+CREATE OR REPLACE TEMP MACRO igc_ntok(s, pattern) AS
+    len(list_filter(string_split(coalesce(s, ''), ' '), lambda t: t LIKE pattern));
 -- ln(likes) in units of 2^-32
 CREATE OR REPLACE TEMP MACRO igc_q(likes) AS CASE WHEN likes > 0 THEN round(ln(likes) * 4294967296.0)::BIGINT END;
 CREATE OR REPLACE TEMP MACRO igc_mean(n, s1) AS CASE WHEN n > 0 THEN s1::DOUBLE / n / 4294967296.0 END;
@@ -58,8 +61,7 @@ CREATE OR REPLACE TEMP TABLE fz_pending (post_id VARCHAR, username VARCHAR, post
 CREATE OR REPLACE TEMP TABLE fz_pending AS
 SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
        igc_tags(hashtags) AS tags,
-       len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
-       len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions,
+       igc_ntok(hashtags, '#_%') AS n_hashtags, igc_ntok(mentions, '@_%') AS n_mentions,
        ingested_at > $seen AS is_new
 FROM posts WHERE updated_at > $seen;
 CREATE OR REPLACE TEMP TABLE fz_snap_changes AS
@@ -101,8 +103,7 @@ UNION SELECT t.tag FROM (SELECT unnest(p.tags) AS tag, p.posted_at
 CREATE OR REPLACE TEMP TABLE fz_posts AS
 SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
        igc_tags(hashtags) AS tags,
-       len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')) AS n_hashtags,
-       len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%')) AS n_mentions
+       igc_ntok(hashtags, '#_%') AS n_hashtags, igc_ntok(mentions, '@_%') AS n_mentions
 FROM posts WHERE $all_posts
 UNION ALL
 SELECT * EXCLUDE (is_new) FROM fz_pending WHERE NOT $all_posts;
@@ -111,8 +112,7 @@ SELECT * EXCLUDE (is_new) FROM fz_pending WHERE NOT $all_posts;
 -- Every post of the users recomputed from scratch.
 INSERT INTO fz_posts
 SELECT post_id, username, posted_at, likes, igc_q(likes), coalesce(caption, ''), igc_tags(hashtags),
-       len(list_filter(string_split(coalesce(hashtags, ''), ' '), lambda t: t LIKE '#_%')),
-       len(list_filter(string_split(coalesce(mentions, ''), ' '), lambda t: t LIKE '@_%'))
+       igc_ntok(hashtags, '#_%'), igc_ntok(mentions, '@_%')
 FROM posts
 WHERE username IN (SELECT username FROM fz_slow)
   AND post_id NOT IN (SELECT post_id FROM fz_posts);
