@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_featurize.py                        # lite0 on the dev images, ~4 min on 2 cores
     .venv/bin/python bench/bench_featurize.py --backbones efficientnet_lite0,mobilenetv1_100 --json out.json
     .venv/bin/python bench/bench_featurize.py --int8-agreement 10539  # int8 vs fp32 top-5 on every dev image
+    python bench/bench_featurize.py --device cuda --batch 128 --workers 15 --no-int8   # on a GPU machine
 
 Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per backbone:
 
@@ -15,6 +16,10 @@ Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per bac
   both roles from one forward pass for the packaged backbones; compared with the faster model-only row.
   Torch eager, the two onnxruntime fp32 rows and this one run in ``--repeats`` interleaved rounds and report
   medians (int8 reports the best of ``--repeats`` passes).
+
+``--device cuda`` replaces the model and end-to-end rows with torch CUDA and onnxruntime's CUDA provider
+(when it loads), each checked against onnxruntime on the CPU (same top-1, largest logit difference), and
+featurize end to end with each; the GPU's matmul rate is printed beside. It decides ``igcli.runtime.GPU_RUNTIME``.
 
 GFLOP/s = images/s x FLOPs per image (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs). The machine's
 fp32 GEMM rate (torch matmul 2048 x 2048, all threads, best of 5) is measured in the same run and printed
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-int8", action="store_true", help="skip the int8 rows")
     p.add_argument("--int8-agreement", type=int, default=0,
                    help="also measure int8 vs fp32 top-5 agreement on this many images (first backbone)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: torch CUDA and onnxruntime's CUDA provider (when installed) instead of the CPU rows")
     p.add_argument("--json", help="write the rows as JSON for bench/run_all.py")
     args = p.parse_args(argv)
 
@@ -93,9 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     notes = [f"fp32 GEMM (torch matmul 2048x2048, {torch.get_num_threads()} threads): {gemm:,.0f} GFLOP/s; "
              f"load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores"]
+    if args.device == "cuda":
+        notes.append(gpu_note())
+    bench = bench_backbone_gpu if args.device == "cuda" else bench_backbone
     with tempfile.TemporaryDirectory(prefix="igcli-bench-") as tmp:
         for name in args.backbones.split(","):
-            rows += bench_backbone(name.strip(), images, args, Path(tmp), notes)
+            rows += bench(name.strip(), images, args, Path(tmp), notes)
         if args.int8_agreement:
             notes.append(int8_agreement(args.backbones.split(",")[0].strip(), images[:args.int8_agreement], args))
     load = os.getloadavg()
@@ -120,6 +130,26 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
+
+
+def gpu_note(n: int = 8192, repeats: int = 10) -> str:
+    """The GPU's name and its matmul rate (fp32 without TF32, and bf16), n x n, mean of ``repeats``."""
+    import torch
+
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            x @ y
+        torch.cuda.synchronize()
+        rates.append(2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e12)
+    tf32 = "on" if torch.backends.cuda.matmul.allow_tf32 else "off"
+    return (f"GPU {torch.cuda.get_device_name()}: matmul {n}x{n} fp32 (TF32 {tf32}) {rates[0]:,.0f} TFLOP/s, "
+            f"bf16 {rates[1]:,.0f} TFLOP/s; torch {torch.__version__}")
 
 
 def _pairs(name: str) -> tuple[list, str]:
@@ -209,6 +239,69 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     return rows
 
 
+def bench_backbone_gpu(name: str, images: list[str], args, tmp: Path, notes: list[str]) -> list[Row]:
+    """The CUDA rows: decode, torch CUDA and onnxruntime's CUDA provider model-only, and featurize end to end
+    with each, in interleaved rounds (medians). Both runtimes are checked against onnxruntime on the CPU."""
+    import numpy as np
+
+    from igcli.errors import IgcliError
+    from igcli.imagefeatures import decoded_batches
+    from igcli.runtime import group_requests, open_runner
+
+    pairs, weights_note = _pairs(name)
+    (group,) = group_requests(pairs)
+    t0 = time.perf_counter()
+    cpu = open_runner(group, "cpu", runtime="onnxruntime", threads=args.threads)
+    how = "exported" if cpu.exported else "from the cache"
+    notes.append(f"{name}: ONNX {how} in {time.perf_counter() - t0:.1f} s, "
+                 f"parity vs torch {cpu.parity_max_abs_diff:.1e}{'; ' + weights_note if weights_note else ''}")
+    gflop = flops_per_image(group) / 1e9
+    t0 = time.perf_counter()
+    decoded = [x for x, _ in decoded_batches(images[:args.n], None, cpu, args.batch, args.workers)]
+    dec_rate = args.n / (time.perf_counter() - t0)
+    rows = [Row("decode + resize", name, f"{args.workers} threads", args.n, args.batch, dec_rate, None,
+                f"to {cpu.input_size[0]}px uint8")]
+    x = np.concatenate(decoded)[:args.n_model]
+    runners = {"torch": open_runner(group, "cuda", runtime="torch", threads=args.threads)}
+    try:
+        ort_cuda = open_runner(group, "cuda", runtime="onnxruntime", threads=args.threads)
+        if ort_cuda.provider == "CUDAExecutionProvider":
+            runners["onnxruntime"] = ort_cuda
+        else:
+            notes.append(f"{name}: onnxruntime gave {ort_cuda.provider}, not CUDA: no onnxruntime rows")
+    except IgcliError as err:
+        notes.append(f"{name}: no onnxruntime rows: {err}")
+    ref = cpu.infer(x[:256])["logits"]
+    for r in runners.values():
+        got = r.infer(x[:256])["logits"]
+        notes.append(f"{name}: {r.provider} vs onnxruntime on the CPU, {len(ref)} images: same top-1 "
+                     f"{np.mean(got.argmax(1) == ref.argmax(1)):.1%}, max |logit diff| {np.abs(got - ref).max():.1e}")
+        r.infer(x[:args.batch])  # warm-up at the timed batch size (cuDNN algorithm search)
+    n_e2e = min(args.n_e2e, len(images))
+    rounds: list[dict] = []
+    for k in range(args.repeats):
+        got = {kind: one_pass(r.infer, x, args.batch) for kind, r in runners.items()}
+        for kind in runners:
+            folder = tmp / f"{name}-{kind}-{k}"
+            got[f"e2e {kind}"], got[f"call {kind}"] = end_to_end(pairs, images[:n_e2e], args, folder, "cuda", kind)
+        rounds.append(got)
+    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    label = {"torch": "torch CUDA eager", "onnxruntime": "onnxruntime CUDAExecutionProvider"}
+    for kind in runners:
+        rows.append(Row("model only", name, f"{label[kind]}, fp32", len(x), args.batch, med[kind], gflop,
+                        f"median{'; ' + weights_note if weights_note else ''}"))
+    best = max(med[kind] for kind in runners)
+    for kind in runners:
+        e2e = med[f"e2e {kind}"]
+        rows.append(Row("end to end", name, f"featurize, {label[kind]} + {args.workers} decode threads", n_e2e,
+                        args.batch, e2e, gflop, f"{e2e / best:.0%} of the faster model-only row, "
+                        f"{e2e / dec_rate:.0%} of decode alone; call {med[f'call {kind}']:.1f} s; median"))
+    per_round = "; ".join(" / ".join(f"{key} {v:.0f}" for key, v in r.items() if not key.startswith("call"))
+                          for r in rounds)
+    notes.append(f"{name}: {len(rounds)} interleaved rounds, images/s: {per_round}")
+    return rows
+
+
 def one_pass(fn, x, batch: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
@@ -238,7 +331,8 @@ def throughput(fn, x, args) -> float:
     return max(one_pass(fn, x, args.batch) for _ in range(args.repeats))
 
 
-def end_to_end(pairs, images: list[str], args, tmp: Path) -> tuple[float, float]:
+def end_to_end(pairs, images: list[str], args, tmp: Path, device: str = "cpu",
+               runtime: str = "onnxruntime") -> tuple[float, float]:
     """featurize_images for both roles on a store whose posts point at ``images`` (nothing is copied)."""
     from igcli import store
     from igcli.imagefeatures import ImageFeatureOptions, featurize_images
@@ -255,7 +349,8 @@ def end_to_end(pairs, images: list[str], args, tmp: Path) -> tuple[float, float]
         ingest_posts(csv, con=con, images_dir=folder)
         req = pairs[0][0]
         opts = ImageFeatureOptions(objects=req.name, aesthetics=req.name, random_init=pairs[0][1].random_init,
-                                   batch_size=args.batch, workers=args.workers, threads=args.threads, device="cpu")
+                                   batch_size=args.batch, workers=args.workers, threads=args.threads, device=device,
+                                   runtime=runtime)
         from igcli.imagefeatures import compute_quality
 
         compute_quality(con, args.workers)  # not part of the timed backbone pass

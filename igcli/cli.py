@@ -221,11 +221,15 @@ def featurize(
     no_backbones: Annotated[bool, typer.Option(
         "--no-backbones", help="Only metadata and weight-free image quality features.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images, overlapped with inference.")] = 2,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per backbone batch [default: 32 on the CPU, 128 on a GPU].", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Threads decoding and resizing images, overlapped with inference [default: 2 on the CPU, every "
+             "core but one on a GPU].", show_default=False)] = None,
     runtime: Annotated[str, typer.Option(
-        help="onnxruntime (exported once per backbone and weights into $IGCLI_CACHE/onnx, default "
-             "~/.cache/igcli/onnx) or torch (eager, for comparisons).")] = "onnxruntime",
+        help="auto, onnxruntime (exported once per backbone and weights into $IGCLI_CACHE/onnx, default "
+             "~/.cache/igcli/onnx) or torch (eager). auto: onnxruntime on the CPU; on a GPU onnxruntime's CUDA "
+             "provider, or torch CUDA when onnxruntime has none.")] = "auto",
     quantize: Annotated[str | None, typer.Option(
         help="int8: onnxruntime dynamic quantization. Refused today: it fails the 95% top-5 agreement with fp32 "
              "on the dev images (BENCHMARKS.md).")] = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ import duckdb
 
 from igcli import store
 from igcli.backbones import ROLES, BackboneRequest, Weights, get_role, resolve_device, resolve_weights
-from igcli.errors import FeatureMismatch, InputError, WeightsMissing
+from igcli.errors import FeatureMismatch, InputError, ModelError, WeightsMissing
 from igcli.runtime import INT8_SUFFIX, group_requests
 from igcli.util import sha256_file
 
@@ -49,6 +50,9 @@ QUALITY_COLUMNS = (
 
 Progress = Callable[[str, int, int], None]
 ENGINES = ("local", "ray")
+CPU_BATCH, CPU_WORKERS = 32, 2
+# Images per model call on a GPU: bench_featurize.py --device cuda (BENCHMARKS.md, "GPU").
+GPU_BATCH = 128
 # int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with
 # `bench/bench_featurize.py --int8-agreement 10539` (BENCHMARKS.md), onnxruntime dynamic quantization does not.
 INT8_REFUSED = ("--quantize int8 is refused: onnxruntime's dynamic int8 gives the same top-5 classes as fp32 on "
@@ -68,9 +72,10 @@ class ImageFeatureOptions:
     random_init: bool = False             # tests / benchmarks only: random weights (for backbones without a
                                           # weights file), fixed seed, rows marked random_init
     device: str = "auto"                  # auto | cpu | cuda (auto = cuda when torch sees a GPU)
-    batch_size: int = 32
-    workers: int = 2                      # threads decoding + resizing, overlapped with inference
-    runtime: str = "onnxruntime"          # onnxruntime | torch (eager; for comparisons)
+    batch_size: int | None = None         # None: 32 on the CPU, GPU_BATCH on a GPU
+    workers: int | None = None            # threads decoding + resizing, overlapped with inference; None: 2 on
+                                          # the CPU (the model takes the cores), gpu_workers() on a GPU
+    runtime: str = "auto"                 # auto | onnxruntime | torch (auto: igcli.runtime.resolve_runtime)
     quantize: str | None = None           # None (fp32) | "int8": rows fingerprinted <weights_fp>:int8
     threads: int | None = None            # inference threads; None = all cores
     allow_unverified_int8: bool = False   # tests / benchmarks only: run int8 although it failed the quality bar
@@ -112,9 +117,9 @@ def featurize_images(
     con: duckdb.DuckDBPyConnection, options: ImageFeatureOptions, progress: Progress | None = None
 ) -> ImageFeaturesResult:
     """Compute the image features the store lacks; see the module docstring."""
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.workers < 0:
+    if options.workers is not None and options.workers < 0:
         raise InputError(f"--workers must be 0 or more, got {options.workers}")
     if options.quantize not in (None, "int8"):
         raise InputError(f"unknown --quantize {options.quantize!r}: use int8 (or leave it out for fp32)")
@@ -149,7 +154,8 @@ def featurize_images(
                     "the weights file (and --quantize) the "
                     f"model was trained with (--{req.role}-weights FILE)")
             resolved.append((req, weights, None))
-    result.quality_computed, result.quality_failed = compute_quality(con, max(1, options.workers), progress)
+    workers = options.workers if options.workers is not None else CPU_WORKERS
+    result.quality_computed, result.quality_failed = compute_quality(con, max(1, workers), progress)
     for req, _, missing in resolved:
         if missing is not None:
             result.backbones.append(BackboneRun(req.role, req.name, None, False, skipped_reason=str(missing)))
@@ -334,11 +340,19 @@ def run_group(
     device = resolve_device(options.device)
     runner = open_runner(group, device, options.runtime, options.quantize, options.threads, session=False)
     sha256s = [sha for sha, _ in pending]
-    batches = decoded_batches([p for _, p in pending], sha256s, runner, options.batch_size, options.workers)
+    batch, workers = batching(options, device)
+    batches = decoded_batches([p for _, p in pending], sha256s, runner, batch, workers)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-write")
     try:
         if runner.runtime == "onnxruntime":
             start_session(runner, device, options.threads)
+            if device != "cpu" and runner.provider != "CUDAExecutionProvider":
+                # onnxruntime lists the CUDA provider but could not load it (a CUDA or cuDNN library missing):
+                # auto runs torch on the GPU instead; a runtime the user named fails rather than run on the CPU.
+                if options.runtime != "auto":
+                    raise ModelError(f"onnxruntime could not start its CUDA provider (it would run on "
+                                     f"{runner.provider}): use --runtime torch, or --device cpu")
+                runner = open_runner(group, device, "torch", options.quantize, options.threads)
         for run in runs.values():
             run.device, run.exported = runner.provider, runner.exported
 
@@ -379,6 +393,22 @@ def run_group(
         batches.close()
         writer.shutdown(wait=True)
     return list(runs.values())
+
+
+def batching(options: ImageFeatureOptions, device: str) -> tuple[int, int]:
+    """(images per model call, decode threads): the options', else the device's defaults. On the CPU the
+    model takes every core and two threads decode beside it; on a GPU decoding is the CPU's only work, and
+    larger batches keep the GPU and the per-batch DuckDB writes from waiting on each other."""
+    gpu = device != "cpu"
+    batch = options.batch_size or (GPU_BATCH if gpu else CPU_BATCH)
+    if options.workers is not None:
+        return batch, options.workers
+    return batch, gpu_workers() if gpu else CPU_WORKERS
+
+
+def gpu_workers() -> int:
+    """Decode threads beside a GPU: every core but the one that drives the model and the writes."""
+    return max(CPU_WORKERS, (os.cpu_count() or 1) - 1)
 
 
 def _write_batch(

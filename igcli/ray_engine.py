@@ -86,7 +86,7 @@ def require_ray():
 def check_options(options: Any) -> None:
     """Refuse, before any work, what the Ray engine does not run (``ImageFeatureOptions``)."""
     require_ray()
-    if options.runtime != "onnxruntime":
+    if options.runtime not in ("auto", "onnxruntime"):
         raise InputError(f"--engine ray runs onnxruntime only: leave out --runtime {options.runtime}")
 
 
@@ -182,7 +182,7 @@ def _job_failed(err: BaseException, folder: Path) -> EngineError:
 
 def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, progress=None) -> list:
     """The Ray engine for one backbone group: same work list, same rows as ``imagefeatures.run_group``."""
-    from igcli.imagefeatures import plan_group, store_rows
+    from igcli.imagefeatures import CPU_BATCH, plan_group, store_rows
     from igcli.runtime import open_runner
 
     plan = plan_group(con, group, options)
@@ -206,7 +206,7 @@ def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, pro
     remaining = [(sha, path) for sha, path in plan.pending if sha not in done]
     if remaining:
         resources = connect(opts)
-        actors = plan_actors(resources, opts, options.device, options.batch_size)
+        actors = plan_actors(resources, opts, options.device, options.batch_size or CPU_BATCH)
         shard = opts.rows_per_shard or 4 * actors.batch_size
         write_worklist(folder / "work", remaining, fp, shard)
         try:

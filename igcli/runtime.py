@@ -52,9 +52,26 @@ if TYPE_CHECKING:
 OPSET = 17
 EXPORT_VERSION = 1              # bump when the exported graph changes shape or meaning
 INT8_SUFFIX = ":int8"
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("auto", "onnxruntime", "torch")
+# What ``runtime="auto"`` runs on a CUDA device when both are installed: bench_featurize.py --device cuda
+# (BENCHMARKS.md, "GPU"). Without onnxruntime's CUDA provider, auto runs torch on the GPU instead.
+GPU_RUNTIME = "onnxruntime"
 QUANTIZE = (None, "int8")
 PARITY_BATCH = 2
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """``auto`` -> onnxruntime on the CPU; on a CUDA device ``GPU_RUNTIME``, or torch when this onnxruntime
+    has no CUDA provider. ``device`` is resolved already (``igcli.backbones.resolve_device``)."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: use {', '.join(RUNTIMES)}")
+    if runtime != "auto":
+        return runtime
+    if device == "cpu" or GPU_RUNTIME == "torch":
+        return "onnxruntime" if device == "cpu" else "torch"
+    import onnxruntime as ort
+
+    return "onnxruntime" if "CUDAExecutionProvider" in ort.get_available_providers() else "torch"
 
 
 def cache_dir() -> Path:
@@ -130,7 +147,7 @@ class Runner:
 def open_runner(
     group: list[Pair],
     device: str = "cpu",
-    runtime: str = "onnxruntime",
+    runtime: str = "auto",
     quantize: str | None = None,
     threads: int | None = None,
     cache: Path | None = None,
@@ -141,8 +158,7 @@ def open_runner(
     ``session=False`` (onnxruntime only) exports / finds the file but opens no session: the runner is then
     a plain picklable description that another process starts with ``start_session`` (the Ray engine's
     actors do, from the file's bytes)."""
-    if runtime not in RUNTIMES:
-        raise InputError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
+    runtime = resolve_runtime(runtime, device)
     if quantize not in QUANTIZE:
         raise InputError(f"unknown --quantize {quantize!r}: use int8 (or leave it out for fp32)")
     if quantize and runtime != "onnxruntime":
@@ -201,6 +217,10 @@ def make_session(path: Path | bytes, device: str, threads: int, spinning: bool =
 
     from igcli.score import choose_providers
 
+    providers = choose_providers(device)
+    if providers[0] == "CUDAExecutionProvider":
+        import torch  # noqa: F401  loads the CUDA and cuDNN libraries the CUDA provider links against
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -208,7 +228,7 @@ def make_session(path: Path | bytes, device: str, threads: int, spinning: bool =
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         model = path if isinstance(path, bytes) else str(path)
-        return ort.InferenceSession(model, sess_options=opts, providers=choose_providers(device))
+        return ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types
         name = "the exported model" if isinstance(path, bytes) else path
         raise ModelError(f"onnxruntime cannot load {name} ({str(err).splitlines()[0]}): delete it and run "
@@ -223,6 +243,8 @@ def _torch_runner(runner: Runner, req: BackboneRequest, weights: Weights, device
     device = resolve_device(device)
     if device == "cpu":
         torch.set_num_threads(threads)
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick each convolution's fastest algorithm once
     backbone = load_backbone(req, weights, device)
     module = graph_module(backbone.model, runner.outputs, backbone.data_config).to(device)
     runner.data_config = _plain(backbone.data_config)

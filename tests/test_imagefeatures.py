@@ -497,3 +497,14 @@ def test_lite0_on_dev_images_agrees_with_the_papers_classes(dev_data: Path, tmp_
     assert len(both) >= 150
     agree = sum(ours[pid] in paper[pid] for pid in both) / len(both)
     assert agree > 0.25, agree  # chance is 0.5%; the issue measured 41.5% on 200 images
+
+
+def test_batch_and_decode_threads_default_by_device(monkeypatch):
+    import igcli.imagefeatures as imf
+
+    monkeypatch.setattr(imf.os, "cpu_count", lambda: 16)
+    assert imf.batching(ImageFeatureOptions(), "cpu") == (32, 2)   # the model takes the cores
+    assert imf.batching(ImageFeatureOptions(), "cuda") == (imf.GPU_BATCH, 15)  # decoding is the CPU's only work
+    assert imf.batching(ImageFeatureOptions(batch_size=8, workers=0), "cuda") == (8, 0)
+    monkeypatch.setattr(imf.os, "cpu_count", lambda: 1)
+    assert imf.batching(ImageFeatureOptions(), "cuda") == (imf.GPU_BATCH, 2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from igcli.backbones import BackboneRequest, resolve_weights
+from igcli.errors import InputError
 from igcli.runtime import export_cached, group_requests, open_runner
 
 TINY = "test_efficientnet"  # timm's tiny ImageNet classifier: exports in a second
@@ -133,3 +134,18 @@ def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
     # exact in binary and does not; which others do may change with PIL's choice of pass order
     assert (224, 224) in fused and (1080, 1350) in fused and (640, 480) not in fused
     assert fused_crop([steps[1]]) is None
+
+
+def test_auto_runtime_is_onnxruntime_on_cpu_and_falls_back_to_torch_on_a_gpu_without_the_cuda_provider(monkeypatch):
+    import onnxruntime as ort
+
+    import igcli.runtime as rt
+
+    assert rt.resolve_runtime("auto", "cpu") == "onnxruntime"
+    assert rt.resolve_runtime("torch", "cpu") == "torch" and rt.resolve_runtime("onnxruntime", "cuda") == "onnxruntime"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert rt.resolve_runtime("auto", "cuda") == "torch"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert rt.resolve_runtime("auto", "cuda") == rt.GPU_RUNTIME
+    with pytest.raises(InputError, match="unknown runtime 'tensorrt'"):
+        rt.resolve_runtime("tensorrt", "cpu")
