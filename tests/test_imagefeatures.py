@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from igcli import store
-from igcli.errors import InputError, WeightsMissing
+from igcli.errors import InputError, ModelError, WeightsMissing
 from igcli.families import imagenet_classes
 from igcli.imagefeatures import ImageFeatureOptions, featurize_images
 from igcli.ingest import ingest_posts
@@ -508,3 +508,34 @@ def test_batch_and_decode_threads_default_by_device(monkeypatch):
     assert imf.batching(ImageFeatureOptions(batch_size=8, workers=0), "cuda") == (8, 0)
     monkeypatch.setattr(imf.os, "cpu_count", lambda: 1)
     assert imf.batching(ImageFeatureOptions(), "cuda") == (imf.GPU_BATCH, 2)
+
+
+def test_a_gpu_whose_onnxruntime_cuda_provider_does_not_load_runs_torch_under_auto(con, monkeypatch):
+    """The CUDA provider listed but not started (here: no GPU at all, so onnxruntime-gpu falls back to the
+    CPU): auto runs torch on the device instead, a named --runtime onnxruntime fails before writing."""
+    import onnxruntime as ort
+
+    import igcli.imagefeatures as imf
+    import igcli.runtime as rt
+
+    monkeypatch.setattr(imf, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_make = rt.make_session
+    monkeypatch.setattr(rt, "make_session", lambda path, device, threads, spinning=False:
+                        real_make(path, "cpu", threads, spinning))  # what a failed CUDA provider leaves
+    real_torch = rt._torch_runner
+
+    def torch_on_cpu(runner, req, weights, device, threads):
+        assert device == "cuda"
+        runner = real_torch(runner, req, weights, "cpu", threads)
+        runner.provider = "torch:cuda"
+        return runner
+
+    monkeypatch.setattr(rt, "_torch_runner", torch_on_cpu)
+    with pytest.raises(ModelError, match="could not start its CUDA provider"):
+        featurize_images(con, tiny(runtime="onnxruntime", device="cuda"))
+    assert q(con, "SELECT count(*) FROM image_classes")[0][0] == 0
+    res = featurize_images(con, tiny(device="cuda"))
+    assert {b.device for b in res.backbones} == {"torch:cuda"}
+    assert sum(b.images_run for b in res.backbones) > 0
+    assert q(con, "SELECT count(*) FROM image_classes")[0][0] > 0
