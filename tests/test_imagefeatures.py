@@ -539,3 +539,27 @@ def test_a_gpu_whose_onnxruntime_cuda_provider_does_not_load_runs_torch_under_au
     assert {b.device for b in res.backbones} == {"torch:cuda"}
     assert sum(b.images_run for b in res.backbones) > 0
     assert q(con, "SELECT count(*) FROM image_classes")[0][0] > 0
+
+
+def test_two_batches_in_the_model_at_once_store_what_one_at_a_time_stores(con, monkeypatch):
+    import igcli.imagefeatures as imf
+
+    assert imf.model_streams(ImageFeatureOptions(threads=2), "cpu", "onnxruntime") == (2, 1)
+    assert imf.model_streams(ImageFeatureOptions(threads=8), "cpu", "onnxruntime") == (2, 4)
+    assert imf.model_streams(ImageFeatureOptions(threads=1), "cpu", "onnxruntime") == (1, 1)
+    assert imf.model_streams(ImageFeatureOptions(threads=8), "cpu", "torch") == (1, 8)
+    assert imf.model_streams(ImageFeatureOptions(threads=8), "cuda", "onnxruntime") == (1, 8)
+    got = {}
+    for streams in (1, 2):
+        for table in ("image_classes", "image_embeddings", "image_feature_errors"):
+            con.execute(f"DELETE FROM {table}")
+        monkeypatch.setattr(imf, "model_streams", lambda o, d, r, n=streams: (n, 1))
+        res = featurize_images(con, tiny(batch_size=2, threads=2))  # 6 batches: streams overlap and wrap
+        assert {b.images_run for b in res.backbones} == {UNIQUE_OK}
+        got[streams] = (q(con, "SELECT sha256, rank, wnid, prob FROM image_classes ORDER BY sha256, rank"),
+                        q(con, "SELECT sha256, embedding FROM image_embeddings ORDER BY sha256"))
+    (cls1, emb1), (cls2, emb2) = got[1], got[2]
+    assert len(cls1) == len(cls2) > 0 and [r[:3] for r in cls1] == [r[:3] for r in cls2]
+    assert np.allclose([r[3] for r in cls1], [r[3] for r in cls2], atol=1e-6)
+    assert [r[0] for r in emb1] == [r[0] for r in emb2] and len(emb1) > 0
+    assert np.allclose(np.array([r[1] for r in emb1]), np.array([r[1] for r in emb2]), atol=1e-5)
