@@ -19,8 +19,12 @@ from igcli.errors import StoreError, StoreLocked
 
 DEFAULT_DB = Path("igcli.duckdb")
 # 2: ingests.file_key and ingests.summary (an igcli of version 1 inserts into ingests by position, so it
-# must refuse this store rather than fail mid-ingest)
-SCHEMA_VERSION = 2
+# must refuse this store rather than fail mid-ingest); 3: user_state.med_y / max_y / min_y (an igcli of
+# version 2 would write user_state rows without them)
+SCHEMA_VERSION = 3
+# user_state's order statistics from the sorted values, for the rows of a store made before version 3
+_FILL_ORDER_STATS = ("UPDATE user_state SET med_y = igc_median_sorted(sorted_y), max_y = sorted_y[-1], "
+                     "min_y = sorted_y[1]")
 SCHEMA_FILES = ("schema",)
 
 _PKG_DIR = Path(__file__).resolve().parent
@@ -90,6 +94,9 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(stmt)
     current = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if current is None or current < SCHEMA_VERSION:
+        if current is not None and current < 3:
+            run_block(con, "features", "macros")
+            con.execute(_FILL_ORDER_STATS)
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
     elif current > SCHEMA_VERSION:
         con.execute("ROLLBACK")

@@ -118,8 +118,10 @@ WHERE username IN (SELECT username FROM fz_slow)
   AND post_id NOT IN (SELECT post_id FROM fz_posts);
 
 -- name: posts_state
+-- The batch users' state without the sorted values (most of its bytes): the median, max and min are kept
+-- beside them; the values are read only where the batch adds liked posts (fz_median) or state advances.
 CREATE OR REPLACE TEMP TABLE fz_state AS
-SELECT * FROM user_state
+SELECT * EXCLUDE (sorted_y) FROM user_state
 WHERE $use_state AND username IN (SELECT DISTINCT username FROM fz_posts)
   AND username NOT IN (SELECT username FROM fz_slow);
 
@@ -187,8 +189,8 @@ SELECT l.username, l.posted_at, l.k,
        coalesce(s.s_t, 0) + sum(l.ts) OVER w AS s_t,
        coalesce(s.s_tt, 0) + sum(l.ts * l.ts) OVER w AS s_tt,
        coalesce(s.s_ty, 0) + sum(l.ts * l.yq) OVER w AS s_ty,
-       greatest(s.sorted_y[-1], max(l.yq) OVER w) AS max_y,
-       least(s.sorted_y[1], min(l.yq) OVER w) AS min_y,
+       greatest(s.max_y, max(l.yq) OVER w) AS max_y,
+       least(s.min_y, min(l.yq) OVER w) AS min_y,
        coalesce(s.n, 0) = 0 AS fresh_user
 FROM fz_liked l
 LEFT JOIN fz_state s USING (username)
@@ -205,8 +207,8 @@ FROM fz_liked WHERE username NOT IN (SELECT username FROM fz_state WHERE n > 0)
 WINDOW w AS (PARTITION BY username ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 UNION ALL
 SELECT username, k, igc_median_sorted(list_sort(sorted_y || ys)) AS median
-FROM (SELECT l.username, l.k, s.sorted_y, list(l.yq) OVER w AS ys
-      FROM fz_liked l JOIN fz_state s USING (username) WHERE s.n > 0
+FROM (SELECT l.username, l.k, u.sorted_y, list(l.yq) OVER w AS ys
+      FROM fz_liked l JOIN fz_state s USING (username) JOIN user_state u USING (username) WHERE s.n > 0
       WINDOW w AS (PARTITION BY l.username ORDER BY l.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW));
 
 -- name: history
@@ -214,7 +216,7 @@ CREATE OR REPLACE TEMP TABLE fz_hist AS
 SELECT p.post_id,
        CASE WHEN c.k IS NOT NULL THEN c.n ELSE coalesce(s.n, 0) END AS n,
        CASE WHEN c.k IS NOT NULL THEN igc_mean(c.n, c.s1) ELSE igc_mean(s.n, s.s1) END AS mean,
-       CASE WHEN c.k IS NOT NULL THEN m.median ELSE igc_median_sorted(s.sorted_y) END AS median,
+       CASE WHEN c.k IS NOT NULL THEN m.median ELSE s.med_y END AS median,
        CASE WHEN c.k IS NOT NULL THEN igc_std(c.n, c.s1, c.s2) ELSE igc_std(s.n, s.s1, s.s2) END AS std,
        igc_lastk(CASE WHEN c.k IS NOT NULL THEN c.last10 ELSE s.last10 END, 5) AS last5,
        igc_lastk(CASE WHEN c.k IS NOT NULL THEN c.last10 ELSE s.last10 END, 10) AS last10,
@@ -230,8 +232,8 @@ LEFT JOIN fz_median m ON m.username = c.username AND m.k = c.k;
 CREATE OR REPLACE TEMP TABLE fz_dyn AS
 SELECT p.post_id,
        (CASE WHEN c.k IS NOT NULL THEN c.last10[-1] ELSE s.last10[-1] END) / 4294967296.0 AS h_last1,
-       (CASE WHEN c.k IS NOT NULL THEN c.max_y ELSE s.sorted_y[-1] END) / 4294967296.0 AS h_max,
-       (CASE WHEN c.k IS NOT NULL THEN c.min_y ELSE s.sorted_y[1] END) / 4294967296.0 AS h_min,
+       (CASE WHEN c.k IS NOT NULL THEN c.max_y ELSE s.max_y END) / 4294967296.0 AS h_max,
+       (CASE WHEN c.k IS NOT NULL THEN c.min_y ELSE s.min_y END) / 4294967296.0 AS h_min,
        CASE WHEN c.k IS NOT NULL THEN igc_slope(c.n, c.s_t, c.s_tt, c.s1, c.s_ty)
             ELSE igc_slope(s.n, s.s_t, s.s_tt, s.s1, s.s_ty) END AS h_slope,
        igc_days(p.posted_at, CASE WHEN c.k IS NOT NULL THEN c.posted_at WHEN s.n > 0 THEN s.dec_at END)
@@ -487,6 +489,8 @@ WITH b AS (
 ), d AS (
     SELECT l.username, l.posted_at, d.num, d.den FROM fz_liked l JOIN fz_decay d USING (post_id)
     QUALIFY l.k = max(l.k) OVER (PARTITION BY l.username)
+), so AS (  -- the sorted values fz_state leaves out
+    SELECT username, sorted_y FROM user_state WHERE username IN (SELECT username FROM fz_state)
 )
 SELECT b.username,
        coalesce(s.n_posts, 0) + b.n_posts AS n_posts,
@@ -496,7 +500,7 @@ SELECT b.username,
        coalesce(s.s1, 0) + coalesce(b.s1, 0) AS s1,
        coalesce(s.s2, 0) + coalesce(b.s2, 0) AS s2,
        (coalesce(s.last10, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[]))[-10:] AS last10,
-       list_sort(coalesce(s.sorted_y, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[])) AS sorted_y,
+       list_sort(coalesce(so.sorted_y, []::BIGINT[]) || coalesce(b.ys, []::BIGINT[])) AS sorted_y,
        coalesce(d.num, s.dec_num) AS dec_num, coalesce(d.den, s.dec_den) AS dec_den,
        coalesce(d.posted_at, s.dec_at) AS dec_at,
        coalesce(s.s_t, 0) + coalesce(b.s_t, 0) AS s_t,
@@ -505,9 +509,10 @@ SELECT b.username,
        list_sort(list_filter(coalesce(s.recent_at, []::TIMESTAMP[]) || b.times,
                              lambda x: x >= greatest(s.last_at, b.last_at) - INTERVAL 30 DAY)) AS recent_at,
        (SELECT min(observed_at) FROM fz_user_snaps u WHERE u.username = b.username) AS snap_first_at
-FROM b LEFT JOIN fz_state s USING (username) LEFT JOIN d USING (username);
+FROM b LEFT JOIN fz_state s USING (username) LEFT JOIN d USING (username) LEFT JOIN so USING (username);
 DELETE FROM user_state WHERE username IN (SELECT username FROM fz_state_new);
-INSERT INTO user_state BY NAME SELECT * FROM fz_state_new;
+INSERT INTO user_state BY NAME
+SELECT *, igc_median_sorted(sorted_y) AS med_y, sorted_y[-1] AS max_y, sorted_y[1] AS min_y FROM fz_state_new;
 
 -- name: advance_user_tags
 -- user_tag_state of every user of the batch: its old rows (fz_utag_old) plus the batch's uses; a user

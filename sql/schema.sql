@@ -177,6 +177,11 @@ ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_t HUGEINT;
 ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_tt HUGEINT;
 ALTER TABLE user_state ADD COLUMN IF NOT EXISTS s_ty HUGEINT;
 ALTER TABLE user_state ADD COLUMN IF NOT EXISTS recent_at TIMESTAMP[];
+-- sorted_y's median (ln-likes), last and first value (2^-32 units), so that a batch whose users add no liked
+-- posts (scoring) reads none of sorted_y; filled from sorted_y in stores made before (store._migrate)
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS med_y DOUBLE;
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS max_y BIGINT;
+ALTER TABLE user_state ADD COLUMN IF NOT EXISTS min_y BIGINT;
 
 -- Uses of each hashtag among featurized posts, and the latest use (store-frequency hashtag weight).
 -- last_n: how many of the uses are at last_at, so a new post at that very time counts the uses strictly

@@ -696,3 +696,31 @@ def test_user_tag_state_rows_sharing_a_key_are_told_apart_by_the_second_hash(tmp
     assert stored(db) == full_computation(db)
     assert query(db, f"SELECT uses, n_liked, sy FROM user_tag_state WHERE username = '{other[0]}' "
                      f"AND tag = '{other[1]}'") == before
+
+
+def test_user_states_order_statistics_match_its_sorted_values_and_are_filled_in_older_stores(tmp_path: Path, db: Path):
+    import statistics
+
+    from igcli import store
+
+    rows = random_rows(3, users=5, per_user=25)
+    load(tmp_path, db, as_csv(rows[:60]), name="a.csv")
+    featurize(db, meta_only())
+    load(tmp_path, db, as_csv(rows[60:]), name="b.csv")   # advanced from state
+    featurize(db, meta_only())
+    con = duckdb.connect(str(db))
+    sql = "SELECT username, sorted_y, med_y, max_y, min_y FROM user_state ORDER BY username"
+    states = con.execute(sql).fetchall()
+    assert len(states) == 5
+    for _, ys, med, hi, lo in states:
+        assert ys == sorted(ys) and (hi, lo) == ((ys[-1], ys[0]) if ys else (None, None))
+        assert med == (statistics.median(ys) / 4294967296.0 if ys else None)
+    # a store of schema version 2 has the columns empty: opening it fills them from the sorted values
+    con.execute("UPDATE user_state SET med_y = NULL, max_y = NULL, min_y = NULL")
+    con.execute("UPDATE schema_version SET version = 2")
+    con.close()
+    store.connect(db).close()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute(sql).fetchall() == states
+    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
+    con.close()
