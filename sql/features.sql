@@ -131,6 +131,10 @@ CREATE OR REPLACE TEMP TABLE fz_liked AS
 SELECT username, post_id, posted_at, yq, igc_ts(posted_at) AS ts,
        row_number() OVER (PARTITION BY username ORDER BY posted_at, post_id) AS k
 FROM fz_posts WHERE yq IS NOT NULL;
+-- The sorted values of the state users the batch gives liked posts (fz_median, advance_state), read once.
+CREATE OR REPLACE TEMP TABLE fz_sorted AS
+SELECT username, sorted_y FROM user_state
+WHERE username IN (SELECT username FROM fz_state) AND username IN (SELECT username FROM fz_liked);
 
 -- name: decay_input
 -- For the decayed-mean recurrence (features.py): per liked post, the factor 2^(-(t - t_prev) / half_life)
@@ -208,7 +212,7 @@ WINDOW w AS (PARTITION BY username ORDER BY k ROWS BETWEEN UNBOUNDED PRECEDING A
 UNION ALL
 SELECT username, k, igc_median_sorted(list_sort(sorted_y || ys)) AS median
 FROM (SELECT l.username, l.k, u.sorted_y, list(l.yq) OVER w AS ys
-      FROM fz_liked l JOIN fz_state s USING (username) JOIN user_state u USING (username) WHERE s.n > 0
+      FROM fz_liked l JOIN fz_state s USING (username) JOIN fz_sorted u USING (username) WHERE s.n > 0
       WINDOW w AS (PARTITION BY l.username ORDER BY l.k ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW));
 
 -- name: history
@@ -489,8 +493,11 @@ WITH b AS (
 ), d AS (
     SELECT l.username, l.posted_at, d.num, d.den FROM fz_liked l JOIN fz_decay d USING (post_id)
     QUALIFY l.k = max(l.k) OVER (PARTITION BY l.username)
-), so AS (  -- the sorted values fz_state leaves out
-    SELECT username, sorted_y FROM user_state WHERE username IN (SELECT username FROM fz_state)
+), so AS (  -- the sorted values fz_state leaves out: fz_sorted's, and those of the other state users
+    SELECT username, sorted_y FROM fz_sorted
+    UNION ALL
+    SELECT username, sorted_y FROM user_state
+    WHERE username IN (SELECT username FROM fz_state) AND username NOT IN (SELECT username FROM fz_sorted)
 )
 SELECT b.username,
        coalesce(s.n_posts, 0) + b.n_posts AS n_posts,
