@@ -93,16 +93,20 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
         for stmt in split_statements(load_sql(name)):
             con.execute(stmt)
     current = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
-    if current is None or current < SCHEMA_VERSION:
-        if current is not None and current < 3:
-            run_block(con, "features", "macros")
-            con.execute(_FILL_ORDER_STATS)
-        con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
-    elif current > SCHEMA_VERSION:
+    if current is not None and current > SCHEMA_VERSION:
         con.execute("ROLLBACK")
         raise StoreError(
             f"the store has schema version {current}, newer than this igcli ({SCHEMA_VERSION}): upgrade igcli"
         )
+    if current is not None and current < 3:
+        run_block(con, "features", "macros")
+        con.execute(_FILL_ORDER_STATS)
+    sy_type = con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'user_tag_state' "
+                          "AND column_name = 'sy'").fetchall()
+    if sy_type and sy_type[0][0] == "HUGEINT":  # a store made before schema 3 (or by its first commits)
+        con.execute("ALTER TABLE user_tag_state ALTER COLUMN sy SET DATA TYPE BIGINT")
+    if current is None or current < SCHEMA_VERSION:
+        con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, utcnow()])
     con.execute("COMMIT")
 
 

@@ -194,7 +194,9 @@ CREATE TABLE IF NOT EXISTS tag_state (
 ALTER TABLE tag_state ADD COLUMN IF NOT EXISTS last_n BIGINT;
 
 -- Each user's use of each hashtag among its featurized posts (tag_perf, tag_novel_frac): all uses, uses in
--- liked posts and the exact sum of their ln-likes (2^-32 units). A row exists once the user used the tag.
+-- liked posts and the exact sum of their ln-likes (2^-32 units; a BIGINT holds 2^28 liked uses of one tag,
+-- and reads far faster than a HUGEINT: store._migrate narrows older stores'). A row exists once the user used
+-- the tag.
 -- Keys: k = hash(username, tag) and k2 = hash(tag || chr(0) || username), two independent 64-bit hashes. A
 -- lookup scans k only and keeps the rows whose k2 agrees too, so it never compares the strings of every row
 -- (10x slower at 10M posts); a wrong match would need two pairs to collide in both (about 2^-128 a pair).
@@ -205,7 +207,7 @@ CREATE TABLE IF NOT EXISTS user_tag_state (
     k2       UBIGINT NOT NULL,
     uses     BIGINT NOT NULL,
     n_liked  BIGINT NOT NULL,
-    sy       HUGEINT NOT NULL
+    sy       BIGINT NOT NULL
 );
 -- (a store made while the table had no keys gets them here; its feature_version makes featurize refill it)
 ALTER TABLE user_tag_state ADD COLUMN IF NOT EXISTS k UBIGINT;

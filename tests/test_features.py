@@ -698,7 +698,7 @@ def test_user_tag_state_rows_sharing_a_key_are_told_apart_by_the_second_hash(tmp
                      f"AND tag = '{other[1]}'") == before
 
 
-def test_user_states_order_statistics_match_its_sorted_values_and_are_filled_in_older_stores(tmp_path: Path, db: Path):
+def test_state_order_statistics_match_the_sorted_values_and_older_stores_are_upgraded(tmp_path: Path, db: Path):
     import statistics
 
     from igcli import store
@@ -715,12 +715,19 @@ def test_user_states_order_statistics_match_its_sorted_values_and_are_filled_in_
     for _, ys, med, hi, lo in states:
         assert ys == sorted(ys) and (hi, lo) == ((ys[-1], ys[0]) if ys else (None, None))
         assert med == (statistics.median(ys) / 4294967296.0 if ys else None)
-    # a store of schema version 2 has the columns empty: opening it fills them from the sorted values
+    tags_sql = "SELECT username, tag, uses, n_liked, sy FROM user_tag_state ORDER BY username, tag"
+    tags = con.execute(tags_sql).fetchall()
+    assert tags and all(isinstance(r[4], int) for r in tags)
+    # a store of schema version 2: the columns empty, sy a HUGEINT; opening it fills them and narrows sy
     con.execute("UPDATE user_state SET med_y = NULL, max_y = NULL, min_y = NULL")
+    con.execute("ALTER TABLE user_tag_state ALTER COLUMN sy SET DATA TYPE HUGEINT")
     con.execute("UPDATE schema_version SET version = 2")
     con.close()
     store.connect(db).close()
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute(sql).fetchall() == states
+    assert con.execute(tags_sql).fetchall() == tags
+    assert con.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'user_tag_state' "
+                       "AND column_name = 'sy'").fetchall() == [("BIGINT",)]
     assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
     con.close()
