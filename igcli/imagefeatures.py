@@ -52,7 +52,8 @@ QUALITY_COLUMNS = (
 Progress = Callable[[str, int, int], None]
 ENGINES = ("local", "ray")
 CPU_BATCH, CPU_WORKERS, CPU_STREAMS = 32, 2, 2
-# Images per model call on a GPU: bench_featurize.py --device cuda (BENCHMARKS.md, "GPU").
+# Images per model call on a GPU, as the Ray engine's GPU actors take them; not yet measured on one
+# (bench_featurize.py --device cuda is the measurement to make).
 GPU_BATCH = 128
 # int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with
 # `bench/bench_featurize.py --int8-agreement 10539` (BENCHMARKS.md), onnxruntime dynamic quantization does not.
@@ -427,7 +428,7 @@ class _Done:
 def model_streams(options: ImageFeatureOptions, device: str, runtime: str) -> tuple[int, int]:
     """(batches in the model at once, onnxruntime threads each). On the CPU onnxruntime runs two batches at a
     time, each on half the threads: one batch on all threads spends a share of every operator waiting for
-    its slowest thread (bench_featurize: 2 x 1 thread is 12-26% faster than 1 x 2 threads on 2 cores).
+    its slowest thread (bench_featurize: 2 x 1 thread is 11-26% faster than 1 x 2 threads on 2 cores).
     A GPU, and torch, take one batch at a time."""
     threads = options.threads or os.cpu_count() or 1
     if device != "cpu" or runtime != "onnxruntime" or threads < CPU_STREAMS:

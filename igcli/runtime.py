@@ -53,8 +53,9 @@ OPSET = 17
 EXPORT_VERSION = 1              # bump when the exported graph changes shape or meaning
 INT8_SUFFIX = ":int8"
 RUNTIMES = ("auto", "onnxruntime", "torch")
-# What ``runtime="auto"`` runs on a CUDA device when both are installed: bench_featurize.py --device cuda
-# (BENCHMARKS.md, "GPU"). Without onnxruntime's CUDA provider, auto runs torch on the GPU instead.
+# What ``runtime="auto"`` runs on a CUDA device when both are installed. Not measured yet (no GPU has been
+# lent): bench_featurize.py --device cuda times both and should decide it. Without onnxruntime's CUDA
+# provider, auto runs torch on the GPU instead.
 GPU_RUNTIME = "onnxruntime"
 QUANTIZE = (None, "int8")
 PARITY_BATCH = 2
