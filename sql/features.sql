@@ -134,7 +134,7 @@ FROM fz_posts WHERE yq IS NOT NULL;
 -- The sorted values of the state users the batch gives liked posts (fz_median, advance_state), read once.
 CREATE OR REPLACE TEMP TABLE fz_sorted AS
 SELECT username, sorted_y FROM user_state
-WHERE username IN (SELECT username FROM fz_state) AND username IN (SELECT username FROM fz_liked);
+WHERE username IN (SELECT username FROM fz_state INTERSECT SELECT username FROM fz_liked);
 
 -- name: decay_input
 -- For the decayed-mean recurrence (features.py): per liked post, the factor 2^(-(t - t_prev) / half_life)
@@ -493,11 +493,12 @@ WITH b AS (
 ), d AS (
     SELECT l.username, l.posted_at, d.num, d.den FROM fz_liked l JOIN fz_decay d USING (post_id)
     QUALIFY l.k = max(l.k) OVER (PARTITION BY l.username)
-), so AS (  -- the sorted values fz_state leaves out: fz_sorted's, and those of the other state users
+), so AS (  -- the sorted values fz_state leaves out: fz_sorted's, and those of the other state users (the
+            -- one set to join on, so that an empty one reads nothing of user_state)
     SELECT username, sorted_y FROM fz_sorted
     UNION ALL
     SELECT username, sorted_y FROM user_state
-    WHERE username IN (SELECT username FROM fz_state) AND username NOT IN (SELECT username FROM fz_sorted)
+    WHERE username IN (SELECT username FROM fz_state EXCEPT SELECT username FROM fz_sorted)
 )
 SELECT b.username,
        coalesce(s.n_posts, 0) + b.n_posts AS n_posts,
