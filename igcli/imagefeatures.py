@@ -52,7 +52,7 @@ QUALITY_COLUMNS = (
 Progress = Callable[[str, int, int], None]
 ENGINES = ("local", "ray")
 CPU_BATCH, CPU_WORKERS, CPU_STREAMS = 32, 2, 2
-# Images per model call on a GPU, as the Ray engine's GPU actors take them; not yet measured on one
+# Images per model call on a GPU (the Ray engine's GPU actors too); not yet measured on one
 # (bench_featurize.py --device cuda is the measurement to make).
 GPU_BATCH = 128
 # int8 must give the same top-5 as fp32 on >= 95% of the dev images to be offered; measured with

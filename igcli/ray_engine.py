@@ -49,11 +49,11 @@ import duckdb
 
 from igcli import store
 from igcli.errors import EngineError, InputError
+from igcli.imagefeatures import CPU_BATCH, GPU_BATCH
 
 RAY_MISSING = "--engine ray needs Ray, an optional extra: pip install 'igcli[ray]'"
 STAGING_DIR = "igcli-staging"
 FAULT_ACTOR_EXIT = "ray.actor_exit"   # IGCLI_FAULT value: an actor dies once a result shard exists (tests)
-GPU_BATCH = 128
 SCORE_ROWS_PER_SHARD = 65536
 LOAD_CHUNK = 4096                     # result rows per store_rows call inside the one transaction
 META_COLUMNS = ("sha256", "path", "weights_fp", "reason", "provider")
@@ -182,7 +182,7 @@ def _job_failed(err: BaseException, folder: Path) -> EngineError:
 
 def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, progress=None) -> list:
     """The Ray engine for one backbone group: same work list, same rows as ``imagefeatures.run_group``."""
-    from igcli.imagefeatures import CPU_BATCH, plan_group, store_rows
+    from igcli.imagefeatures import plan_group, store_rows
     from igcli.runtime import open_runner
 
     plan = plan_group(con, group, options)
