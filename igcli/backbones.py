@@ -310,10 +310,10 @@ def file_sha256(path: Path | str, flag: str | None = None) -> str:
 
 
 def _check_model_name(name: str) -> None:
+    if name in PACKAGED:
+        return  # without importing timm (seconds): a no-op featurize needs only the weights' fingerprint
     import timm
 
-    if name in PACKAGED:
-        return
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise InputError(f"{name}: pass a timm model name (see timm.list_models()), not a hub or folder reference")
     if not timm.is_model(name):
@@ -433,18 +433,18 @@ def _reachable(host: str, port: int) -> bool:
 # ---------------------------------------------------------------------------------- loading
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. Only auto and cuda import torch."""
+    if device == "cpu":
+        return device
+    if device != "auto" and not device.startswith("cuda"):
+        raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}, but torch sees no CUDA GPU: use --device cpu or auto")
-        return device
-    if device == "cpu":
-        return device
-    raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {device}, but torch sees no CUDA GPU: use --device cpu or auto")
+    return device
 
 
 def load_backbone(req: BackboneRequest, weights: Weights, device: str = "cpu") -> Backbone:

@@ -137,7 +137,8 @@ def featurize_images(
     # Weights first (cheap: no model is built), so a named backbone without weights fails before any work.
     resolved: list[tuple[BackboneRequest, Weights | None, WeightsMissing | None]] = []
     if not options.skip_backbones:
-        resolve_device(options.device)
+        if options.device != "auto":  # a bad --device fails before any work; auto is resolved when work is due
+            resolve_device(options.device)
         roles = [r for r in ROLES if options.roles is None or r in options.roles]
         for req, explicit in (_request(options, role) for role in roles):
             try:

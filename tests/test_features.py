@@ -731,3 +731,19 @@ def test_state_order_statistics_match_the_sorted_values_and_older_stores_are_upg
                        "AND column_name = 'sy'").fetchall() == [("BIGINT",)]
     assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
     con.close()
+
+
+def test_a_no_op_featurize_imports_neither_torch_nor_timm(tmp_path: Path, db: Path):
+    """Nothing pending: the backbones' weights are fingerprinted from their files, and neither torch nor timm
+    (seconds of imports) is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    load(tmp_path, db, HISTORY)
+    featurize(db, FeaturizeOptions())  # backbones on; posts without images leave them nothing to run
+    code = ("import sys; from igcli.features import FeaturizeOptions, featurize; r = featurize(sys.argv[1], "
+            "FeaturizeOptions()); print(r.inserted, r.updated, 'torch' in sys.modules, 'timm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.split() == ["0", "0", "False", "False"]
