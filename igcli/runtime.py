@@ -68,8 +68,10 @@ def resolve_runtime(runtime: str, device: str) -> str:
         raise InputError(f"unknown runtime {runtime!r}: use {', '.join(RUNTIMES)}")
     if runtime != "auto":
         return runtime
-    if device == "cpu" or GPU_RUNTIME == "torch":
-        return "onnxruntime" if device == "cpu" else "torch"
+    if device == "cpu":
+        return "onnxruntime"
+    if GPU_RUNTIME == "torch":
+        return "torch"
     import onnxruntime as ort
 
     return "onnxruntime" if "CUDAExecutionProvider" in ort.get_available_providers() else "torch"

@@ -46,6 +46,14 @@ CREATE OR REPLACE TEMP MACRO igc_cta(c) AS regexp_matches(c,
     '(?i)\b(?:tag|comment|link in bio|follow|giveaway|win|swipe|click|shop|discount|code|double tap|let me know|dm)\b');
 
 -- name: inputs
+-- Posts as the engine reads them (likes in fixed point, hashtags parsed, tokens counted): one definition for
+-- the pending posts, every post and the posts of recomputed users. A view: each block's filter reaches posts.
+CREATE OR REPLACE TEMP VIEW fz_parsed AS
+SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
+       igc_tags(hashtags) AS tags,
+       igc_ntok(hashtags, '#_%') AS n_hashtags, igc_ntok(mentions, '@_%') AS n_mentions,
+       updated_at, ingested_at
+FROM posts;
 CREATE OR REPLACE TEMP TABLE fz_slow (username VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_fresh (post_id VARCHAR);
 CREATE OR REPLACE TEMP TABLE fz_dirty_tags (tag VARCHAR);
@@ -59,11 +67,8 @@ CREATE OR REPLACE TEMP TABLE fz_pending (post_id VARCHAR, username VARCHAR, post
 -- tags, and they are the engine's fz_posts (posts_pending). Snapshot rows written by the ingests since then
 -- are found by their source file.
 CREATE OR REPLACE TEMP TABLE fz_pending AS
-SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
-       igc_tags(hashtags) AS tags,
-       igc_ntok(hashtags, '#_%') AS n_hashtags, igc_ntok(mentions, '@_%') AS n_mentions,
-       ingested_at > $seen AS is_new
-FROM posts WHERE updated_at > $seen;
+SELECT * EXCLUDE (updated_at, ingested_at), ingested_at > $seen AS is_new
+FROM fz_parsed WHERE updated_at > $seen;
 CREATE OR REPLACE TEMP TABLE fz_snap_changes AS
 SELECT username, min(observed_at) AS cutoff
 FROM user_snapshots
@@ -101,19 +106,14 @@ UNION SELECT t.tag FROM (SELECT unnest(p.tags) AS tag, p.posted_at
 -- Every post ($all_posts), else the posts updated since the last featurize as block pending parsed them
 -- (fz_pending is empty when that block did not run: compute_metadata for some users).
 CREATE OR REPLACE TEMP TABLE fz_posts AS
-SELECT post_id, username, posted_at, likes, igc_q(likes) AS yq, coalesce(caption, '') AS caption,
-       igc_tags(hashtags) AS tags,
-       igc_ntok(hashtags, '#_%') AS n_hashtags, igc_ntok(mentions, '@_%') AS n_mentions
-FROM posts WHERE $all_posts
+SELECT * EXCLUDE (updated_at, ingested_at) FROM fz_parsed WHERE $all_posts
 UNION ALL
 SELECT * EXCLUDE (is_new) FROM fz_pending WHERE NOT $all_posts;
 
 -- name: posts_more
 -- Every post of the users recomputed from scratch.
 INSERT INTO fz_posts
-SELECT post_id, username, posted_at, likes, igc_q(likes), coalesce(caption, ''), igc_tags(hashtags),
-       igc_ntok(hashtags, '#_%'), igc_ntok(mentions, '@_%')
-FROM posts
+SELECT * EXCLUDE (updated_at, ingested_at) FROM fz_parsed
 WHERE username IN (SELECT username FROM fz_slow)
   AND post_id NOT IN (SELECT post_id FROM fz_posts);
 

@@ -1,4 +1,5 @@
--- igcli store schema, version 2 (igcli.store.SCHEMA_VERSION). Applied by igcli.store.connect(); every statement is idempotent.
+-- igcli store schema, at the version igcli.store.SCHEMA_VERSION. Applied by igcli.store.connect(); every statement
+-- is idempotent.
 -- Timestamps are UTC, stored as naive TIMESTAMP.
 
 CREATE TABLE IF NOT EXISTS schema_version (
