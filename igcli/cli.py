@@ -129,10 +129,10 @@ def sample(
 def ingest(
     posts: Annotated[Path, typer.Argument(help="CSV (RFC 4180, UTF-8) or Parquet file of posts.")],
     images: Annotated[
-        Path | None, typer.Option(help="Folder image paths are relative to [default: the file's folder].")
+        Path | None, typer.Option(help="Folder image paths are relative to \\[default: the file's folder].")
     ] = None,
     encoding: Annotated[
-        str | None, typer.Option(help="CSV encoding: utf-8, utf-16 or latin-1 [default: detect].")
+        str | None, typer.Option(help="CSV encoding: utf-8, utf-16 or latin-1 \\[default: detect].")
     ] = None,
     db: DbOpt = DEFAULT_DB,
     recheck: Annotated[bool, typer.Option(
@@ -208,13 +208,14 @@ def featurize(
              "the user's posts, for the leak benchmark only; recorded on every row and in model cards.")] = "post",
     objects: Annotated[str | None, typer.Option(
         help="ImageNet classifier for the objects branch (efficientnet_lite0..2 or a timm name, e.g. the paper's "
-             "inception_resnet_v2), or 'none' [default: efficientnet_lite0, weights from its pip package].")] = None,
+             "inception_resnet_v2), or 'none' \\[default: efficientnet_lite0, weights from its pip package].")] = None,
     aesthetics: Annotated[str | None, typer.Option(
-        help="Backbone for the aesthetics branch's embedding, or 'none' [default: efficientnet_lite0: an ImageNet "
+        help="Backbone for the aesthetics branch's embedding, or 'none' \\[default: efficientnet_lite0: an ImageNet "
              "embedding, not an aesthetics score, unless --nima-weights is given; mobilenetv1_100 is NIMA's "
              "family]. With the same backbone as --objects, one forward pass serves both.")] = None,
     objects_weights: Annotated[Path | None, typer.Option(help="Local weights file for the classifier.")] = None,
-    aesthetics_weights: Annotated[Path | None, typer.Option(help="Local weights file for the MobileNet.")] = None,
+    aesthetics_weights: Annotated[Path | None, typer.Option(
+        help="Local weights file for the aesthetics backbone.")] = None,
     nima_weights: Annotated[Path | None, typer.Option(help="NIMA checkpoint (MobileNet with a 10-bin head).")] = None,
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="Tests and benchmarks only: random backbone weights, rows marked.")] = False,
@@ -222,9 +223,9 @@ def featurize(
         "--no-backbones", help="Only metadata and weight-free image quality features.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
     batch_size: Annotated[int | None, typer.Option(
-        help="Images per backbone batch [default: 32 on the CPU, 128 on a GPU].", show_default=False)] = None,
+        help="Images per backbone batch \\[default: 32 on the CPU, 128 on a GPU].", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Threads decoding and resizing images, overlapped with inference [default: 2 on the CPU, every "
+        help="Threads decoding and resizing images, overlapped with inference \\[default: 2 on the CPU, every "
              "core but one on a GPU].", show_default=False)] = None,
     runtime: Annotated[str, typer.Option(
         help="auto, onnxruntime (exported once per backbone and weights into $IGCLI_CACHE/onnx, default "
@@ -340,10 +341,10 @@ def train(
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 200,
     ensemble: Annotated[int, typer.Option(
         help="Models trained with different seeds and averaged in the exported graph.")] = 2,
-    family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families [default: 7].")] = None,
+    family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families \\[default: 7].")] = None,
     objects_source: Annotated[str | None, typer.Option(
-        help="'precomputed' or a classifier name [default: the source covering most posts].")] = None,
-    aesthetics_source: Annotated[str | None, typer.Option(help="Embedding backbone [default: most posts].")] = None,
+        help="'precomputed' or a classifier name \\[default: the source covering most posts].")] = None,
+    aesthetics_source: Annotated[str | None, typer.Option(help="Embedding backbone \\[default: most posts].")] = None,
     exports: Annotated[Path, typer.Option(help="Where models are exported.")] = Path("exports"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record as one JSON object.")] = False,
 ) -> None:
@@ -416,7 +417,8 @@ def score(
         "--out", help="Also write the predictions to this .csv or .parquet.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when present).")] = "auto",
     objects_weights: Annotated[Path | None, typer.Option(help="Weights of the model's classifier.")] = None,
-    aesthetics_weights: Annotated[Path | None, typer.Option(help="Weights of the model's MobileNet.")] = None,
+    aesthetics_weights: Annotated[Path | None, typer.Option(
+        help="Weights of the model's aesthetics backbone.")] = None,
     nima_weights: Annotated[Path | None, typer.Option(help="The model's NIMA checkpoint.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     engine: EngineOpt = "local",

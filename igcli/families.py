@@ -12,8 +12,10 @@ once by ``scripts/build_imagenet_families.py`` from WordNet 3.0. Each path runs 
 (depth 0) down to the class; where WordNet offers several, the shortest one is stored, and on a tie
 the one whose synset names sort first (nltk's own path order changes from run to run).
 
-Why depth 7: it is the one depth where golden retriever (and all 116 dog breeds) land on
-``domestic_animal.n.01``; depth 6 is ``animal.n.01``, depth 8 ``dog.n.01``. ``tableware.n.01`` also
+Why depth 7: it is the one depth where golden retriever (and 116 of ImageNet's 118 dog breeds) land on
+``domestic_animal.n.01``; depth 6 is ``animal.n.01``, depth 8 ``dog.n.01``. The other two, Italian
+greyhound and whippet, reach ``animal.n.01`` sooner through ``racer.n.03`` (a greyhound is also a racer),
+so the shortest-path rule puts them in that family. ``tableware.n.01`` also
 sits at depth 7 in WordNet, but no depth can put a class on it: under the shortest-path rule no
 ImageNet-1k class keeps ``tableware.n.01`` on its path (soup and mixing bowls reach ``entity.n.01``
 sooner through ``container.n.01``, wooden spoon through ``woodenware.n.01``; "plate" n07579787 is a

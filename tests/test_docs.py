@@ -32,3 +32,18 @@ def test_readme_first_two_commands():
     assert cmds[:2] == ["make demo", "make test"]
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_defaults_written_in_option_help_are_shown(name: str):
+    """Help texts go through rich markup, where a bare "[default: ...]" reads as a style tag and vanishes:
+    each default an option's help spells out must reach the rendered --help."""
+    import typer.main
+
+    command = typer.main.get_command(app).commands[name]
+    written = [re.search(r"\[default: ([^\s\]]+)", p.help).group(1)
+               for p in command.params if getattr(p, "help", None) and "[default: " in p.help]
+    r = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    shown = re.sub(r"[\s│]+", " ", r.output)
+    for first_word in written:
+        assert f"[default: {first_word}" in shown, f"`igcli {name} --help` lost a default starting {first_word!r}"

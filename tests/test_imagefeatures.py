@@ -461,6 +461,10 @@ def test_int8_rows_carry_an_int8_fingerprint(con):
     assert q(con, "SELECT DISTINCT weights_fp FROM image_classes") == [(objects.weights_fp,)]
     fp32 = featurize_images(con, tiny(roles=("objects",)))  # fp32 rows are other rows, never mixed
     assert fp32.backbones[0].images_run == UNIQUE_OK
+    fp32_fp = fp32.backbones[0].weights_fp
+    assert fp32_fp != objects.weights_fp and not fp32_fp.endswith(":int8")
+    per_fp = dict(q(con, "SELECT weights_fp, count(DISTINCT sha256) FROM image_classes GROUP BY 1"))
+    assert per_fp == {objects.weights_fp: UNIQUE_OK, fp32_fp: UNIQUE_OK}  # the int8 rows are still there
     with pytest.raises(InputError, match="--quantize"):
         featurize_images(con, tiny(quantize="int4"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import duckdb
@@ -86,7 +87,14 @@ def test_unseen_user_is_cold_start(trained_store, tmp_path: Path):
     p.write_text(HEADER + "c1,never_seen_before,2025-02-01 20:00,hi #travel,#travel,,,5000,100,3,\n")
     r = score(p, db, _opts(trained_store))
     assert (r.posts, r.cold_start_users, r.cold_start_posts, r.without_image) == (1, 1, 1, 1)
-    assert _predictions(db)["c1"][2] > 0
+    _, log_likes, likes, p10, p90 = _predictions(db)["c1"]
+    assert math.isfinite(log_likes) and likes == pytest.approx(math.exp(log_likes), rel=1e-6)
+    assert p10 <= likes <= p90
+    # with no history the prediction stays among the ln-likes the store has seen, not off the scale
+    con = duckdb.connect(str(db), read_only=True)
+    lo, hi = con.execute("SELECT min(ln(likes)), max(ln(likes)) FROM posts WHERE likes > 0").fetchall()[0]
+    con.close()
+    assert lo <= log_likes <= hi
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -130,9 +138,9 @@ def test_altered_model_is_refused_before_anything_is_written(trained_store, tmp_
 def test_cpu_provider_reported(trained_store, tmp_path: Path):
     from igcli.score import _gpu_present, choose_providers
 
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]  # forcing the CPU holds on a GPU machine too
     if _gpu_present():
-        pytest.skip("a GPU is present: this test checks the CPU-only report")
-    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+        pytest.skip("a GPU is present: the rest checks the CPU-only report of --device auto")
     assert choose_providers("auto") == ["CPUExecutionProvider"]
     r = score(trained_store["sample"] / "new_posts.csv", trained_store["db_copy"](tmp_path),
               _opts(trained_store, device="auto"))
