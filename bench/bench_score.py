@@ -10,10 +10,10 @@ posts are ingested once (not featurized), so each timed run finds them in the st
 every row unchanged, which is checked) and computes their features from the per-user state plus the
 batch's own order.
 
-Timed: ``igcli.score.score`` on the new-posts CSV, each run in a fresh child process (median of
-``--repeats``; peak RSS is the child's own ``ru_maxrss``), with the split from ``ScoreResult.timings``:
-the rows under "score() end to end" add up to it (each a median, so their sum is close to, not exactly,
-the median total).
+Timed: ``igcli.score.score`` on the new-posts CSV, each run in a fresh child process (``--repeats``; peak
+RSS is the child's own ``ru_maxrss``), with the split from ``ScoreResult.timings``. The rows under
+"score() end to end" are the parts of one run, the median one (the lower of the two middle runs for an even
+count), so they add up to its total exactly.
 Then the model alone on the same input batch (``Preprocessor.transform`` of the new posts): the torch model
 in eager mode (``igcli.train.predict``) against its ONNX export in onnxruntime (``igcli.score.make_session``
 + ``run_session``, CPUExecutionProvider), median of ``--repeats`` after a warm-up, and their max |diff|.
@@ -171,17 +171,18 @@ def main() -> None:
         assert len(counts) == a.repeats + 1 and all(c == (0, 0, a.posts) for c in counts[1:]), counts
         m = model_only(db, ids, tmp, a)
 
-    inner = median([r["seconds"] for _, r in runs])
-    parts = {k: median([r["timings"][k] for _, r in runs])
-             for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s", "usual_s")}
-    other = median([r["seconds"] - sum(r["timings"].values()) for _, r in runs])
+    # the parts of one run, the median one, so that they add up to the total they are shown under
+    middle = sorted((r for _, r in runs), key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    inner = middle["seconds"]
+    parts = {k: middle["timings"][k] for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s", "usual_s")}
+    other = inner - sum(middle["timings"].values())
     rss = max(r["rss"] for _, r in runs)
 
     def row(label: str, rows: int, s: float, share: bool = True, mem: float | None = None) -> list:
         return [label, rows, f"{s:.3f}", round(rows / s) if s else "", f"{100 * s / inner:.0f}%" if share else "",
                 round(mem) if mem else ""]
 
-    header = ["measure", "rows", "s (median)", "rows/s", "share of score()", "peak RSS MiB"]
+    header = ["measure", "rows", "s (median run)", "rows/s", "share of score()", "peak RSS MiB"]
     rows = [
         row("score() end to end", a.posts, inner, mem=rss),
         row("  model_load_s: model card + preprocessing + onnxruntime session", a.posts, parts["model_load_s"]),
@@ -197,7 +198,8 @@ def main() -> None:
         row("model only: torch eager", m["rows"], m["torch_s"], share=False),
     ]
     notes = [
-        f"median of {a.repeats} runs, each score() in a fresh child process; store: {a.history:,} history "
+        f"median of {a.repeats} runs, each score() in a fresh child process, its parts from the median run (they "
+        f"add up to it); store: {a.history:,} history "
         f"posts of {a.users:,} users + the {a.posts:,} new posts (ingested, not featurized, before "
         f"the timed runs); no image files; provider {runs[0][1]['provider']}",
         "features_s computes the batch's metadata features from the stored per-user state (user_state, "

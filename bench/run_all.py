@@ -191,12 +191,17 @@ def _summary(data: dict) -> list[str]:
         out.append("a single run" if runs == [1] else "median of " + " / ".join(map(str, runs)) + " runs")
     if best:
         out.append("best of " + " / ".join(map(str, best)) + " passes")
-    header = [str(h).lower() for h in data.get("header", [])]
+    header = [str(h) for h in data.get("header", [])]
+    peaks = []
     for i, h in enumerate(header):
-        if "peak" in h or "rss" in h:
+        if "peak" in h.lower() or "rss" in h.lower():
             vals = [r[i] for r in data.get("rows", []) if isinstance(r[i], int | float) and not isinstance(r[i], bool)]
             if vals:
-                out.append(f"peak memory {max(vals):,.0f} MiB (largest child process)")
+                peaks.append((h, max(vals)))
+    if len(peaks) == 1:
+        out.append(f"peak memory {peaks[0][1]:,.0f} MiB (largest child process)")
+    elif peaks:  # several memory columns (e.g. featurize and score): each named by its column
+        out.append("largest child process: " + "; ".join(f"{h} {v:,.0f}" for h, v in peaks))
     return out
 
 
