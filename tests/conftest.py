@@ -63,6 +63,24 @@ def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
         con.close()
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows, read with the csv module (an independent reader, not the one under test)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write ``rows`` (the dicts ``csv_rows`` gives) back as a CSV with their header."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def execute(db: Path, *statements: str) -> None:
     """Run statements on a store outside igcli (to make an older or damaged store by hand)."""
     import duckdb

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import shutil
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import query, run_cli
+from conftest import csv_rows, query, run_cli
 
 from igcli.families import imagenet_classes
 
 
 def _image_cells(path: Path) -> tuple[int, int]:
-    """(rows, rows with a blank image cell) of a posts CSV, read with the csv module."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    """(rows, rows with a blank image cell) of a posts CSV."""
+    rows = csv_rows(path)
     return len(rows), sum(not (row.get("image") or "").strip() for row in rows)
 
 

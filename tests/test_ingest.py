@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import pytest
-from conftest import execute, query
+from conftest import csv_rows, execute, query
 from PIL import Image
 
 from igcli import store
@@ -284,8 +283,7 @@ def test_generated_sample_ingests(sample_dir: Path, db: Path):
     r = ingest_posts(sample_dir / "posts.csv", db=db)
     n_rows = q(db, "SELECT count(*) FROM posts")[0][0]
     assert r.rejected == 0 and r.loaded == n_rows == 600
-    with open(sample_dir / "posts.csv", newline="", encoding="utf-8") as fh:
-        refs = {row["image"] for row in csv.DictReader(fh) if row["image"]}
+    refs = {row["image"] for row in csv_rows(sample_dir / "posts.csv") if row["image"]}
     assert len(refs) >= 500  # the sample gives most posts an image: every one of them is stored and decodes
     assert q(db, "SELECT status, count(*) FROM images GROUP BY status") == [("ok", len(refs))]
 

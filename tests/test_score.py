@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
+from conftest import csv_rows, write_csv_rows
 
 from igcli.errors import FeatureMismatch, ModelError
 from igcli.score import ScoreOptions, score
@@ -34,8 +34,7 @@ def test_end_to_end_scores_new_posts(trained_store, tmp_path: Path):
     db = trained_store["db_copy"](tmp_path)
     sample = trained_store["sample"]
     r = score(sample / "new_posts.csv", db, _opts(trained_store))
-    with open(sample / "new_posts_truth.csv", newline="") as fh:
-        truth = {row["post_id"]: float(row["likes"]) for row in csv.DictReader(fh)}
+    truth = {row["post_id"]: float(row["likes"]) for row in csv_rows(sample / "new_posts_truth.csv")}
     preds = _predictions(db)
     assert r.posts == len(truth) == len(preds) and r.provider == "CPUExecutionProvider"
     assert r.cold_start_users >= 3          # the sample plants 3-5 users the store has never seen
@@ -149,16 +148,12 @@ def test_cpu_provider_reported(trained_store, tmp_path: Path):
 
 def _rewrite_content(src: Path, dst: Path) -> None:
     """The same posts with other captions, hashtags and mentions: content only."""
-    with open(src, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = csv_rows(src)
     for i, row in enumerate(rows):
         row["caption"] = ("a much longer caption about something else entirely " * (1 + i % 4)).strip()
         row["hashtags"] = " ".join(f"#tag{j}" for j in range(i % 7))
         row["mentions"] = "@someone" if i % 2 else ""
-    with open(dst, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv_rows(dst, rows)
 
 
 def _usual(db: Path) -> dict[str, tuple[float, float, float]]:

@@ -3,11 +3,11 @@ embeddings from a (tiny, random-init) MobileNet stand-in; card marking; masking 
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import csv_rows, write_csv_rows
 
 from igcli.errors import FeatureMismatch
 from igcli.export import load_card
@@ -53,16 +53,12 @@ def test_scoring_runs_missing_backbones_and_masks_posts_without_image(image_mode
     shutil.copy(image_model["db"], db)
     # the sample leaves only a few posts without an image, and a batch may have none: blank two image cells
     new_posts = image_model["sample"] / "new_posts.csv"
-    with open(new_posts, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = csv_rows(new_posts)
     blanked = [row for row in rows if row["image"]][:2]
     for row in blanked:
         row["image"] = ""
     batch = tmp_path / "new_posts.csv"
-    with open(batch, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_rows(batch, rows)
     expected_without = sum(not row["image"] for row in rows)
     r = score(batch, db, ScoreOptions(exports_dir=image_model["exports"], images_dir=new_posts.parent))
     assert r.posts == len(rows) and len(blanked) == 2
