@@ -201,7 +201,8 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     dec_rate = args.n / (time.perf_counter() - t0)
     rows.append(Row("decode + resize", name, f"{args.workers} threads", args.n, args.batch, dec_rate, None,
                     f"to {ort_fp32.input_size[0]}px uint8"))
-    x = np.concatenate(decoded)[:args.n_model]
+    ready = np.concatenate(decoded)  # also the end-to-end pass's input with decoding taken out
+    x = ready[:args.n_model]
 
     # The rows the targets compare (torch eager against onnxruntime, end to end against onnxruntime) are
     # measured in interleaved rounds and reported as medians: on a shared machine a best-of pass picks the
@@ -221,7 +222,6 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
         fn(x[:2])  # warm-up: kernel selection, weight prepacking
     n_e2e = min(args.n_e2e, len(images))
     # the decode row's arrays by file name, for the end-to-end pass with decoding taken out (when it made them all)
-    ready = np.concatenate(decoded)
     predecoded = {Path(f).name: ready[i] for i, f in enumerate(images[:n_e2e])} if n_e2e <= len(ready) else None
     rounds: list[dict] = []
     for k in range(args.repeats):

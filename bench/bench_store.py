@@ -213,10 +213,8 @@ def main() -> None:
                      round(max(x[1] for x in r["score"])), round(r["disk_mib"]), f"{r['load']:.2f}"])
     first, last = results[0], results[-1]
 
-    def ratio(key: str, part=lambda x: x[2]["seconds"]) -> float:
-        get = (lambda r: median([part(x) for x in r[key]])) if isinstance(first[key], list) else \
-            (lambda r: part(r[key]))
-        return get(last) / get(first)
+    def ratio(key: str, part=lambda x: x[2]["seconds"]) -> float:  # medians of the runs: largest / smallest store
+        return median([part(x) for x in last[key]]) / median([part(x) for x in first[key]])
 
     notes = [
         f"{a.posts_per_user} posts per user in every store; median of {a.repeats} runs for no-op, append and "
