@@ -39,7 +39,7 @@ import duckdb
 from igcli import store
 from igcli.backbones import ROLES, BackboneRequest, Weights, get_role, resolve_device, resolve_weights
 from igcli.errors import FeatureMismatch, InputError, ModelError, WeightsMissing
-from igcli.runtime import INT8_SUFFIX, group_requests
+from igcli.runtime import INT8_SUFFIX, group_requests, row_fingerprint
 from igcli.util import sha256_file
 
 QUALITY_BATCH = 256
@@ -149,7 +149,12 @@ def featurize_images(
                 resolved.append((req, None, err))
                 continue
             want = options.expect_fingerprints.get(req.role)
-            got = weights.fingerprint + (INT8_SUFFIX if options.quantize else "")
+            got = row_fingerprint(weights, options.quantize)
+            if want and want.removesuffix(INT8_SUFFIX) == weights.fingerprint:
+                raise FeatureMismatch(
+                    f"the model was trained on {req.role} features from an earlier igcli's image preprocessing "
+                    f"(timm's centre crop; this igcli resizes the whole image): retrain it with `igcli train` "
+                    "after `igcli featurize`")
             if want and got != want:
                 raise FeatureMismatch(
                     f"the model needs {req.role} features from {req.name} with weights {want[:20]}…, but the "
@@ -281,11 +286,10 @@ def plan_group(
 ) -> GroupPlan:
     """What one backbone group (``igcli.runtime.group_requests``) must still run: the images that lack a
     row (and an error) for any of its roles."""
-    suffix = INT8_SUFFIX if options.quantize else ""
     name = group[0][0].name
     runs, params, todo = {}, {}, {}
     for req, weights in group:
-        keys = {"backbone": req.name, "weights_fp": weights.fingerprint + suffix}
+        keys = {"backbone": req.name, "weights_fp": row_fingerprint(weights, options.quantize)}
         params[req.role] = {"random_init": weights.random_init, **keys}
         todo[req.role] = {sha: path for sha, path in con.execute(get_role(req.role).pending_sql, keys).fetchall()}
         runs[req.role] = BackboneRun(req.role, req.name, keys["weights_fp"], weights.random_init,

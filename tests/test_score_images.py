@@ -39,7 +39,7 @@ def test_card_names_backbones_and_random_init(image_model):
     assert card["random_init_inputs"] is True and image_model["run"].random_init_inputs
     assert card["backbones"]["objects"]["backbone"] == CLASSIFIER
     assert card["backbones"]["aesthetics"]["backbone"] == EMBEDDER
-    assert card["backbones"]["objects"]["weights_fp"] == f"random-init:{CLASSIFIER}:0"
+    assert card["backbones"]["objects"]["weights_fp"] == f"random-init:{CLASSIFIER}:0:crop1"
     assert [i["name"] for i in card["inputs"]] == ["meta", "objects", "objects_mask", "aesthetics",
                                                    "aesthetics_mask"]
     assert card["preprocess"]["families"][-1] == "other" and card["preprocess"]["embedding_dim"] > 0
@@ -84,3 +84,23 @@ def test_scoring_with_other_weights_is_a_mismatch(image_model, tmp_path: Path):
     with pytest.raises(FeatureMismatch, match="--objects-weights"):
         score(image_model["sample"] / "new_posts.csv", db,
               ScoreOptions(exports_dir=image_model["exports"], objects_weights=other))
+
+
+def test_a_model_trained_on_the_earlier_image_geometry_asks_to_be_retrained(image_model, tmp_path: Path):
+    """A card whose image features lack ":crop1" came from timm's centre crop: scoring names the fix."""
+    import json
+
+    from igcli.export import CARD, card_digest
+
+    db = tmp_path / "s.duckdb"
+    shutil.copy(image_model["db"], db)
+    exports = tmp_path / "exports"
+    shutil.copytree(image_model["exports"], exports)
+    (model_dir,) = [d for d in exports.iterdir() if (d / CARD).is_file()]
+    card = json.loads((model_dir / CARD).read_text())
+    for role in ("objects", "aesthetics"):
+        card["backbones"][role]["weights_fp"] = card["backbones"][role]["weights_fp"].removesuffix(":crop1")
+    card["card_sha256"] = card_digest(card)
+    (model_dir / CARD).write_text(json.dumps(card))
+    with pytest.raises(FeatureMismatch, match="retrain"):
+        score(image_model["sample"] / "new_posts.csv", db, ScoreOptions(exports_dir=exports))

@@ -285,3 +285,22 @@ def test_stored_optional_feature_columns_are_used_when_present(trained_store, tm
     del frame.cols["n_words"]
     with pytest.raises(FeatureMismatch, match="featurize --rebuild"):
         pre.transform(frame)
+
+
+@pytest.mark.parametrize("first", ["old", "new"])
+def test_sources_covering_as_many_posts_prefer_this_igclis_image_geometry(tmp_path, first):
+    """A store featurized again after the crop changed holds both geometries for the same posts: training
+    takes the ":crop1" rows, whichever were stored first."""
+    from igcli import store
+    from igcli.preprocess import available_sources
+
+    con = store.connect(tmp_path / "s.duckdb")
+    fps = ["a" * 64, "b" * 64 + ":crop1"]
+    for fp in fps if first == "old" else fps[::-1]:
+        con.execute("INSERT INTO image_classes SELECT NULL, 'sha' || i, 'efficientnet_lite0', ?, false, "
+                    "'featurize', 1, 'n02084071', 0.5 FROM range(3) t(i)", [fp])
+    con.execute("INSERT INTO image_classes SELECT NULL, 'sha' || i, 'other', 'c', false, 'featurize', 1, "
+                "'n02084071', 0.5 FROM range(4) t(i)")
+    got = [(s["backbone"], s["weights_fp"], s["posts"]) for s in available_sources(con)["objects"]]
+    assert got == [("other", "c", 4), ("efficientnet_lite0", "b" * 64 + ":crop1", 3),
+                   ("efficientnet_lite0", "a" * 64, 3)]
