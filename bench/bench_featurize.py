@@ -7,7 +7,8 @@
 
 Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per backbone:
 
-* decode + resize: igcli's decode threads (``--workers``) producing the model's uint8 input, no model;
+* decode + resize: igcli's decode threads (``--workers``) producing the model's uint8 input, no model (the
+  dev images are 224 px, lite0's input size: at ``igcli.backbones.CROP_PCT`` 1.0 they are not resampled);
 * torch eager: the model (with the uint8 -> normalised input step) on decoded batches, ``inference_mode``;
 * onnxruntime fp32: the cached ONNX export featurize uses, CPUExecutionProvider: as featurize runs it
   (``model_streams``: two batches at a time, each on half the threads, pool threads sleeping when idle), and
