@@ -614,7 +614,7 @@ def open_rgb(path: str | Path | BinaryIO, min_side: int | None = None):
         if min_side and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (min_side, min_side))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image (most of them)
         if img.mode != "RGB":
             if img.has_transparency_data:  # flatten onto white, as a page shows it
                 rgba = img.convert("RGBA")

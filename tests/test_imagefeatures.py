@@ -582,3 +582,19 @@ def test_two_batches_in_the_model_at_once_store_what_one_at_a_time_stores(con, m
     assert np.allclose([r[3] for r in cls1], [r[3] for r in cls2], atol=1e-6)
     assert [r[0] for r in emb1] == [r[0] for r in emb2] and len(emb1) > 0
     assert np.allclose(np.array([r[1] for r in emb1]), np.array([r[1] for r in emb2]), atol=1e-5)
+
+
+def test_open_rgb_turns_a_sideways_jpeg_upright(tmp_path):
+    """EXIF orientation 6 (stored rotated): the image the model sees is the one a viewer shows."""
+    from igcli.imagefeatures import open_rgb
+
+    stored = Image.new("RGB", (300, 100), (0, 0, 0))
+    stored.paste((255, 255, 255), (0, 0, 150, 100))  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, exif=exif, quality=95)
+    img = open_rgb(path)
+    assert img.size == (100, 300) and img.mode == "RGB"
+    upright = np.asarray(img).mean(axis=(1, 2))
+    assert upright[:140].mean() > 240 and upright[160:].mean() < 15  # the white half now on top

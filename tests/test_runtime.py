@@ -126,6 +126,32 @@ def test_int8_runner_is_fingerprinted_int8(tmp_path: Path):
         open_runner([(req, w)], "cpu", runtime="torch", quantize="int8")
 
 
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_prepared_images_have_torchvisions_bytes(interpolation: str, crop_pct: float):
+    """Whichever path prepare takes (as it is at the input size with CROP_PCT 1.0, the fused resize of the
+    crop's region, torchvision's steps), it gives torchvision's Resize + CenterCrop bytes: noise images of
+    many sizes, the input size among them."""
+    from PIL import Image
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    from igcli.runtime import image_preparer
+
+    config = {"input_size": (3, 224, 224), "interpolation": interpolation, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": crop_pct, "crop_mode": "center"}
+    reference = T.Compose([t for t in create_transform(**config, is_training=False).transforms
+                           if isinstance(t, T.Resize | T.CenterCrop)])
+    prepare = image_preparer(config)
+    rng = np.random.default_rng(1)
+    for w, h in [(224, 224), (300, 200), (200, 300), (1080, 1350), (640, 480), (224, 300), (223, 224)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert np.array_equal(prepare(img), np.asarray(reference(img))), (w, h)
+    square = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    same = np.array_equal(prepare(Image.fromarray(square)), square)
+    assert same == (crop_pct == 1.0)  # 0.875 zooms in: 256 px, then the centre 224
+
+
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
     """The one-step resize of the crop's region is used where it gives the same bytes as torchvision's
