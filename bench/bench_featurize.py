@@ -16,8 +16,9 @@ Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per bac
 * onnxruntime int8: its dynamic quantization (``--quantize int8``), when it builds;
 * end to end: ``featurize_images`` on a temporary store (decode overlapped with inference, DuckDB writes),
   both roles from one forward pass for the packaged backbones; compared with the fastest onnxruntime
-  model-only row. Torch eager, the onnxruntime fp32 rows and this one run in ``--repeats`` interleaved rounds
-  and report medians (int8 reports the best of ``--repeats`` passes);
+  model-only row. Torch eager, the onnxruntime fp32 rows and this one run in ``--rounds`` interleaved rounds
+  (5: on this shared machine one round in three or four is disturbed, and a median of three moved 5-9 points
+  between runs of the same code) and report medians; int8 reports the best of ``--repeats`` passes;
 * end to end, decoded beforehand: the same call with igcli's per-image decode (file read, hash check, decode,
   resize) replaced by a lookup of the arrays the decode row made, so it costs nothing: what the pipeline
   reaches with decoding perfectly hidden, the ceiling the end-to-end row is held to. A diagnostic, not a way
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="decode threads")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="inference threads (torch and ORT)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed passes of int8 (the best is reported), and interleaved rounds of torch eager, "
-                        "onnxruntime fp32 and end to end (the median is reported)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes of int8 (the best is reported)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds of torch eager, onnxruntime fp32 and end to end (medians are reported)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 rows")
     p.add_argument("--int8-agreement", type=int, default=0,
                    help="also measure int8 vs fp32 top-5 agreement on this many images (first backbone)")
@@ -225,7 +226,7 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     # the decode row's arrays by file name, for the end-to-end pass with decoding taken out (when it made them all)
     predecoded = {Path(f).name: ready[i] for i, f in enumerate(images[:n_e2e])} if n_e2e <= len(ready) else None
     rounds: list[dict] = []
-    for k in range(args.repeats):
+    for k in range(args.rounds):
         got = {kind: one_pass(fn, x, args.batch) for kind, fn in models.items()}
         got["e2e"], got["call_s"] = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}")
         if predecoded is not None:
@@ -318,7 +319,7 @@ def bench_backbone_gpu(name: str, images: list[str], args, tmp: Path, notes: lis
         r.infer(x[:args.batch])  # warm-up at the timed batch size (cuDNN algorithm search)
     n_e2e = min(args.n_e2e, len(images))
     rounds: list[dict] = []
-    for k in range(args.repeats):
+    for k in range(args.rounds):
         got = {kind: one_pass(r.infer, x, args.batch) for kind, r in runners.items()}
         for kind in runners:
             folder = tmp / f"{name}-{kind}-{k}"
