@@ -27,6 +27,10 @@ Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per bac
 On 2 cores the two model streams keep both cores busy, so decoding is not hidden but paid for: the end-to-end
 row is bounded by the model's share of the CPU work, and the "decoded beforehand" row shows how much of the gap
 to model-only is decoding and how much is the rest of the pipeline (writes, batching, threads sharing caches).
+A note gives that share as measured: the process CPU of each end-to-end call and the part of it inside the
+model's forward passes, per image, beside the forward pass's CPU per image in the model-only pass. Both
+parts of the share come from the same call, so it does not move with the shared machine's speed as a
+throughput ratio of two passes measured a minute apart does.
 
 ``--device cuda`` replaces the model and end-to-end rows with torch CUDA and onnxruntime's CUDA provider
 (when it loads), each checked against onnxruntime on the CPU (same top-1, largest logit difference), and
@@ -46,6 +50,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -217,7 +222,8 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
 
     streams, per_stream = model_streams(ImageFeatureOptions(threads=args.threads), "cpu", "onnxruntime")
     featurize_session = make_session(ort_fp32.onnx_path, "cpu", per_stream)
-    in_streams = Streams(lambda b: featurize_session.run(ort_fp32.outputs, {"image": b}), streams)
+    model_cpu = CpuClock()
+    in_streams = Streams(model_cpu.timed(lambda b: featurize_session.run(ort_fp32.outputs, {"image": b})), streams)
     models = {"featurize": in_streams, "torch": torch_runner.infer, "sleeping": ort_fp32.infer,
               "spinning": lambda b: spinning.run(ort_fp32.outputs, {"image": b})}
     for fn in models.values():
@@ -227,10 +233,16 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     predecoded = {Path(f).name: ready[i] for i, f in enumerate(images[:n_e2e])} if n_e2e <= len(ready) else None
     rounds: list[dict] = []
     for k in range(args.rounds):
+        model_cpu.seconds = 0.0
         got = {kind: one_pass(fn, x, args.batch) for kind, fn in models.items()}
-        got["e2e"], got["call_s"] = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}")
+        got["model_ms"] = model_cpu.seconds / len(x) * 1000  # CPU per image of the "featurize" model-only pass
+        cpu: dict = {}
+        got["e2e"], got["call_s"] = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}", cpu=cpu)
+        got["e2e_model_ms"], got["e2e_ms"] = cpu["model"] / n_e2e * 1000, cpu["process"] / n_e2e * 1000
         if predecoded is not None:
-            got["e2e_ready"], _ = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}-ready", predecoded)
+            got["e2e_ready"], _ = end_to_end(pairs, images[:n_e2e], args, tmp / f"{name}-{k}-ready", predecoded,
+                                             cpu=cpu)
+            got["ready_model_ms"], got["ready_ms"] = cpu["model"] / n_e2e * 1000, cpu["process"] / n_e2e * 1000
         rounds.append(got)
     del torch_runner
     med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
@@ -273,6 +285,15 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
                  f"runs it / one batch sleeping / one batch spinning), end to end on a fresh store"
                  f"{' and end to end with the images decoded beforehand' if predecoded is not None else ''}, "
                  f"images/s (share of the round's fastest model-only row): {'; '.join(one_round(r) for r in rounds)}")
+    ready_cpu = (f"; decoded beforehand {med['ready_ms']:.1f} ms, {med['ready_model_ms'] / med['ready_ms']:.0%} "
+                 f"in the model ({med['ready_model_ms']:.1f} ms)") if predecoded is not None else ""
+    per_round = ", ".join(f"{r['model_ms']:.1f}" for r in rounds)
+    notes.append(f"{name}: CPU per image, medians of the rounds: the model-only pass as featurize runs it "
+                 f"{med['model_ms']:.1f} ms (rounds {per_round}); the end-to-end call {med['e2e_ms']:.1f} ms of "
+                 f"process CPU, {med['e2e_model_ms'] / med['e2e_ms']:.0%} of it in the model's forward passes "
+                 f"({med['e2e_model_ms']:.1f} ms){ready_cpu}. The rest is the pipeline's own work (plan, session "
+                 "open, decode, batching, post-processing, DuckDB writes); the same forward pass costs another CPU "
+                 "time from one pass to the next as the shared machine's speed moves")
     notes.append(f"{name}: the median end-to-end featurize call took {med['call_s']:.1f} s for {n_e2e} images, "
                  f"of which {med['call_s'] - n_e2e / e2e:.1f} s before the timed pass (work list, ONNX cache lookup, "
                  "session open; the first decodes overlap it); images/s counts from the open session")
@@ -343,6 +364,43 @@ def bench_backbone_gpu(name: str, images: list[str], args, tmp: Path, notes: lis
     return rows
 
 
+def process_cpu() -> float:
+    """User + system CPU seconds of this process, every thread (ended ones included)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuClock:
+    """CPU seconds spent inside model calls, summed over the threads that make them: with one onnxruntime
+    thread per session the work runs on the calling thread, so ``time.thread_time`` around the call counts it."""
+
+    def __init__(self) -> None:
+        from igcli import runtime
+
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._start_session = runtime.start_session  # the real one, before any patch
+
+    def timed(self, fn):
+        def call(*a, **k):
+            t = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                dt = time.thread_time() - t
+                with self._lock:
+                    self.seconds += dt
+        return call
+
+    def timed_session(self, runner, *a, **k):
+        """``igcli.runtime.start_session`` with the runner's forward pass timed."""
+        self._start_session(runner, *a, **k)
+        runner._infer = self.timed(runner._infer)
+        return runner
+
+
 class Streams:
     """featurize's model loop: up to ``n`` batches in the model at once, each waited for in order."""
 
@@ -393,10 +451,12 @@ def throughput(fn, x, args) -> float:
 
 
 def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | None = None, device: str = "cpu",
-               runtime: str = "onnxruntime") -> tuple[float, float]:
+               runtime: str = "onnxruntime", cpu: dict | None = None) -> tuple[float, float]:
     """featurize_images for both roles on a store whose posts point at ``images`` (nothing is copied). With
     ``predecoded`` (file name -> the model's uint8 input) igcli's decode of each image is replaced by a lookup
-    there: no file read, hash check, decode or resize."""
+    there: no file read, hash check, decode or resize. With ``cpu`` (onnxruntime on the CPU) it gets the
+    call's CPU seconds: ``process`` (every thread) and ``model`` (inside onnxruntime's runs, each on the
+    calling thread)."""
     from unittest import mock
 
     from igcli import store
@@ -422,10 +482,15 @@ def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | Non
         lookup = (mock.patch("igcli.imagefeatures.decode_image",
                              lambda path, sha256, prepare, min_side=None: (predecoded[Path(path).name], ""))
                   if predecoded is not None else contextlib.nullcontext())
-        with lookup:
-            t0 = time.perf_counter()
+        clock = CpuClock()
+        timed = (mock.patch("igcli.runtime.start_session", clock.timed_session) if cpu is not None
+                 else contextlib.nullcontext())
+        with lookup, timed:
+            t0, c0 = time.perf_counter(), process_cpu()
             res = featurize_images(con, opts)
             seconds = time.perf_counter() - t0
+            if cpu is not None:
+                cpu.update(process=process_cpu() - c0, model=clock.seconds)
     finally:
         con.close()
     run = res.backbones[0]
