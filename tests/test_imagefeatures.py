@@ -154,7 +154,14 @@ def test_rows_of_another_image_geometry_are_not_reused(con):
     assert per_fp == {old["objects"]: UNIQUE_OK, old["objects"] + ":crop1": UNIQUE_OK}
 
 
-def test_resume_after_interruption(con):
+@pytest.mark.parametrize(("write_rows", "kept"), [(1, 4), (8, 8)])
+def test_resume_after_interruption(con, monkeypatch, write_rows, kept):
+    """An interrupted run keeps the transactions committed before it (one batch of 4, or two batches when
+    WRITE_ROWS joins them) and a rerun does only the rest."""
+    import igcli.imagefeatures as imf
+
+    monkeypatch.setattr(imf, "WRITE_ROWS", write_rows)
+
     class Stop(Exception):
         pass
 
@@ -164,13 +171,13 @@ def test_resume_after_interruption(con):
 
     with pytest.raises(Stop):
         featurize_images(con, tiny(), progress=stop_after_first_batch)
-    assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (4, 20)  # one batch kept
+    assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (kept, 5 * kept)
     assert q(con, "SELECT count(*) FROM image_quality")[0][0] == UNIQUE_OK
 
     seen: list[tuple[str, int, int]] = []
     res = featurize_images(con, tiny(), progress=lambda *a: seen.append(a))
-    assert res.backbones[0].images_run == UNIQUE_OK - 4
-    assert ("objects: " + CLASSIFIER, UNIQUE_OK - 4, UNIQUE_OK - 4) in seen
+    assert res.backbones[0].images_run == UNIQUE_OK - kept
+    assert ("objects: " + CLASSIFIER, UNIQUE_OK - kept, UNIQUE_OK - kept) in seen
     assert q(con, "SELECT count(DISTINCT (sha256, rank)), count(*) FROM image_classes")[0] == (
         5 * UNIQUE_OK, 5 * UNIQUE_OK)
 
@@ -188,6 +195,7 @@ def test_a_failed_write_stops_the_run_and_keeps_the_batches_committed_before_it(
             raise OSError("disk full")
         return real(*args, **kwargs)
 
+    monkeypatch.setattr(imf, "WRITE_ROWS", 1)  # a transaction per batch of 4
     monkeypatch.setattr(imf, "store_rows", fail_second)
     with pytest.raises(OSError, match="disk full"):
         featurize_images(con, tiny())
@@ -196,6 +204,38 @@ def test_a_failed_write_stops_the_run_and_keeps_the_batches_committed_before_it(
     monkeypatch.setattr(imf, "store_rows", real)
     assert featurize_images(con, tiny()).backbones[0].images_run == UNIQUE_OK - 4
     assert q(con, "SELECT count(DISTINCT sha256), count(*) FROM image_classes")[0] == (UNIQUE_OK, 5 * UNIQUE_OK)
+
+
+def test_batches_joined_in_one_transaction_store_the_same_rows(con, tmp_path, monkeypatch):
+    """WRITE_ROWS joins batches into one transaction: the rows and errors are those of a transaction per
+    batch, with an image that fails (its file changed since ingest) in the middle of a joined batch."""
+    import igcli.imagefeatures as imf
+
+    Image.fromarray(np.full((32, 40, 3), 7, np.uint8)).save(tmp_path / "data" / "img" / "p5.jpg", "JPEG")
+    tables = {
+        "image_classes": "SELECT sha256, backbone, weights_fp, rank, wnid, prob FROM image_classes ORDER BY ALL",
+        "image_embeddings": "SELECT sha256, backbone, weights_fp, embedding FROM image_embeddings ORDER BY ALL",
+        "image_feature_errors": "SELECT sha256, backbone, weights_fp, reason FROM image_feature_errors "
+                                "WHERE backbone <> 'quality' ORDER BY ALL",
+    }
+    stored = {}
+    for write_rows in (1, 12):   # a transaction per batch of 4; three batches per transaction
+        monkeypatch.setattr(imf, "WRITE_ROWS", write_rows)
+        for table in tables:
+            q(con, f"DELETE FROM {table}" + (" WHERE backbone <> 'quality'" if table == "image_feature_errors" else ""))
+        res = featurize_images(con, tiny())
+        assert [(b.images_run, b.images_failed) for b in res.backbones] == [(UNIQUE_OK - 1, 1)] * 2
+        stored[write_rows] = {t: q(con, sql) for t, sql in tables.items()}
+    one, joined = stored[1], stored[12]
+    assert [r[:5] for r in one["image_classes"]] == [r[:5] for r in joined["image_classes"]]
+    assert np.allclose([r[5] for r in one["image_classes"]], [r[5] for r in joined["image_classes"]], atol=1e-6)
+    assert [r[:3] for r in one["image_embeddings"]] == [r[:3] for r in joined["image_embeddings"]]
+    assert len(one["image_embeddings"]) == UNIQUE_OK - 1
+    assert np.allclose([r[3] for r in one["image_embeddings"]], [r[3] for r in joined["image_embeddings"]],
+                       atol=1e-6)
+    assert one["image_feature_errors"] == joined["image_feature_errors"]
+    assert len(joined["image_feature_errors"]) == 2 and all(
+        r[3] == imf.CHANGED for r in joined["image_feature_errors"])
 
 
 def test_decoding_starts_before_the_first_batch_is_asked_for(tmp_path):
