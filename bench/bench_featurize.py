@@ -267,12 +267,12 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
             notes.append(f"{name}: int8 did not build ({type(err).__name__}: {str(err)[:120]})")
     best = max(f_rate, o_rate, s_rate)
     rows.append(Row("end to end", name, f"featurize, ORT + {args.workers} decode threads", n_e2e, args.batch,
-                    e2e, gflop, f"{e2e / best:.0%} of the fastest ORT model-only row (target >= 90%); both roles, "
+                    e2e, gflop, f"{e2e / best:.1%} of the fastest ORT model-only row (target >= 90%); both roles, "
                     "rows written, median"))
     if predecoded is not None:
         ready_rate = med["e2e_ready"]
         rows.append(Row("end to end", name, "featurize, ORT, images decoded beforehand", n_e2e, args.batch,
-                        ready_rate, gflop, f"{ready_rate / best:.0%} of the fastest ORT model-only row; decode "
+                        ready_rate, gflop, f"{ready_rate / best:.1%} of the fastest ORT model-only row; decode "
                         f"taken out (diagnostic); end to end with decode = {e2e / ready_rate:.0%} of this; median"))
 
     def one_round(r: dict) -> str:
