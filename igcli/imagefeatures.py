@@ -397,16 +397,19 @@ def run_group(
             ok = [i for i, why in enumerate(reasons) if not why]
             return runner.post(runner.infer(x[ok] if len(ok) < len(reasons) else x)) if ok else {}
 
-        def hand_over(future, shas: list[str], reasons: list[str], final: bool = False) -> None:
+        def flush() -> None:
+            """Hand the batches gathered so far to the writer, as one transaction."""
             nonlocal last, parts
-            if future is not None:
-                parts.append((shas, reasons, future.result()))
-            size = sum(len(r) for _, r, _ in parts)
-            if not parts or (size < write_rows and not final):
+            if not parts:
                 return
             if last is not None:
                 committed()
-            last, parts = (writer.submit(write, parts), size), []
+            last, parts = (writer.submit(write, parts), sum(len(r) for _, r, _ in parts)), []
+
+        def hand_over(future, shas: list[str], reasons: list[str]) -> None:
+            parts.append((shas, reasons, future.result()))
+            if sum(len(r) for _, r, _ in parts) >= write_rows:
+                flush()
 
         start = 0
         running: deque = deque()  # batches in the model, oldest first: written in their order
@@ -421,7 +424,7 @@ def run_group(
             running.append((model.submit(forward, x, reasons), shas, reasons))
         while running:
             hand_over(*running.popleft())
-        hand_over(None, [], [], final=True)
+        flush()
         if last is not None:
             committed()
     finally:
