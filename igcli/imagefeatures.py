@@ -219,8 +219,6 @@ def compute_quality(
     con: duckdb.DuckDBPyConnection, workers: int = 2, progress: Progress | None = None, batch: int = QUALITY_BATCH
 ) -> tuple[int, int]:
     """``image_quality`` rows for every decodable image content that has none; returns (computed, failed)."""
-    import pyarrow as pa
-
     from igcli.imagequality import quality_features_many
 
     pending = con.execute(_QUALITY_PENDING, [QUALITY_BACKBONE]).fetchall()
@@ -236,18 +234,16 @@ def compute_quality(
         feats = quality_features_many([Path(p) for _, p in chunk], workers=workers)
         ok = [(sha, f) for (sha, _), f in zip(chunk, feats, strict=True) if isinstance(f, dict)]
         errors += [(sha, str(f)) for (sha, _), f in zip(chunk, feats, strict=True) if not isinstance(f, dict)]
-        table = pa.table({
-            "sha256": pa.array([sha for sha, _ in ok], pa.string()),
-            **{c: pa.array([f.get(c) for _, f in ok], pa.float64()) for c in QUALITY_COLUMNS},
-        })
+        columns = {"sha256": ("VARCHAR", [sha for sha, _ in ok]),
+                   **{c: ("DOUBLE", [f.get(c) for _, f in ok]) for c in QUALITY_COLUMNS}}
         now = store.utcnow()
         with store.transaction(con):
             if ok:
-                con.register("igc_quality_batch", table)
+                store.temp_table(con, "igc_quality_batch", columns)
                 try:
                     con.execute(_QUALITY_INSERT, [now]).fetchall()
                 finally:
-                    con.unregister("igc_quality_batch")
+                    con.execute("DROP TABLE igc_quality_batch")
             if errors:
                 con.executemany(_ERROR_INSERT, [[sha, QUALITY_BACKBONE, QUALITY_FP, why, now] for sha, why in errors])
         computed += len(ok)

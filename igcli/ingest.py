@@ -196,7 +196,8 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width
         if etype in ("TOO MANY COLUMNS", "MISSING COLUMNS") and found:
             reason += f" (expected {width}, found {found})"
         out.append((line, reason))
-    con.register("igc_shift_in", pa.table({"from_rn": list(shifts), "add": list(shifts.values())}))
+    store.temp_table(con, "igc_shift_in", {"from_rn": ("BIGINT", list(shifts)),
+                                           "add": ("BIGINT", list(shifts.values()))})
     try:
         con.execute(
             """UPDATE staged SET line = staged.line + x.add
@@ -204,7 +205,7 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width
                WHERE staged.rn = x.rn"""
         )
     finally:
-        con.unregister("igc_shift_in")
+        con.execute("DROP TABLE igc_shift_in")
     return out
 
 
@@ -303,9 +304,8 @@ def _image_keys(
 
     probes: list[ImageProbe] = probe_many(to_probe, progress=tick) if to_probe else []
     probes += [ImageProbe(key, "unsafe_path", why) for key, why in refused.items()]
-    con.register("igc_keys", pa.table({"image_ref": [r for r, _ in keys], "image_path": [k for _, k in keys]}))
-    con.execute("CREATE OR REPLACE TEMP TABLE image_keys AS SELECT * FROM igc_keys")
-    con.unregister("igc_keys")
+    store.temp_table(con, "image_keys", {"image_ref": ("VARCHAR", [r for r, _ in keys]),
+                                         "image_path": ("VARCHAR", [k for _, k in keys])})
     if probes:
         fields = ("path", "status", "error", "sha256", "byte_size", "mtime_ns", "width", "height")
         tbl = pa.table({f: [getattr(p, f) for p in probes] for f in fields})
@@ -392,10 +392,8 @@ def ingest_posts(
             if result.updated:
                 store.run_block(con, "ingest", "write_changed", write)
             store.run_block(con, "ingest", "snapshots", write)
-            con.register("igc_csv_rejects", pa.table({
-                "line": pa.array([r[0] for r in csv_rejects], pa.int64()),
-                "reason": pa.array([r[1] for r in csv_rejects], pa.string()),
-            }))
+            store.temp_table(con, "igc_csv_rejects", {"line": ("BIGINT", [r[0] for r in csv_rejects]),
+                                                      "reason": ("VARCHAR", [r[1] for r in csv_rejects])})
             con.execute("DELETE FROM rejects WHERE source_file = ?", [result.source])  # latest ingest wins
             con.execute(
                 """INSERT INTO rejects
@@ -403,7 +401,7 @@ def ingest_posts(
                    UNION ALL SELECT ?, ?, line, NULL, NULL, reason, ? FROM igc_csv_rejects""",
                 [result.ingest_id, result.source, now] * 2,
             )
-            con.unregister("igc_csv_rejects")
+            con.execute("DROP TABLE igc_csv_rejects")
             con.execute("DELETE FROM ingest_warnings WHERE source_file = ?", [result.source])
             con.execute(
                 "INSERT INTO ingest_warnings SELECT ?, ?, line, column_name, left(value, 200), message, ? "

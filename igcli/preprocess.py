@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from igcli.errors import FeatureMismatch
 from igcli.families import DEFAULT_FAMILY_DEPTH, family_table
 from igcli.imagequality import QUALITY_FEATURES
+from igcli.store import float_column, temp_table
 
 # (name, transform) of each numeric input of the metadata branch, in order.
 NUMERIC = (
@@ -128,7 +128,7 @@ def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, fe
     """SQL selecting the wanted post ids: every row of ``features_table``, or the registered ``post_ids``."""
     if post_ids is None:
         return f"SELECT post_id FROM {features_table}"  # one of our two table names, checked by the caller
-    con.register("igc_ids", pa.table({"post_id": pa.array(post_ids, pa.string())}))
+    temp_table(con, "igc_ids", {"post_id": ("VARCHAR", post_ids)})
     return "SELECT post_id FROM igc_ids"
 
 
@@ -181,14 +181,14 @@ def load_frame(
             LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
             LEFT JOIN image_quality q ON q.sha256 = i.sha256
             ORDER BY f.posted_at, f.post_id"""  # column names are constants of this module
-    ).to_arrow_table()
-    n = tbl.num_rows
+    ).fetchnumpy()  # numpy, not pyarrow's to_numpy: see igcli.store.temp_table
+    n = len(tbl["post_id"])
     if post_ids is not None and n < len(set(post_ids)):
         raise FeatureMismatch(
             f"{len(set(post_ids)) - n} of the posts have no features: run `igcli featurize` first")
 
     def num(name: str) -> np.ndarray:
-        return np.array(tbl.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+        return float_column(tbl[name])
 
     cols = {c: num(c) for c in [c for c, _ in NUMERIC] + extra}
     cols.update({q: num(q) for q, _ in QUALITY})
@@ -196,15 +196,16 @@ def load_frame(
     cols["no_history"] = num("no_history")
     params = {}
     if n:
-        params = {k: tbl.column(k)[0].as_py() for k in ("hashtag_source", "half_life_days", "leaky_user_stats")}
-        for k in ("hashtag_source", "half_life_days", "leaky_user_stats"):
-            if len(set(tbl.column(k).to_pylist())) > 1:
+        values = {k: np.ma.asarray(tbl[k]).tolist() for k in ("hashtag_source", "half_life_days", "leaky_user_stats")}
+        params = {k: v[0] for k, v in values.items()}
+        for k, v in values.items():
+            if len(set(v)) > 1:
                 raise FeatureMismatch(f"stored features mix several {k} values: rerun `igcli featurize`")
     likes = num("likes")
     frame = Frame(
-        np.array(tbl.column("post_id").to_pylist(), dtype=object),
-        np.array(tbl.column("username").to_pylist(), dtype=object),
-        np.array(tbl.column("posted_at").to_numpy(zero_copy_only=False)),
+        np.asarray(tbl["post_id"], dtype=object),
+        np.asarray(tbl["username"], dtype=object),
+        np.asarray(tbl["posted_at"]),
         np.where(likes > 0, np.log(np.where(likes > 0, likes, 1)), np.nan),
         np.where(np.isnan(likes), -1, likes),
         cols, params,
@@ -244,8 +245,8 @@ def load_frame(
                 nima[order[pid]] = nm
         frame.embedding, frame.nima_mean = emb, nima
     if post_ids is not None:
-        con.unregister("igc_ids")
-        con.execute("DROP TABLE IF EXISTS igc_frame_rids; DROP TABLE IF EXISTS igc_frame_posts")
+        con.execute("DROP TABLE IF EXISTS igc_ids; DROP TABLE IF EXISTS igc_frame_rids; "
+                    "DROP TABLE IF EXISTS igc_frame_posts")
     return frame
 
 
@@ -377,13 +378,13 @@ def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str
     """sha256 over the training rows' ids, targets and feature rows, so a card names its exact data."""
     import hashlib
 
-    con.register("igc_fp", pa.table({"post_id": pa.array(sorted(post_ids), pa.string())}))
+    temp_table(con, "igc_fp", {"post_id": ("VARCHAR", sorted(post_ids))})
     digest = con.execute(
         """SELECT sha256(string_agg(f.post_id || ':' || coalesce(f.likes::VARCHAR, '') || ':' ||
                   md5(f::VARCHAR), ',' ORDER BY f.post_id))
            FROM (SELECT * EXCLUDE (computed_at) FROM post_features) f JOIN igc_fp USING (post_id)"""
     ).fetchall()[0][0]
-    con.unregister("igc_fp")
+    con.execute("DROP TABLE igc_fp")
     return hashlib.sha256((digest or "").encode()).hexdigest()
 
 

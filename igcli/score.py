@@ -247,23 +247,28 @@ def score(
             card, pre, inputs,
             lambda x: predict_frame(session, model_dir / "model.onnx", x, frame.post_id.tolist(), con, opts))
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
-        now = store.utcnow()
-        table = pa.table({
-            "post_id": pa.array(frame.post_id.tolist(), pa.string()),
-            "model_id": pa.array([card["model_id"]] * len(frame), pa.string()),
+        # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are
+        # the same on every row
+        table = {
+            "post_id": np.asarray(frame.post_id, dtype=object),
             "predicted_log_likes": quantiles[:, 1].astype(np.float64),
             "predicted_likes": np.exp(quantiles[:, 1].astype(np.float64)),
             "p10_likes": np.exp(quantiles[:, 0].astype(np.float64)),
             "p90_likes": np.exp(quantiles[:, 2].astype(np.float64)),
-            "scored_at": pa.array([now] * len(frame), pa.timestamp("us")),
             "usual_likes": np.exp(usual),
             "vs_usual": np.exp(quantiles[:, 1].astype(np.float64) - usual),
-        })
+        }
+        row_sql = (f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
+                   "$now::TIMESTAMP AS scored_at FROM igc_pred)")  # constants of this module
+        row_params = {"model_id": card["model_id"], "now": store.utcnow()}
         with store.transaction(con):
             con.register("igc_pred", table)
-            con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) "
-                        f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM igc_pred")  # constants of this module
-            con.unregister("igc_pred")
+            try:
+                con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) {row_sql}",
+                            row_params)
+                out_table = con.sql(row_sql, params=row_params).to_arrow_table() if opts.out else None
+            finally:
+                con.unregister("igc_pred")
             store.fault_point("score.before_commit")
         users_seen = {u for u, nh in zip(frame.username, frame.cols["no_history"], strict=True) if not nh}
         cold_users = {u for u in frame.username if u not in users_seen}
@@ -277,16 +282,16 @@ def score(
         con.close()
     out_path = None
     if opts.out:
-        out_path = write_predictions(table, Path(opts.out))
+        out_path = write_predictions(out_table, Path(opts.out))
     seconds = time.perf_counter() - t0
     def example(i: int) -> dict:
-        return {"post_id": table["post_id"][i].as_py(), "predicted_likes": round(table["predicted_likes"][i].as_py()),
-                "p10_likes": round(table["p10_likes"][i].as_py()), "p90_likes": round(table["p90_likes"][i].as_py()),
-                "usual_likes": round(table["usual_likes"][i].as_py()),
-                "vs_usual": round(table["vs_usual"][i].as_py(), 3)}
+        return {"post_id": str(table["post_id"][i]), "predicted_likes": round(float(table["predicted_likes"][i])),
+                "p10_likes": round(float(table["p10_likes"][i])), "p90_likes": round(float(table["p90_likes"][i])),
+                "usual_likes": round(float(table["usual_likes"][i])),
+                "vs_usual": round(float(table["vs_usual"][i]), 3)}
 
-    examples = [example(i) for i in range(min(5, len(table)))]
-    vs = table["vs_usual"].to_numpy()
+    vs = table["vs_usual"]
+    examples = [example(i) for i in range(min(5, len(vs)))]
     order = np.argsort(-vs, kind="mergesort")
     k = min(EXTREMES, len(vs) // 2) if len(vs) > 1 else len(vs)
     above_usual = [example(int(i)) for i in order[:k]]

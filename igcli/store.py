@@ -156,6 +156,41 @@ def run_block(con: duckdb.DuckDBPyConnection, file: str, block: str, params: dic
     return con
 
 
+# Python values reach DuckDB as numpy arrays (DuckDB scans a dict of them) and come back with ``fetchnumpy``
+# on the paths every ingest, featurize and score runs. pyarrow's ``pa.array`` / ``pa.table`` /
+# ``to_numpy`` are kept off them: their first call in a process imports pandas where it is installed (it
+# is, with the ray extra), 0.45-0.55 s here, more than a whole incremental featurize.
+
+def temp_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, tuple[str, object]]) -> None:
+    """``CREATE OR REPLACE TEMP TABLE name`` with one typed column per entry of ``columns``:
+    ``{"post_id": ("VARCHAR", ids)}``, the values a sequence of Python scalars (None is NULL) or a numpy
+    array, in order. ``name`` and the types are the caller's constants."""
+    import numpy as np
+
+    arrays = {}
+    for col, (_, values) in columns.items():
+        if isinstance(values, np.ndarray):
+            arrays[col] = values
+        else:
+            arr = np.empty(len(values), dtype=object)   # one Python object per row, whatever the values
+            arr[:] = list(values)
+            arrays[col] = arr
+    select = ", ".join(f'"{col}"::{sql_type} AS "{col}"' for col, (sql_type, _) in columns.items())
+    con.register("igc_arrays", arrays)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {select} FROM igc_arrays")
+    finally:
+        con.unregister("igc_arrays")
+
+
+def float_column(values):
+    """A numeric column of ``fetchnumpy`` as float64 with NULL as NaN (a column with NULLs comes back as a
+    masked array)."""
+    import numpy as np
+
+    return np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
+
+
 def fault_point(name: str) -> None:
     """Fault injection for the kill tests: with ``IGCLI_FAULT=<name>`` the process announces itself on
     stderr and waits to be killed, so a test can SIGKILL it at exactly this point."""

@@ -138,14 +138,15 @@ WHERE username IN (SELECT username FROM fz_state INTERSECT SELECT username FROM 
 
 -- name: decay_input
 -- For the decayed-mean recurrence (features.py): per liked post, the factor 2^(-(t - t_prev) / half_life)
--- from the previous liked post (or the state's), in the order the recurrence runs.
+-- from the previous liked post (or the state's); (u, k) = (user number, step) orders the recurrence and
+-- finds the post again.
+CREATE OR REPLACE TEMP TABLE fz_decay_in AS
 SELECT l.post_id, (dense_rank() OVER (ORDER BY l.username) - 1)::BIGINT AS u, l.k,
        l.yq::DOUBLE / 4294967296.0 AS y,
        coalesce(pow(2.0, -igc_days(l.posted_at, coalesce(
            lag(l.posted_at) OVER (PARTITION BY l.username ORDER BY l.k), s.dec_at)) / $half_life_days), 0.0) AS f,
        coalesce(s.dec_num, 0.0) AS num0, coalesce(s.dec_den, 0.0) AS den0
-FROM fz_liked l LEFT JOIN fz_state s USING (username)
-ORDER BY l.k, u;
+FROM fz_liked l LEFT JOIN fz_state s USING (username);
 
 -- name: tag_history
 -- The hashtag history of each post, per tag of it: the user's earlier liked posts with the tag (count m,

@@ -260,3 +260,43 @@ def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
     rows = [pos[p] for p in part["post_id"]]
     for j, key in enumerate(("p10", "p50", "p90")):
         np.testing.assert_allclose(got[rows, j], np.asarray(part[key]), rtol=1e-5, atol=1e-4)
+
+
+def test_ingest_score_and_featurize_do_not_import_pandas(trained_store, tmp_path: Path):
+    """pyarrow's pa.array / pa.table / to_numpy import pandas on their first call where it is installed
+    (0.45-0.55 s of a process here): ingest, score and an incremental featurize keep it out. Run in a fresh
+    interpreter, on posts without images (the image backbones are heavier work of their own)."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pandas") is None:
+        pytest.skip("pandas is not installed: nothing could import it")
+    db = trained_store["db_copy"](tmp_path)
+    batch = tmp_path / "new.csv"
+    rows = csv_rows(trained_store["sample"] / "new_posts.csv")
+    write_csv_rows(batch, [{**r, "image": ""} for r in rows])
+    later = tmp_path / "later.csv"
+    write_csv_rows(later, [{**r, "post_id": f"later-{r['post_id']}", "posted_at": "2030-01-01 12:00:00",
+                            "likes": "10", "image": ""} for r in rows[:20]])
+    code = f"""
+import json, sys
+from pathlib import Path
+from igcli.features import FeaturizeOptions, featurize
+from igcli.imagefeatures import ImageFeatureOptions
+from igcli.ingest import ingest_posts
+from igcli.score import ScoreOptions, score
+seen = {{}}
+r = score({str(batch)!r}, {str(db)!r}, ScoreOptions(exports_dir=Path({str(trained_store["exports"])!r})))
+seen["score"] = "pandas" in sys.modules
+ingest_posts({str(later)!r}, db={str(db)!r})
+seen["ingest"] = "pandas" in sys.modules
+f = featurize({str(db)!r}, FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
+seen["featurize"] = "pandas" in sys.modules
+print(json.dumps({{"seen": seen, "scored": r.posts, "inserted": f.inserted}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["scored"] == len(rows) and got["inserted"] >= 20, got
+    assert got["seen"] == {"score": False, "ingest": False, "featurize": False}, got
