@@ -120,10 +120,14 @@ WHERE username IN (SELECT username FROM fz_slow)
 -- name: posts_state
 -- The batch users' state without the sorted values (most of its bytes): the median, max and min are kept
 -- beside them; the values are read only where the batch adds liked posts (fz_median) or state advances.
-CREATE OR REPLACE TEMP TABLE fz_state AS
-SELECT * EXCLUDE (sorted_y) FROM user_state
+-- The rows are found by one scan of username and fetched by rowid (fz_state_rids, also for the sorted values
+-- below): a scan that filters on username would read the other columns of every user.
+CREATE OR REPLACE TEMP TABLE fz_state_rids AS
+SELECT rowid AS rid, username FROM user_state
 WHERE $use_state AND username IN (SELECT DISTINCT username FROM fz_posts)
   AND username NOT IN (SELECT username FROM fz_slow);
+CREATE OR REPLACE TEMP TABLE fz_state AS
+SELECT * EXCLUDE (sorted_y) FROM user_state WHERE rowid IN (SELECT rid FROM fz_state_rids);
 
 -- name: liked
 -- Liked posts of the batch, numbered per user in time order (the state's posts come before all of them).
@@ -134,7 +138,7 @@ FROM fz_posts WHERE yq IS NOT NULL;
 -- The sorted values of the state users the batch gives liked posts (fz_median, advance_state), read once.
 CREATE OR REPLACE TEMP TABLE fz_sorted AS
 SELECT username, sorted_y FROM user_state
-WHERE username IN (SELECT username FROM fz_state INTERSECT SELECT username FROM fz_liked);
+WHERE rowid IN (SELECT rid FROM fz_state_rids WHERE username IN (SELECT username FROM fz_liked));
 
 -- name: decay_input
 -- For the decayed-mean recurrence (features.py): per liked post, the factor 2^(-(t - t_prev) / half_life)
@@ -157,12 +161,15 @@ FROM fz_liked l LEFT JOIN fz_state s USING (username);
 CREATE OR REPLACE TEMP TABLE fz_post_tags AS
 SELECT post_id, username, posted_at, yq, tag, hash(username, tag) AS k, hash(tag || chr(0) || username) AS k2
 FROM (SELECT post_id, username, posted_at, yq, unnest(tags) AS tag FROM fz_posts);
--- The stored rows of the pairs of users advanced from their state: candidates by k (one integer column), kept
--- when k2 agrees too (schema.sql says why); rid: for advance_user_tags, in the same transaction.
+-- The stored rows of the pairs of users advanced from their state: candidates by k (one integer column, its
+-- rowids first, then the rows fetched by rowid: a scan filtering on k would read every row's other columns),
+-- kept when k2 agrees too (schema.sql says why); rid: for advance_user_tags, in the same transaction.
 CREATE OR REPLACE TEMP TABLE fz_utag_wanted AS
 SELECT DISTINCT k, k2 FROM fz_post_tags WHERE username IN (SELECT username FROM fz_state);
+CREATE OR REPLACE TEMP TABLE fz_utag_rids AS
+SELECT rowid AS rid FROM user_tag_state WHERE k IN (SELECT k FROM fz_utag_wanted);
 CREATE OR REPLACE TEMP TABLE fz_utag_cand AS
-SELECT rowid AS rid, k, k2, uses, n_liked, sy FROM user_tag_state WHERE k IN (SELECT k FROM fz_utag_wanted);
+SELECT rowid AS rid, k, k2, uses, n_liked, sy FROM user_tag_state WHERE rowid IN (SELECT rid FROM fz_utag_rids);
 CREATE OR REPLACE TEMP TABLE fz_utag_old AS
 SELECT c.* FROM fz_utag_cand c SEMI JOIN fz_utag_wanted w ON w.k = c.k AND w.k2 = c.k2;
 CREATE OR REPLACE TEMP TABLE fz_taghist AS
@@ -499,7 +506,7 @@ WITH b AS (
     SELECT username, sorted_y FROM fz_sorted
     UNION ALL
     SELECT username, sorted_y FROM user_state
-    WHERE username IN (SELECT username FROM fz_state EXCEPT SELECT username FROM fz_sorted)
+    WHERE rowid IN (SELECT rid FROM fz_state_rids WHERE username NOT IN (SELECT username FROM fz_sorted))
 )
 SELECT b.username,
        coalesce(s.n_posts, 0) + b.n_posts AS n_posts,
