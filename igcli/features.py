@@ -186,14 +186,13 @@ def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
     store.run_block(con, "features", "decay_input", {"half_life_days": half_life_days})
     cols = con.sql("SELECT u, k, y, f, num0, den0 FROM fz_decay_in").fetchnumpy()
     order = np.lexsort((cols["u"], cols["k"]))   # by step k, then user u: the order the recurrence runs
-    u, k, y, f = (np.asarray(cols[c])[order] for c in ("u", "k", "y", "f"))
+    u, k, y, f, num0, den0 = (np.asarray(cols[c])[order] for c in ("u", "k", "y", "f", "num0", "den0"))
     num_out, den_out = np.empty(len(u)), np.empty(len(u))
     if len(u):
         n_users = int(u.max()) + 1
         num, den = np.zeros(n_users), np.zeros(n_users)
         first = k == 1                             # every user starts at k = 1
-        num[u[first]] = np.asarray(cols["num0"])[order][first]
-        den[u[first]] = np.asarray(cols["den0"])[order][first]
+        num[u[first]], den[u[first]] = num0[first], den0[first]
         bounds = np.flatnonzero(np.diff(k)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(u)], strict=True):
             uu = u[lo:hi]
@@ -328,8 +327,7 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
 def _compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_ids: list[str]) -> str:
     p = _params(con, opts)
     fs = _feature_state(con)
-    store.temp_table(con, "fz_ids_in", {"post_id": ("VARCHAR", post_ids)})
-    con.execute("CREATE OR REPLACE TEMP TABLE fz_ids AS SELECT DISTINCT post_id FROM fz_ids_in; DROP TABLE fz_ids_in")
+    store.temp_table(con, "fz_ids", {"post_id": ("VARCHAR", list(dict.fromkeys(post_ids)))})  # each id once
     if p.leaky or not p.matches(fs) or not _current(con):
         users = [r[0] for r in con.execute(
             "SELECT DISTINCT username FROM posts WHERE post_id IN (SELECT post_id FROM fz_ids)").fetchall()]

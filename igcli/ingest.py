@@ -307,14 +307,14 @@ def _image_keys(
     store.temp_table(con, "image_keys", {"image_ref": ("VARCHAR", [r for r, _ in keys]),
                                          "image_path": ("VARCHAR", [k for _, k in keys])})
     if probes:
-        fields = ("path", "status", "error", "sha256", "byte_size", "mtime_ns", "width", "height")
-        tbl = pa.table({f: [getattr(p, f) for p in probes] for f in fields})
-        con.register("igc_probes", tbl)
+        fields = {"path": "VARCHAR", "status": "VARCHAR", "error": "VARCHAR", "sha256": "VARCHAR",
+                  "byte_size": "BIGINT", "mtime_ns": "BIGINT", "width": "INTEGER", "height": "INTEGER"}
+        store.temp_table(con, "igc_probes", {f: (t, [getattr(p, f) for p in probes]) for f, t in fields.items()})
         con.execute(
             "INSERT OR REPLACE INTO images SELECT path, status, error, sha256, byte_size, mtime_ns, "
             "width, height, ? FROM igc_probes", [store.utcnow()]
         )
-        con.unregister("igc_probes")
+        con.execute("DROP TABLE igc_probes")
 
 
 def ingest_posts(
