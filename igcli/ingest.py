@@ -50,8 +50,11 @@ COLUMNS = (
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # DuckDB's memory while a file loads: beyond it the staged rows and hash tables spill to `<store>.tmp`,
 # so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB). Measured: at 1GB a 1M-row
-# first load peaked at ~0.8 GiB and 10M rows at ~1.2 GiB; at 512MB, 0.64 and 0.77 GiB for a few % more CPU.
+# first load peaked at ~0.8 GiB and 10M rows at ~1.2 GiB; at 512MB, 0.64 and 0.77 GiB for a few % more CPU
+# (0.63 and 0.71 GiB since the first load is staged in parallel and written in slices).
 MEMORY_LIMIT = "512MB"
+# The first load of an empty store writes its posts in slices of this many records (sql/ingest.sql, write_wide).
+WRITE_SLICE = 1_000_000
 ENCODINGS = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}  # DuckDB name -> Python codec
 # The rules a file is loaded by: an earlier ingest of the same file is reused (module docstring) only when it
 # was made under the same version. Bump it when ingest would store or reject a file's rows differently.
@@ -149,6 +152,11 @@ def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None
     newlines = " + ".join(f"igc_nl({n})" for n in names)
     reader = ("read_csv(p, header = true, auto_detect = false, columns = c, delim = ',', quote = '\"', "
               "escape = '\"', encoding = e, strict_mode = true, max_line_size = m, buffer_size = 2 * m, {})")
+    rejects = "store_rejects = true, rejects_table = 'igc_rej', rejects_scan = 'igc_scan'"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP MACRO igc_recs(p, c, e, m) AS TABLE
+            SELECT {newlines} AS nl, {cols} FROM {reader.format(rejects)}"""
+    )
     # Records a file holds in file order: rn counts the parsed ones, line adds the newlines inside earlier
     # values (rejected records are added afterwards, from DuckDB's rejects table).
     con.execute(
@@ -156,16 +164,14 @@ def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None
             SELECT rn, (1 + rn + nl_upto - nl)::BIGINT AS line, {cols} FROM (
                 SELECT row_number() OVER () AS rn,
                        sum(nl) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nl_upto, *
-                FROM (SELECT {newlines} AS nl, *
-                      FROM {reader.format("store_rejects = true, rejects_table = 'igc_rej', "
-                                          "rejects_scan = 'igc_scan'")}))"""
+                FROM (SELECT {newlines} AS nl, * FROM {reader.format(rejects)}))"""
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
             SELECT row_number() OVER () AS rn, {cols} FROM {reader.format("ignore_errors = true")}"""
     )
     params = {"path": str(path), "columns": {n: "VARCHAR" for n in names}, "encoding": enc,
-              "max_line": MAX_LINE_BYTES}
+              "max_line": MAX_LINE_BYTES, "header_lines": 1}
     return params, names, ignored
 
 
@@ -200,9 +206,9 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width
                                            "add": ("BIGINT", list(shifts.values()))})
     try:
         con.execute(
-            """UPDATE staged SET line = staged.line + x.add
-               FROM (SELECT r.rn, s.add FROM staged r ASOF JOIN igc_shift_in s ON r.rn >= s.from_rn) x
-               WHERE staged.rn = x.rn"""
+            """UPDATE igc_lines SET line = igc_lines.line + x.add
+               FROM (SELECT r.rn, s.add FROM igc_lines r ASOF JOIN igc_shift_in s ON r.rn >= s.from_rn) x
+               WHERE igc_lines.rn = x.rn"""
         )
     finally:
         con.execute("DROP TABLE igc_shift_in")
@@ -255,11 +261,28 @@ def _parquet_source(con: duckdb.DuckDBPyConnection, path: Path):
     con.register("igc_parquet", pa.table(cols, names=kept))
     cols_sql = _canonical(set(kept))  # our names only
     # Parquet has no physical lines: line is the 1-based row number.
+    con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_recs(p, c, e, m) AS TABLE
+                    SELECT 0 AS nl, {cols_sql} FROM igc_parquet""")
     con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_rows(p, c, e, m) AS TABLE
                     SELECT rn, rn AS line, {cols_sql} FROM (SELECT row_number() OVER () AS rn, * FROM igc_parquet)""")
     con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
                     SELECT row_number() OVER () AS rn, {cols_sql} FROM igc_parquet""")
-    return {"path": str(path), "columns": {}, "encoding": "", "max_line": 0}, kept, ignored
+    return {"path": str(path), "columns": {}, "encoding": "", "max_line": 0, "header_lines": 0}, kept, ignored
+
+
+def _stage_view(con: duckdb.DuckDBPyConnection) -> int:
+    """Define the view ``staged`` over ``staged_w`` with each record's number ``rn`` (1 = the file's first
+    parsed record); returns the rowid of record 1. The table holds the records in file order (DuckDB keeps
+    the insertion order of a CTAS from one reader, and a table's rowids follow it), so rn is the rowid's
+    rank; the rowids of a table made in this transaction start at a large offset, hence the base."""
+    base, top, n = con.execute("SELECT min(rowid), max(rowid), count(*) FROM staged_w").fetchall()[0]
+    base = int(base or 0)
+    if n and top - base + 1 != n:  # would break rn = rank; never seen (a DuckDB that numbers rows otherwise)
+        raise RuntimeError(f"staged rows are not numbered consecutively ({base}..{top} for {n} rows): "
+                           "this DuckDB version stores rows differently; please report it")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW staged AS "
+                f"SELECT (rowid - {base} + 1)::BIGINT AS rn, * EXCLUDE (nl) FROM staged_w")
+    return base
 
 
 def _canonical(present: set[str]) -> str:
@@ -370,9 +393,12 @@ def ingest_posts(
             # an empty store has nothing to compare with: stage every value and read the file once
             wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
             try:
-                store.run_block(con, "ingest", "stage", {"now": now, **flags, **full, **src, **wide})
+                store.run_block(con, "ingest", "stage", {"now": now, **flags, **src, **wide})
             except duckdb.Error as err:
                 raise InputError(f"{source} cannot be read: {str(err).splitlines()[0]}") from None
+            rowid_base = _stage_view(con)
+            store.run_block(con, "ingest", "lines", src)
+            store.run_block(con, "ingest", "match", {**flags, **full})
             csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
             store.run_block(con, "ingest", "row_errors")
             _image_keys(con, images_dir, progress)
@@ -384,7 +410,9 @@ def ingest_posts(
             write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
                      "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
             if wide["wide"]:
-                store.run_block(con, "ingest", "write_wide", write)
+                for lo in range(1, parsed + 1, WRITE_SLICE):
+                    store.run_block(con, "ingest", "write_wide",
+                                    {**write, "rowid_base": rowid_base, "lo": lo, "hi": lo + WRITE_SLICE})
             elif result.loaded or result.updated:
                 store.run_block(con, "ingest", "pick", write)
             if result.loaded and not wide["wide"]:
@@ -437,7 +465,9 @@ def ingest_posts(
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
         con.execute("SET memory_limit = ?", [memory])
         con.execute("DROP VIEW IF EXISTS good")
-        for name in ("staged", "matched", "row_errors", "row_warnings", "pick", "changed", "snap_in", "image_keys"):
+        con.execute("DROP VIEW IF EXISTS staged")
+        for name in ("staged_w", "igc_lines", "matched", "row_errors", "row_warnings", "pick", "changed", "snap_in",
+                     "image_keys"):
             con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered

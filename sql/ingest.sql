@@ -5,10 +5,17 @@
 -- store (`$wide`) every usable row is new: `stage` keeps the stored text too and `write_wide` writes from it,
 -- so the file is read once (staged rows beyond the memory limit spill to disk).
 --
--- ingest.py defines two table macros over the source, with canonical VARCHAR columns (absent ones NULL):
+-- ingest.py defines three table macros over the source, with canonical VARCHAR columns (absent ones NULL):
+--   igc_recs(p, c, e, m): nl (newlines inside the record's values) and the columns, in file order; no
+--                         window over it, so `stage` parses and checks the file on every core;
 --   igc_rows(p, c, e, m): rn (file order of the parsed records), line (physical line), the columns;
 --   igc_src(p, c, e, m):  rn and the columns.
 -- `p`, `c`, `e`, `m` are the path, the column types, the encoding and the longest line allowed.
+--
+-- `staged` is a view over the table `stage` fills (`staged_w`): rn is its rowid's rank, since a table keeps
+-- the order its rows were inserted in and the CTAS keeps the file's (DuckDB's order preservation; ingest.py
+-- checks that the rowids are consecutive). A record's physical line is in `igc_lines` (rn, line), made by one
+-- narrow pass in file order; the few statements that report or store lines join it.
 
 -- name: macros
 CREATE OR REPLACE TEMP MACRO igc_blank(s) AS (s IS NULL OR trim(s) = '');
@@ -77,12 +84,11 @@ DELETE FROM key_hash;
 INSERT INTO key_hash VALUES (hash('igcli'));
 
 -- name: stage
--- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row), the store_* columns
--- and `changed` say how it compares with the post the store holds under its post_id.
-CREATE OR REPLACE TEMP TABLE staged AS
+-- One narrow row per parsed record; `errs` lists its problems (NULL for a clean row).
+CREATE OR REPLACE TEMP TABLE staged_w AS
 WITH s AS (
     SELECT
-        rn, line,
+        nl,
         nullif(trim(post_id), '') AS post_id,
         nullif(trim(username), '') AS username,
         igc_ts(posted_at) AS posted_at_ts,
@@ -100,7 +106,7 @@ WITH s AS (
                  OR contains(likes, chr(0)) OR contains(followers, chr(0)) OR contains(following, chr(0))
                  OR contains(user_post_count, chr(0)) OR contains(image, chr(0))
                  OR contains(observed_at, chr(0)), false) AS has_nul
-    FROM igc_rows($path, $columns, $encoding, $max_line)
+    FROM igc_recs($path, $columns, $encoding, $max_line)
 ), c AS (
     SELECT *,
         post_id IS NULL OR username IS NULL OR posted_at_ts IS NULL
@@ -112,7 +118,7 @@ WITH s AS (
     FROM s
 )
 SELECT
-    c.rn, c.line, c.post_id, c.username, c.posted_at_ts AS posted_at,
+    c.nl, c.post_id, c.username, c.posted_at_ts AS posted_at,
     igc_bigint(followers_d) AS followers, igc_bigint(following_d) AS following,
     igc_bigint(user_post_count_d) AS user_post_count,
     c.image_ref, coalesce(observed_at_ts, $now::TIMESTAMP) AS observed_at,
@@ -153,8 +159,16 @@ SELECT
         igc_mentions($has_mentions, raw_mentions, c.caption), c.image_ref) END AS content
 FROM c;
 
--- How each usable row compares with the post the store holds under its post_id (none: a new post). The
--- stored rows are found by post_key (one integer column) and fetched by rowid; their post_id text decides.
+-- name: lines
+-- Each record's physical line: the header's lines, its record number and the newlines inside earlier records.
+CREATE OR REPLACE TEMP TABLE igc_lines AS
+SELECT row_number() OVER () AS rn,
+       ($header_lines + row_number() OVER () + sum(nl) OVER (ROWS UNBOUNDED PRECEDING) - nl)::BIGINT AS line
+FROM staged_w;
+
+-- name: match
+-- `matched`: how each usable row compares with the post the store holds under its post_id (none: a new post).
+-- The stored rows are found by post_key (one integer column) and fetched by rowid; their post_id text decides.
 CREATE OR REPLACE TEMP TABLE stored_rows AS
 SELECT rowid AS rid FROM posts WHERE post_key IN (SELECT hash(post_id) FROM staged WHERE errs IS NULL);
 CREATE OR REPLACE TEMP TABLE matched AS
@@ -176,32 +190,35 @@ WHERE s.errs IS NULL;
 
 -- name: row_errors
 CREATE OR REPLACE TEMP TABLE row_errors AS
-SELECT rn, line, e.column_name AS column_name, e.value AS value, e.reason AS reason
-FROM (SELECT rn, line, unnest(errs) AS e FROM staged WHERE errs IS NOT NULL);
+SELECT rn, l.line, e.column_name AS column_name, e.value AS value, e.reason AS reason
+FROM (SELECT rn, unnest(errs) AS e FROM staged WHERE errs IS NOT NULL) JOIN igc_lines l USING (rn);
 
 -- A post_id seen twice in one file: the first usable row wins.
 INSERT INTO row_errors
-SELECT s.rn, s.line, 'post_id', s.post_id, 'duplicate post_id in this file (first at line ' || f.first_line || ')'
+SELECT s.rn, l.line, 'post_id', s.post_id, 'duplicate post_id in this file (first at line ' || fl.line || ')'
 FROM staged s
-JOIN (SELECT post_id, min(rn) AS first_row, arg_min(line, rn) AS first_line
+JOIN (SELECT post_id, min(rn) AS first_row
       FROM staged
       WHERE errs IS NULL AND hash(post_id) IN (  -- grouping 8-byte hashes first is much cheaper than text
           SELECT hash(post_id) FROM staged WHERE errs IS NULL GROUP BY ALL HAVING count(*) > 1)
       GROUP BY post_id HAVING count(*) > 1) f
   ON s.post_id = f.post_id AND s.rn > f.first_row
+JOIN igc_lines l ON l.rn = s.rn
+JOIN igc_lines fl ON fl.rn = f.first_row
 WHERE s.errs IS NULL;
 
 -- A post_id the store already holds for another user is a conflict, not an update.
 INSERT INTO row_errors
-SELECT s.rn, s.line, 'username', s.username,
+SELECT s.rn, l.line, 'username', s.username,
        'post_id already belongs to user ' || p.username || ' (from ' || p.source_file || ')'
 FROM (SELECT * FROM staged JOIN matched USING (rn) WHERE other_user AND rn NOT IN (SELECT rn FROM row_errors)) s
-JOIN posts p ON p.post_id = s.post_id;
+JOIN posts p ON p.post_id = s.post_id
+JOIN igc_lines l ON l.rn = s.rn;
 
 CREATE OR REPLACE TEMP TABLE row_warnings AS
-SELECT rn, line, 'posted_at' AS column_name, warn_value AS value,
+SELECT rn, l.line, 'posted_at' AS column_name, warn_value AS value,
        'date before Instagram existed (2010-10-06), loaded as given: a missing-date placeholder?' AS message
-FROM staged
+FROM staged JOIN igc_lines l USING (rn)
 WHERE warn_value IS NOT NULL AND errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
 
 CREATE OR REPLACE TEMP VIEW good AS
@@ -211,7 +228,7 @@ SELECT * FROM staged WHERE errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors
 -- `image_keys(image_ref, image_path)` maps each reference to its images-table key. `igc_plan` is not
 -- stored: a no-op re-ingest only counts it; `pick` and `changed` say which rows to write.
 CREATE OR REPLACE TEMP MACRO igc_plan(has_image) AS TABLE
-SELECT g.rn, g.line, g.post_id, g.posted_at, g.likes, m.rn IS NULL AS is_new,
+SELECT g.rn, g.post_id, g.posted_at, g.likes, m.rn IS NULL AS is_new,
        coalesce(m.changed OR (has_image AND m.store_image_path_hash <> hash(k.image_path)), false) AS is_changed,
        CASE WHEN has_image THEN k.image_path ELSE m.store_image_path END AS image_path
 FROM good g
@@ -227,11 +244,11 @@ UNION ALL
 SELECT rn FROM (SELECT rn FROM row_errors UNION SELECT rn FROM matched) WHERE NOT $pick_new;
 
 CREATE OR REPLACE TEMP TABLE changed AS
-SELECT rn, line, posted_at, likes, image_path FROM igc_plan($has_image) WHERE is_changed;
+SELECT rn, l.line, posted_at, likes, image_path FROM igc_plan($has_image) JOIN igc_lines l USING (rn) WHERE is_changed;
 
 -- name: write_new
--- Lines come from the stream again; after records DuckDB's parser refused they come from `staged`, where
--- they were shifted (`$shifted`, rare).
+-- Lines come from the stream again; after records DuckDB's parser refused they come from `igc_lines`,
+-- where they were shifted (`$shifted`, rare).
 INSERT INTO posts
 SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref), hash(post_id)
 FROM (
@@ -241,20 +258,26 @@ FROM (
            igc_bigint(igc_count(s.likes)), nullif(trim(s.image), '') AS image_ref, k.image_path,
            $source, coalesce(f.line, s.line), $now::TIMESTAMP, $now::TIMESTAMP
     FROM igc_rows($path, $columns, $encoding, $max_line) s
-    LEFT JOIN (SELECT rn, line FROM staged WHERE $shifted) f USING (rn)
+    LEFT JOIN (SELECT rn, line FROM igc_lines WHERE $shifted) f USING (rn)
     LEFT JOIN image_keys k ON k.image_ref = nullif(trim(s.image), '')
     WHERE (s.rn IN (SELECT rn FROM pick)) = $pick_new
 );
 
 -- name: write_wide
--- The first load of an empty store: every usable row is new and `staged` holds its values.
+-- The first load of an empty store: every usable row is new and `staged` holds its values. Written in
+-- slices of rn in [$lo, $hi), so the join with the lines builds a hash table of one slice (memory stays flat
+-- in the file's size); the bounds are on `staged_w.rowid` too, which lets the scan skip other row groups.
 INSERT INTO posts
 SELECT g.post_id, g.username, g.posted_at, g.caption, g.hashtags, g.mentions, g.likes, g.image_ref, k.image_path,
-       $source, g.line, $now::TIMESTAMP, $now::TIMESTAMP,
+       $source, l.line, $now::TIMESTAMP, $now::TIMESTAMP,
        igc_content(true, true, true, true, g.posted_at, g.caption, g.hashtags, g.mentions, g.image_ref),
        hash(g.post_id)
-FROM good g
-LEFT JOIN image_keys k ON k.image_ref = g.image_ref;
+FROM (SELECT (w.rowid - $rowid_base + 1)::BIGINT AS rn, w.*
+      FROM staged_w w WHERE w.rowid >= $rowid_base + $lo - 1 AND w.rowid < $rowid_base + $hi - 1
+        AND w.errs IS NULL) g
+JOIN (SELECT * FROM igc_lines WHERE rn >= $lo AND rn < $hi) l USING (rn)
+LEFT JOIN image_keys k ON k.image_ref = g.image_ref
+WHERE g.rn NOT IN (SELECT rn FROM row_errors);
 
 -- name: write_changed
 UPDATE posts SET

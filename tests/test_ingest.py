@@ -306,7 +306,7 @@ def test_line_numbers_exact_across_a_file_read_in_parallel(tmp_path: Path, db: P
     rnd = random.Random(5)
     lines, expected_posts, expected_rejects = [HEADER], {}, {}
     line = 2
-    for i in range(120_000):
+    for i in range(250_000):  # three row groups of 122,880
         pid = f"p{i}"
         kind = rnd.random()
         caption = "x" * rnd.randint(50, 250)
@@ -331,7 +331,7 @@ def test_line_numbers_exact_across_a_file_read_in_parallel(tmp_path: Path, db: P
         lines.append(row)
         line += row.count("\n")
     src = write(tmp_path / "big.csv", "".join(lines))
-    assert src.stat().st_size > 20 * 2**20
+    assert src.stat().st_size > 40 * 2**20
     r = ingest_posts(src, db=db)
     assert (r.loaded, r.rejected) == (len(expected_posts), len(expected_rejects))
     assert dict(q(db, "SELECT post_id, source_line FROM posts WHERE post_id <> 'zz9'")) == expected_posts
