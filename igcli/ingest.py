@@ -368,8 +368,8 @@ def ingest_posts(
     is_csv = source.suffix.lower() not in (".parquet", ".pq")
     hashing = None
     try:
-        # rn is the file order of the rows (a streaming row_number over the reader), so the reader's
-        # order must be kept
+        # rn is the file order of the records (their rank in the staged table, and a streaming row_number
+        # over the reader on the second read), so the reader's order must be kept
         con.execute("SET preserve_insertion_order = true")
         con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
         store.run_block(con, "ingest", "macros")
@@ -466,8 +466,8 @@ def ingest_posts(
         con.execute("SET memory_limit = ?", [memory])
         con.execute("DROP VIEW IF EXISTS good")
         con.execute("DROP VIEW IF EXISTS staged")
-        for name in ("staged_w", "igc_lines", "matched", "row_errors", "row_warnings", "pick", "changed", "snap_in",
-                     "image_keys"):
+        for name in ("staged_w", "igc_lines", "stored_rows", "matched", "row_errors", "row_warnings", "pick",
+                     "changed", "snap_in", "image_keys"):
             con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered
