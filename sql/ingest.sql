@@ -267,6 +267,8 @@ FROM (
 -- The first load of an empty store: every usable row is new and `staged` holds its values. Written in
 -- slices of rn in [$lo, $hi), so the join with the lines builds a hash table of one slice (memory stays flat
 -- in the file's size); the bounds are on `staged_w.rowid` too, which lets the scan skip other row groups.
+-- It reads `staged_w` with the `staged` / `good` conditions spelled out because a bound on the view's rn is
+-- applied row by row: EXPLAIN ANALYZE of a 600k-row file scanned 5 of 5 row groups that way, 1 of 5 this way.
 INSERT INTO posts
 SELECT g.post_id, g.username, g.posted_at, g.caption, g.hashtags, g.mentions, g.likes, g.image_ref, k.image_path,
        $source, l.line, $now::TIMESTAMP, $now::TIMESTAMP,
