@@ -164,7 +164,7 @@ def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None
             SELECT rn, (1 + rn + nl_upto - nl)::BIGINT AS line, {cols} FROM (
                 SELECT row_number() OVER () AS rn,
                        sum(nl) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nl_upto, *
-                FROM (SELECT {newlines} AS nl, * FROM {reader.format(rejects)}))"""
+                FROM igc_recs(p, c, e, m))"""
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
