@@ -8,7 +8,7 @@
 Images come from ``$IGCLI_DEV_DATA/images`` (or ``--images DIR``). Rows, per backbone:
 
 * decode + resize: igcli's decode threads (``--workers``) producing the model's uint8 input, no model (the
-  dev images are 224 px, lite0's input size: at ``igcli.backbones.CROP_PCT`` 1.0 they are not resampled);
+  dev images are 224 px, lite0's input size: at ``igcli.vision.backbones.CROP_PCT`` 1.0 they are not resampled);
 * torch eager: the model (with the uint8 -> normalised input step) on decoded batches, ``inference_mode``;
 * onnxruntime fp32: the cached ONNX export featurize uses, CPUExecutionProvider: as featurize runs it
   (``model_streams``: two batches at a time, each on half the threads, pool threads sleeping when idle), and
@@ -34,7 +34,8 @@ throughput ratio of two passes measured a minute apart does.
 
 ``--device cuda`` replaces the model and end-to-end rows with torch CUDA and onnxruntime's CUDA provider
 (when it loads), each checked against onnxruntime on the CPU (same top-1, largest logit difference), and
-featurize end to end with each; the GPU's matmul rate is printed beside. It decides ``igcli.runtime.GPU_RUNTIME``.
+featurize end to end with each; the GPU's matmul rate is printed beside. It decides
+``igcli.vision.runtime.GPU_RUNTIME``.
 
 GFLOP/s = images/s x FLOPs per image (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs). The machine's
 fp32 GEMM rate (torch matmul 2048 x 2048, all threads, best of 5) is measured in the same run and printed
@@ -173,8 +174,8 @@ def gpu_note(n: int = 8192, repeats: int = 10) -> str:
 
 def _pairs(name: str) -> tuple[list, str]:
     """Both roles when the backbone is an ImageNet classifier with weights here, else random-init."""
-    from igcli.backbones import BackboneRequest, resolve_weights
     from igcli.errors import IgcliError
+    from igcli.vision.backbones import BackboneRequest, resolve_weights
 
     note = ""
     try:
@@ -190,8 +191,8 @@ def _pairs(name: str) -> tuple[list, str]:
 def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[str]) -> list[Row]:
     import numpy as np
 
-    from igcli.imagefeatures import decoded_batches
-    from igcli.runtime import group_requests, open_runner
+    from igcli.vision.decode import decoded_batches
+    from igcli.vision.runtime import group_requests, open_runner
 
     pairs, weights_note = _pairs(name)
     (group,) = group_requests(pairs)
@@ -214,11 +215,12 @@ def bench_backbone(name: str, images: list[str], args, tmp: Path, notes: list[st
     # The rows the targets compare (torch eager against onnxruntime, end to end against onnxruntime) are
     # measured in interleaved rounds and reported as medians: on a shared machine a best-of pass picks the
     # quietest moment of whichever row got it, and a row measured minutes apart from another sees another load.
-    from igcli.runtime import make_session
+    from igcli.ort import session as make_session
 
     torch_runner = open_runner(group, "cpu", runtime="torch", threads=args.threads)
     spinning = make_session(ort_fp32.onnx_path, "cpu", args.threads, spinning=True)
-    from igcli.imagefeatures import ImageFeatureOptions, model_streams
+    from igcli.engines.local import model_streams
+    from igcli.features.images import ImageFeatureOptions
 
     streams, per_stream = model_streams(ImageFeatureOptions(threads=args.threads), "cpu", "onnxruntime")
     featurize_session = make_session(ort_fp32.onnx_path, "cpu", per_stream)
@@ -306,8 +308,8 @@ def bench_backbone_gpu(name: str, images: list[str], args, tmp: Path, notes: lis
     import numpy as np
 
     from igcli.errors import IgcliError
-    from igcli.imagefeatures import decoded_batches
-    from igcli.runtime import group_requests, open_runner
+    from igcli.vision.decode import decoded_batches
+    from igcli.vision.runtime import group_requests, open_runner
 
     pairs, weights_note = _pairs(name)
     (group,) = group_requests(pairs)
@@ -377,7 +379,7 @@ class CpuClock:
     thread per session the work runs on the calling thread, so ``time.thread_time`` around the call counts it."""
 
     def __init__(self) -> None:
-        from igcli import runtime
+        from igcli.vision import runtime
 
         self.seconds = 0.0
         self._lock = threading.Lock()
@@ -395,7 +397,7 @@ class CpuClock:
         return call
 
     def timed_session(self, runner, *a, **k):
-        """``igcli.runtime.start_session`` with the runner's forward pass timed."""
+        """``igcli.vision.runtime.start_session`` with the runner's forward pass timed."""
         self._start_session(runner, *a, **k)
         runner._infer = self.timed(runner._infer)
         return runner
@@ -432,8 +434,8 @@ def flops_per_image(group) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from igcli.backbones import load_backbone
-    from igcli.runtime import graph_module
+    from igcli.vision.backbones import load_backbone
+    from igcli.vision.runtime import graph_module
 
     req, weights = group[0]
     bb = load_backbone(req, weights)
@@ -460,8 +462,9 @@ def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | Non
     from unittest import mock
 
     from igcli import store
-    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-    from igcli.ingest import ingest_posts
+    from igcli.commands.featurize import featurize_images
+    from igcli.commands.ingest import ingest_posts
+    from igcli.features.images import ImageFeatureOptions
 
     tmp.mkdir(parents=True)
     csv = tmp / "posts.csv"
@@ -476,14 +479,14 @@ def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | Non
         opts = ImageFeatureOptions(objects=req.name, aesthetics=req.name, random_init=pairs[0][1].random_init,
                                    batch_size=args.batch, workers=args.workers, threads=args.threads, device=device,
                                    runtime=runtime)
-        from igcli.imagefeatures import compute_quality
+        from igcli.features.images import compute_quality
 
         compute_quality(con, args.workers)  # not part of the timed backbone pass
-        lookup = (mock.patch("igcli.imagefeatures.decode_image",
+        lookup = (mock.patch("igcli.vision.decode.decode_image",
                              lambda path, sha256, prepare, min_side=None: (predecoded[Path(path).name], ""))
                   if predecoded is not None else contextlib.nullcontext())
         clock = CpuClock()
-        timed = (mock.patch("igcli.runtime.start_session", clock.timed_session) if cpu is not None
+        timed = (mock.patch("igcli.vision.runtime.start_session", clock.timed_session) if cpu is not None
                  else contextlib.nullcontext())
         with lookup, timed:
             t0, c0 = time.perf_counter(), process_cpu()
@@ -502,9 +505,9 @@ def int8_agreement(name: str, images: list[str], args) -> str:
     """How often int8 gives the same top-5 (as a set, and the same top-1) as fp32, on real images."""
     import numpy as np
 
-    from igcli.backbones import softmax, top_k
-    from igcli.imagefeatures import decoded_batches
-    from igcli.runtime import group_requests, open_runner
+    from igcli.vision.backbones import softmax, top_k
+    from igcli.vision.decode import decoded_batches
+    from igcli.vision.runtime import group_requests, open_runner
 
     pairs, note = _pairs(name)
     group = group_requests(pairs)[0][:1]  # objects only

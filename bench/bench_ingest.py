@@ -35,7 +35,7 @@ con.close()
 """
 IGCLI = """
 import sys
-from igcli.ingest import ingest_posts
+from igcli.commands.ingest import ingest_posts
 r = ingest_posts(sys.argv[1], db=sys.argv[2], recheck=sys.argv[3] == "recheck")
 print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, int(r.reused is not None))
 """
@@ -52,7 +52,7 @@ def make_csv(tmp: Path, rows: int, users: int) -> Path:
     """A posts CSV of `rows` rows and no images: a generated sample, repeated with suffixed post_ids."""
     import duckdb
 
-    from igcli.sample import generate_sample
+    from igcli.commands.sample import generate_sample
 
     base_rows = min(rows, 1_000_000)
     generate_sample(tmp / "gen", posts=base_rows, users=users, seed=1, images=False, new_posts=0)

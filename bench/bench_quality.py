@@ -11,7 +11,7 @@ Steps, all through the library: ingest ``posts.csv`` and the precomputed Incepti
 featurize with the paper's hashtag ranking, the weight-free image quality features and igcli's default
 backbone, the pretrained EfficientNet-Lite0 of its pip package (top-5 classes for objects, its pooled 1280-d
 ImageNet embedding for aesthetics: not NIMA, which is not available offline). Then, per split and seed, one
-model per branch combination (``igcli.train.train``) with Lite0 objects, each combination with objects once
+model per branch combination (``igcli.commands.train.train``) with Lite0 objects, each combination with objects once
 more with the paper's precomputed Inception-ResNet-v2 classes, and on exactly the same train / validation /
 test rows:
 
@@ -119,9 +119,10 @@ class Row:
 def build_store(db: Path, data: Path, aesthetics: bool, log) -> dict:
     """Ingest + featurize the dev data into ``db`` unless it already has features; returns what was done."""
     from igcli import store
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-    from igcli.ingest import ingest_classes, ingest_posts
+    from igcli.commands.featurize import featurize, featurize_images
+    from igcli.commands.ingest import ingest_classes, ingest_posts
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     images = ImageFeatureOptions(objects=BACKBONE, aesthetics=BACKBONE, objects_explicit=True,
                                  aesthetics_explicit=True,
@@ -160,7 +161,7 @@ def build_store(db: Path, data: Path, aesthetics: bool, log) -> dict:
 # ------------------------------------------------------------------------------------- references
 
 def _split_rows(run, frame):
-    """The rows ``igcli.train.train_on_frame`` used for ``run`` (``RunResult.split_rows``: labelled frame with,
+    """The rows ``igcli.commands.train.train_on_frame`` used for ``run`` (``RunResult.split_rows``: labelled frame with,
     for warm-holdout, the test posts' features as ``score`` computes them, and train / val / test indices),
     with the object classes of ``frame`` attached for LightGBM."""
     sub, tr, va, te = run.split_rows
@@ -188,8 +189,8 @@ def lightgbm_run(sub, train_idx, val_idx, test, with_objects: bool, seed: int) -
     all test posts, and for those with / without user history."""
     import lightgbm as lgb
 
-    from igcli.preprocess import Preprocessor
-    from igcli.train import metrics
+    from igcli.model.metrics import metrics
+    from igcli.model.preprocess import Preprocessor
 
     branches = ("metadata", "objects") if with_objects else ("metadata",)
     pre = Preprocessor.fit(sub.take(train_idx), branches)
@@ -312,9 +313,10 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
     import torch
 
     from igcli import store
+    from igcli.commands.train import TrainOptions, all_combinations, train
     from igcli.errors import FeatureMismatch
-    from igcli.preprocess import available_sources, load_frame
-    from igcli.train import TrainOptions, all_combinations, metrics, train
+    from igcli.features.frames import available_sources, training_frame
+    from igcli.model.metrics import metrics
 
     rows: list[Row] = []
     skipped: dict[tuple[str, ...], str] = {}
@@ -324,7 +326,7 @@ def evaluate(db: Path, splits: list[str], seeds: list[int], log, table1: list | 
     try:
         avail = available_sources(con)
         objects_src = next((s for s in avail["objects"] if s["backbone"] == "precomputed"), None)
-        frame = load_frame(con, None, objects_src)
+        frame = training_frame(con, None, objects_src)
         for split in splits:
             combos: dict[str, Row] = {}
             runs: dict[str, list] = {}

@@ -39,8 +39,8 @@ HEADER = ["engine", "actors", "threads/actor", "images", "seconds", "images/s", 
 
 def make_store(n: int, tmp: Path) -> Path:
     from igcli import store
-    from igcli.imagefeatures import compute_quality
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
+    from igcli.features.images import compute_quality
 
     with open(DEV_DATA / "posts.csv", newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r.get("image")]
@@ -62,7 +62,7 @@ def make_store(n: int, tmp: Path) -> Path:
 
 def run(base: Path, tmp: Path, name: str, options) -> tuple[float, int, list]:
     from igcli import store
-    from igcli.imagefeatures import featurize_images
+    from igcli.commands.featurize import featurize_images
 
     db = tmp / f"{name}.duckdb"
     shutil.copy(base, db)
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"dev data not found at {DEV_DATA} (set IGCLI_DEV_DATA)")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only cluster of this process
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ray_engine import RayOptions
+    from igcli.engines.ray import RayOptions
+    from igcli.features.images import ImageFeatureOptions
 
     counts = [int(a) for a in args.actors.split(",") if a.strip()]
     notes = [f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)",

@@ -10,13 +10,13 @@ posts are ingested once (not featurized), so each timed run finds them in the st
 every row unchanged, which is checked) and computes their features from the per-user state plus the
 batch's own order.
 
-Timed: ``igcli.score.score`` on the new-posts CSV, each run in a fresh child process (``--repeats``; peak
+Timed: ``igcli.commands.score.score`` on the new-posts CSV, each run in a fresh child process (``--repeats``; peak
 RSS is the child's own ``ru_maxrss``), with the split from ``ScoreResult.timings``. The rows under
 "score() end to end" are the parts of one run, the median one (the lower of the two middle runs for an even
 count), so they add up to its total exactly.
 Then the model alone on the same input batch (``Preprocessor.transform`` of the new posts): the torch model
-in eager mode (``igcli.train.predict``) against its ONNX export in onnxruntime (``igcli.score.make_session``
-+ ``run_session``, CPUExecutionProvider), median of ``--repeats`` after a warm-up, and their max |diff|.
+in eager mode (``igcli.commands.train.predict``) against its ONNX export in onnxruntime (``igcli.ort.session``
++ ``run_batched``, CPUExecutionProvider), median of ``--repeats`` after a warm-up, and their max |diff|.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from _common import median, print_table, run_child, write_json  # noqa: E402
 CHILD = """
 import json, resource, sys
 from pathlib import Path
-from igcli.score import ScoreOptions, score
+from igcli.commands.score import ScoreOptions, score
 r = score(sys.argv[1], sys.argv[2], ScoreOptions(exports_dir=Path(sys.argv[3])))
 print(json.dumps({"posts": r.posts, "seconds": r.seconds, "timings": r.timings, "provider": r.provider,
                   "rejected": r.rejected, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -53,11 +53,12 @@ def _blank_images(src: Path, dst: Path, blank_likes: bool = False) -> None:
 
 def setup(tmp: Path, a: argparse.Namespace, log: list[str]) -> tuple[Path, Path, Path, list[str]]:
     """Store with history + trained model + the new posts already featurized; returns (csv, db, exports, ids)."""
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ingest import ingest_posts
-    from igcli.sample import generate_sample
-    from igcli.train import TrainOptions, train
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_posts
+    from igcli.commands.sample import generate_sample
+    from igcli.commands.train import TrainOptions, train
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     def step(label: str, t0: float) -> None:
         log.append(f"{label} {time.perf_counter() - t0:.1f} s")
@@ -102,25 +103,23 @@ def model_only(db: Path, ids: list[str], tmp: Path, a: argparse.Namespace) -> di
     import numpy as np
     import torch
 
-    from igcli import store
-    from igcli.export import onnx_export
-    from igcli.features import FeaturizeOptions, compute_batch
-    from igcli.preprocess import load_frame
-    from igcli.score import make_session, run_session
-    from igcli.train import TrainOptions, predict, train_on_frame
+    from igcli import ort, store
+    from igcli.commands.train import TrainOptions, predict, train_on_frame
+    from igcli.features.frames import serving_batch, training_frame
+    from igcli.model.export import onnx_export
 
     con = store.connect(db)
     try:
-        everything = load_frame(con)  # the featurized history
+        everything = training_frame(con)  # the featurized history
         # One epoch is enough here: the speed of these dense layers and the parity do not depend on the weights.
         model, pre, _, _ = train_on_frame(everything, TrainOptions(branches=("metadata",), epochs=1))
-        compute_batch(con, FeaturizeOptions(), ids)
-        inputs = pre.transform(load_frame(con, ids, features_table="pf_new"))   # {"meta": (N, n_meta)}
+        batch = serving_batch(con, {"feature_params": everything.feature_params, "model_id": "bench"}, ids)
+        inputs = pre.transform(batch)   # {"meta": (N, n_meta)}
     finally:
         con.close()
     path = tmp / "model_only.onnx"
     onnx_export(model, path)
-    session = make_session(path, "cpu")
+    session = ort.session(path, "cpu")
     n = len(inputs["meta"])
 
     def timed(fn) -> tuple[float, np.ndarray]:
@@ -132,7 +131,7 @@ def model_only(db: Path, ids: list[str], tmp: Path, a: argparse.Namespace) -> di
             times.append(time.perf_counter() - t0)
         return median(times), out
 
-    ort_s, got = timed(lambda x: run_session(session, x))
+    ort_s, got = timed(lambda x: ort.run_batched(session, x))
     torch_s, want = timed(lambda x: predict(model, x))
     return {"rows": n, "n_meta": inputs["meta"].shape[1], "ort_s": ort_s, "torch_s": torch_s,
             "diff": float(np.max(np.abs(got - want))), "torch_threads": torch.get_num_threads(),

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_store.py [--sizes 100000,1000000,10000000] [--posts-per-user 100]
                                           [--append 1000] [--score 10000] [--repeats 3] [--json out.json]
 
-Setup per size (untimed, printed): ``igcli.sample.generate_sample`` (tabular only: no image files, the image
+Setup per size (untimed, printed): ``igcli.commands.sample.generate_sample`` (tabular only: no image files, the image
 column blanked) with ``--posts-per-user`` posts per user, ingested in files of at most 1,000,000 rows. The
 generated "new posts" (the month after the history) are sorted by time: the first ``--append`` (with their
 generated likes) are the later posts appended to the store, the last ``--score`` are the batch scored.
@@ -38,8 +38,9 @@ from _common import median, print_table, run_child, write_json  # noqa: E402
 
 FEATURIZE = """
 import json, sys
-from igcli.features import FeaturizeOptions, featurize
-from igcli.imagefeatures import ImageFeatureOptions
+from igcli.features.metadata import FeaturizeOptions
+from igcli.commands.featurize import featurize
+from igcli.features.images import ImageFeatureOptions
 r = featurize(sys.argv[1], FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
 print(json.dumps({"seconds": r.seconds, "posts": r.posts, "inserted": r.inserted, "updated": r.updated}))
 """
@@ -47,7 +48,7 @@ print(json.dumps({"seconds": r.seconds, "posts": r.posts, "inserted": r.inserted
 SCORE = """
 import json, sys
 from pathlib import Path
-from igcli.score import ScoreOptions, score
+from igcli.commands.score import ScoreOptions, score
 r = score(sys.argv[1], sys.argv[2], ScoreOptions(exports_dir=Path(sys.argv[3])))
 print(json.dumps({"seconds": r.seconds, "posts": r.posts, "timings": r.timings, "rejected": r.rejected}))
 """
@@ -62,7 +63,7 @@ def prepare(tmp: Path, n: int, a: argparse.Namespace, log: list[str]) -> tuple[P
     """Generate and ingest a store of ``n`` posts; returns (store, append CSV, score CSV)."""
     import duckdb
 
-    from igcli.sample import generate_sample
+    from igcli.commands.sample import generate_sample
 
     t0 = time.perf_counter()
     gen = tmp / f"gen{n}"
@@ -102,7 +103,7 @@ def prepare(tmp: Path, n: int, a: argparse.Namespace, log: list[str]) -> tuple[P
 
 def build(n: int, db: Path, parts: list[Path], a: argparse.Namespace, log: list[str]) -> dict:
     """Ingest the history, then the first featurize (timed); above --full-max, featurize after each part."""
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
 
     ingest_s, featurize_s = 0.0, []
     for part in parts:
@@ -122,7 +123,7 @@ def build(n: int, db: Path, parts: list[Path], a: argparse.Namespace, log: list[
 def train_model(db: Path, exports: Path) -> None:
     import torch
 
-    from igcli.train import TrainOptions, train
+    from igcli.commands.train import TrainOptions, train
 
     torch.set_num_threads(1)
     train(db, TrainOptions(branches=("metadata",), epochs=2, patience=2, exports_dir=exports, plots=False))
@@ -130,7 +131,7 @@ def train_model(db: Path, exports: Path) -> None:
 
 def measure(n: int, db: Path, parts: list[Path], append: Path, scored: Path, exports: Path,
             a: argparse.Namespace, log: list[str]) -> dict:
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
 
     out: dict = {"n": n, "full": build(n, db, parts, a, log)}
     runs = out["full"]["runs"]

@@ -10,7 +10,7 @@ untimed. By default the images are not read (the ingest points at an empty folde
 "missing"): the weight-free image-quality inputs of the metadata branch are then NaN, imputed by the model.
 ``--with-images`` reads the real images and computes those features first (a few minutes on 2 cores).
 
-Timed: ``igcli.train.train(db, TrainOptions(branches=("metadata",), split=..., export=False))`` in a fresh
+Timed: ``igcli.commands.train.train(db, TrainOptions(branches=("metadata",), split=..., export=False))`` in a fresh
 child process per run (early stopping decides the epochs; ``--epochs`` caps them); peak RSS is the
 child's own ``ru_maxrss``. Each split runs with torch's default thread count and with 1 thread
 (``--threads``): the model is small (batches of 512 rows), and on a shared machine intra-op threads can cost
@@ -38,7 +38,7 @@ if int(sys.argv[4]):
     torch.set_num_threads(int(sys.argv[4]))
 torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # the first optimizer imports torch._dynamo: timed apart
 first_use = time.perf_counter() - t0
-from igcli.train import TrainOptions, train
+from igcli.commands.train import TrainOptions, train
 t0 = time.perf_counter()
 r = train(sys.argv[1], TrainOptions(branches=("metadata",), split=sys.argv[2], epochs=int(sys.argv[3]),
                                    export=False, plots=False))
@@ -49,9 +49,10 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "timings": r.timings, "n"
 
 def setup(tmp: Path, a: argparse.Namespace) -> tuple[Path, str]:
     """Ingest + featurize once; returns (db, description of the data)."""
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ingest import ingest_posts
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_posts
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     db = tmp / "store.duckdb"
     dev = DEV_DATA / "posts.csv"
@@ -62,7 +63,7 @@ def setup(tmp: Path, a: argparse.Namespace) -> tuple[Path, str]:
         r = ingest_posts(dev, db=db, images_dir=images)
         what = f"real dev data {shown(dev)} ({r.loaded:,} posts, {r.rejected} rejected)"
     else:
-        from igcli.sample import generate_sample
+        from igcli.commands.sample import generate_sample
 
         n = a.generated or 10_000
         generate_sample(tmp / "gen", posts=n, users=max(1, n // 25), seed=0, images=a.with_images, new_posts=0)

@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from igcli.commands.featurize import featurize as run_featurize
+from igcli.commands.ingest import ingest_classes, ingest_posts
+from igcli.commands.report import build_report
+from igcli.commands.sample import generate_sample
+from igcli.commands.score import ScoreOptions
+from igcli.commands.score import score as run_score
+from igcli.commands.status import store_status
+from igcli.commands.train import TrainOptions, train_all_combinations
+from igcli.commands.train import train as run_train
+from igcli.engines import get_engine
 from igcli.errors import IgcliError
+from igcli.features.images import ImageFeatureOptions
+from igcli.features.metadata import FeaturizeOptions
+from igcli.vision.backbones import Fingerprint
 
 app = typer.Typer(
     name="igcli",
@@ -46,23 +62,7 @@ RayActorsOpt = Annotated[int | None, typer.Option(
     "--ray-actors", help="--engine ray: model actors \\[default: one per GPU, else the cluster's CPUs minus one].")]
 
 
-def _ray_options(engine: str, address: str | None, staging: Path | None, actors: int | None):
-    """RayOptions for --engine ray (None for local); Ray options with the local engine are an error."""
-    if engine != "ray":
-        if address is not None or staging is not None or actors is not None:
-            from igcli.errors import InputError
-
-            raise InputError("--ray-address, --staging and --ray-actors need --engine ray")
-        return None
-    from igcli.ray_engine import RayOptions, require_ray
-
-    require_ray()  # before any work: without the extra, say how to install it
-    return RayOptions(address=address, staging=staging, actors=actors)
-
-
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True,
@@ -73,8 +73,6 @@ class _Bars:
     """Adapts the library's ``progress(stage, done, total)`` callbacks to rich progress bars."""
 
     def __init__(self, unit: str = "img/s"):
-        import time
-
         self._time = time
         self.unit = unit
         self.bar = _progress()
@@ -113,7 +111,6 @@ def sample(
 
     [bold]Example:[/] igcli sample demo/ --posts 2000 --users 100 --seed 0
     """
-    from igcli.sample import generate_sample
 
     s = generate_sample(out_dir, posts=posts, users=users, seed=seed, image_size=image_size,
                         images=not no_images)
@@ -148,7 +145,6 @@ def ingest(
 
     [bold]Example:[/] igcli ingest demo/posts.csv --db igcli.duckdb
     """
-    from igcli.ingest import ingest_posts
 
     with _Bars() as bars:
         r = ingest_posts(posts, db=db, images_dir=images, encoding=encoding, progress=bars, recheck=recheck)
@@ -185,7 +181,6 @@ def ingest_classes_cmd(
 
     [bold]Example:[/] igcli ingest-classes imagenet_top5.csv
     """
-    from igcli.ingest import ingest_classes
 
     r = ingest_classes(classes, db=db)
     out.print(
@@ -258,9 +253,6 @@ def featurize(
 
     [bold]Example:[/] igcli featurize --hashtag-ranking hashtag_ranking.txt --no-backbones
     """
-    from igcli.features import FeaturizeOptions
-    from igcli.features import featurize as run
-    from igcli.imagefeatures import ImageFeatureOptions
 
     roles = tuple(r for r, name in (("objects", objects), ("aesthetics", aesthetics)) if name != "none")
     objects = None if objects == "none" else objects
@@ -270,13 +262,13 @@ def featurize(
         aesthetics_explicit=aesthetics is not None or aesthetics_weights is not None or nima_weights is not None,
         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights, nima_weights=nima_weights,
         random_init=random_init, device=device, batch_size=batch_size, workers=workers,
-        skip_backbones=no_backbones, runtime=runtime, quantize=quantize, engine=engine,
-        ray=_ray_options(engine, ray_address, staging, ray_actors),
+        skip_backbones=no_backbones, runtime=runtime, quantize=quantize,
+        engine=get_engine(engine, address=ray_address, staging=staging, actors=ray_actors),
     )
     opts = FeaturizeOptions(hashtag_ranking=hashtag_ranking, half_life_days=half_life,
                             user_stats_as_of=user_stats_as_of, images=img, rebuild=rebuild)
     with _Bars() as bars:
-        r = run(db, opts, progress=bars)
+        r = run_featurize(db, opts, progress=bars)
     t = Table(title="featurize", show_header=False)
     t.add_row("posts", f"{r.posts:,}")
     t.add_row("features new / changed / unchanged", f"{r.inserted:,} / {r.updated:,} / {r.unchanged:,}")
@@ -291,7 +283,7 @@ def featurize(
         for b in r.images.backbones:
             if b.skipped_reason:
                 continue
-            mark = " (random init)" if b.random_init else (" (int8)" if b.weights_fp.endswith(":int8") else "")
+            mark = " (random init)" if b.random_init else (" (int8)" if Fingerprint.parse(b.weights_fp).int8 else "")
             if b.role == "aesthetics" and not b.nima:
                 mark += " (ImageNet embedding)"
             shared = f", same pass as {'+'.join(b.shared_with)}" if b.shared_with else ""
@@ -356,8 +348,6 @@ def train(
 
     [bold]Example:[/] igcli train --branches metadata,objects --split user --seed 1
     """
-    from igcli.train import TrainOptions, train_all_combinations
-    from igcli.train import train as run_train
 
     opts = TrainOptions(branches=tuple(b.strip() for b in branches.split(",") if b.strip()), split=split,
                         seed=seed, epochs=epochs, ensemble=ensemble, family_depth=family_depth,
@@ -433,15 +423,13 @@ def score(
 
     [bold]Example:[/] igcli score demo/new_posts.csv --model latest --out predictions.csv
     """
-    from igcli.score import ScoreOptions
-    from igcli.score import score as run
 
     opts = ScoreOptions(model=model, exports_dir=exports, images_dir=images, out=out_file, device=device,
                         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights,
-                        nima_weights=nima_weights, engine=engine,
-                        ray=_ray_options(engine, ray_address, staging, ray_actors))
+                        nima_weights=nima_weights,
+                        engine=get_engine(engine, address=ray_address, staging=staging, actors=ray_actors))
     with _Bars() as bars:
-        r = run(posts, db, opts, progress=bars)
+        r = run_score(posts, db, opts, progress=bars)
     if as_json:
         out.print_json(json.dumps(r.as_json(), default=str))
         return
@@ -491,7 +479,6 @@ def report(
 
     [bold]Example:[/] igcli report --db igcli.duckdb --model latest --out report.html
     """
-    from igcli.report import build_report
 
     r = build_report(db, model=model, exports_dir=exports, out=out_file)
     for note in r.notes:
@@ -508,7 +495,6 @@ def status(db: DbOpt = DEFAULT_DB) -> None:
 
     [bold]Example:[/] igcli status --db igcli.duckdb
     """
-    from igcli.status import store_status
 
     s = store_status(db)
     t = Table(title=f"store {db}")
@@ -529,7 +515,6 @@ def main() -> None:
     try:
         app()
     except IgcliError as e:
-        from rich.markup import escape
 
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)

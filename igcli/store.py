@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from igcli.errors import StoreError, StoreLocked
 
@@ -111,6 +115,21 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @contextmanager
+def opened(db: Path | str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False
+           ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``con`` as it is, or the store at ``db`` opened for the block and closed after it: a command's one
+    connection, which a caller holding one (a test, a benchmark, ``score``'s ingest) passes in."""
+    if con is not None:
+        yield con
+        return
+    con = connect(db, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All or nothing: an exception (or a killed process) leaves the store as it was."""
     con.execute("BEGIN TRANSACTION")
@@ -165,7 +184,6 @@ def temp_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, tup
     """``CREATE OR REPLACE TEMP TABLE name`` with one typed column per entry of ``columns``:
     ``{"post_id": ("VARCHAR", ids)}``, the values a sequence of Python scalars (None is NULL) or a numpy
     array, in order. ``name`` and the types are the caller's constants."""
-    import numpy as np
 
     arrays = {}
     for col, (_, values) in columns.items():
@@ -186,7 +204,6 @@ def temp_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, tup
 def float_column(values):
     """A numeric column of ``fetchnumpy`` as float64 with NULL as NaN (a column with NULLs comes back as a
     masked array)."""
-    import numpy as np
 
     return np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
 
@@ -194,9 +211,6 @@ def float_column(values):
 def fault_point(name: str) -> None:
     """Fault injection for the kill tests: with ``IGCLI_FAULT=<name>`` the process announces itself on
     stderr and waits to be killed, so a test can SIGKILL it at exactly this point."""
-    import os
-    import sys
-    import time
 
     if os.environ.get("IGCLI_FAULT") == name:
         print(f"IGCLI_FAULT reached {name}", file=sys.stderr, flush=True)

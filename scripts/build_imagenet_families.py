@@ -1,7 +1,7 @@
 """Build ``igcli/data/imagenet_families.csv``: each ImageNet-1k class and its WordNet hypernym path.
 
 The "objects" branch maps a classifier's top-5 ImageNet classes to a coarser WordNet "family"
-(``igcli.families.family_of``). Scoring must never need WordNet, so this script runs once, offline,
+(``igcli.vision.families.family_of``). Scoring must never need WordNet, so this script runs once, offline,
 and the CSV it writes ships inside the package. Rerun it only if the class list or the path rule
 changes; commit the regenerated CSV with the change.
 
@@ -168,10 +168,10 @@ def check_is_a(wn, rows: list[dict[str, str]], is_a_file: Path) -> None:
 def check_dev_top5(top5_file: Path) -> None:
     """Every dev top-5 wnid must be an ImageNet-1k class; count the families they fall into.
 
-    Goes through ``igcli.families`` so the shipped CSV and its reader are what gets checked.
+    Goes through ``igcli.vision.families`` so the shipped CSV and its reader are what gets checked.
     """
     sys.path.insert(0, str(REPO_ROOT))
-    from igcli import families
+    from igcli.vision import families
 
     depth = families.DEFAULT_FAMILY_DEPTH
     with top5_file.open(encoding="utf-8", newline="") as f:

@@ -38,7 +38,7 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset, shared read-only by the tests that need one."""
-    from igcli.sample import generate_sample
+    from igcli.commands.sample import generate_sample
 
     out = tmp_path_factory.mktemp("sample")
     generate_sample(out, posts=600, users=40, seed=7, image_size=48)
@@ -114,10 +114,11 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) ->
     """
     import shutil
 
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ingest import ingest_posts
-    from igcli.train import TrainOptions, train
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_posts
+    from igcli.commands.train import TrainOptions, train
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     base = tmp_path_factory.mktemp("trained")
     db_path = base / "store.duckdb"

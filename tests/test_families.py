@@ -1,4 +1,4 @@
-"""igcli.families: the shipped ImageNet class -> WordNet family table. No WordNet needed."""
+"""igcli.vision.families: the shipped ImageNet class -> WordNet family table. No WordNet needed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from igcli import families
-from igcli.families import DEFAULT_FAMILY_DEPTH, family_of, family_table, imagenet_classes, label_of
+from igcli.vision import families
+from igcli.vision.families import DEFAULT_FAMILY_DEPTH, family_of, family_table, imagenet_classes, label_of
 
 GOLDEN_RETRIEVER = "n02099601"
 CHIHUAHUA = "n02085620"
@@ -42,7 +42,7 @@ def test_depth_moves_up_and_down_the_dog_path():
 
 
 def test_tableware_classes_fall_into_container_and_ware_families():
-    # Shortest WordNet paths skip tableware.n.01 (see the igcli.families docstring).
+    # Shortest WordNet paths skip tableware.n.01 (see the igcli.vision.families docstring).
     assert family_of(COFFEE_MUG) == "vessel.n.03"
     assert family_of(SOUP_BOWL) == "dish.n.01"
     assert family_of(COFFEE_MUG, DEFAULT_FAMILY_DEPTH - 1) == family_of(SOUP_BOWL, DEFAULT_FAMILY_DEPTH - 1)
@@ -114,7 +114,7 @@ def test_labels_come_from_timm():
 
 
 def test_shipped_csv_lives_in_the_package():
-    csv_path = Path(families.__file__).parent / "data" / "imagenet_families.csv"
+    csv_path = Path(families.__file__).parents[1] / "data" / "imagenet_families.csv"
     header = csv_path.read_text(encoding="utf-8").splitlines()[0]
     assert header == "class_index,wnid,label,path"
 
@@ -122,7 +122,7 @@ def test_shipped_csv_lives_in_the_package():
 def test_importing_and_using_families_never_imports_nltk():
     code = (
         "import sys\n"
-        "from igcli.families import family_of, family_table\n"
+        "from igcli.vision.families import family_of, family_table\n"
         "assert family_of('n02099601') == 'domestic_animal.n.01'\n"
         "family_table(3)\n"
         "bad = [m for m in ('nltk', 'timm', 'torch') if m in sys.modules]\n"
@@ -146,5 +146,5 @@ def test_shipped_csv_matches_a_fresh_build_when_wordnet_is_available(tmp_path):
     spec.loader.exec_module(build)
     out = tmp_path / "imagenet_families.csv"
     build.write_csv(build.build_rows(wordnet), out)
-    shipped = Path(families.__file__).parent / "data" / "imagenet_families.csv"
+    shipped = Path(families.__file__).parents[1] / "data" / "imagenet_families.csv"
     assert out.read_bytes() == shipped.read_bytes()

@@ -12,8 +12,9 @@ import duckdb
 import pytest
 from conftest import execute, query
 
-from igcli.features import CAPTION_FEATURES, DYNAMICS_FEATURES, FeaturizeOptions, featurize
-from igcli.ingest import ingest_posts
+from igcli.commands.featurize import featurize
+from igcli.commands.ingest import ingest_posts
+from igcli.features.metadata import CAPTION_FEATURES, DYNAMICS_FEATURES, FeaturizeOptions
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
 
@@ -204,7 +205,7 @@ def test_matches_brute_force_on_random_histories(tmp_path: Path, db: Path):
 def test_features_for_some_users_equal_the_full_computation(tmp_path: Path, db: Path):
     """score computes only the scored users' features: they must equal what a full featurize gives."""
     from igcli import store
-    from igcli.features import compute_metadata
+    from igcli.features.metadata import compute_metadata
 
     load(tmp_path, db, [r.replace(",,,,", ",,#x #y,,") for r in HISTORY] + ["z1,zed,2020-01-03,,#x,,3,1,1,1,"])
     con = store.connect(db)
@@ -264,7 +265,7 @@ def stored(db: Path) -> list[tuple]:
 def full_computation(db: Path, **kw) -> list[tuple]:
     """compute_metadata over every user, from history, with no state (the brute-force SQL path)."""
     from igcli import store
-    from igcli.features import compute_metadata
+    from igcli.features.metadata import compute_metadata
 
     con = store.connect(db)
     try:
@@ -402,7 +403,7 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
     """score's features: a batch with several posts per user (two at one timestamp), a cold-start user, a
     back-dated post and an already featurized post, from the state, equal the full computation."""
     from igcli import store
-    from igcli.features import compute_batch, compute_metadata
+    from igcli.features.metadata import compute_batch, compute_metadata
 
     kw = {}
     if ranking:
@@ -499,7 +500,7 @@ def brute_dynamics(posts: list[tuple], pid: str) -> dict:
 def test_dynamics_and_caption_cues_match_brute_force(tmp_path: Path, db: Path, monkeypatch, arrow_parts: bool):
     """Also with the caption cues scanned from Arrow parts (the path of batches under two row groups, here
     forced on 240 posts) instead of the table."""
-    from igcli import features as F
+    from igcli.features import metadata as F
 
     if arrow_parts:
         monkeypatch.setattr(F, "PART_ROWS", 16)
@@ -601,8 +602,8 @@ def test_hashtag_history_with_many_tags_per_user_full_and_incremental(tmp_path: 
 
 
 def test_featurize_runs_under_its_memory_limit_and_restores_the_callers(tmp_path: Path, db: Path):
-    from igcli import features as fmod
     from igcli import store
+    from igcli.features import metadata as fmod
 
     load(tmp_path, db, as_csv(random_rows(3, users=3, per_user=10)))
     con = store.connect(db)
@@ -742,7 +743,8 @@ def test_a_no_op_featurize_imports_neither_torch_nor_timm(tmp_path: Path, db: Pa
 
     load(tmp_path, db, HISTORY)
     featurize(db, FeaturizeOptions())  # backbones on; posts without images leave them nothing to run
-    code = ("import sys; from igcli.features import FeaturizeOptions, featurize; r = featurize(sys.argv[1], "
+    code = ("import sys; from igcli.features.metadata import FeaturizeOptions; "
+            "from igcli.commands.featurize import featurize; r = featurize(sys.argv[1], "
             "FeaturizeOptions()); print(r.inserted, r.updated, 'torch' in sys.modules, 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, check=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})

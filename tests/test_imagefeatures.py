@@ -1,4 +1,4 @@
-"""igcli.imagefeatures + igcli.backbones: quality rows, objects / aesthetics rows, dedup, resume, weights.
+"""igcli.features.images + igcli.vision.backbones: quality rows, objects / aesthetics rows, dedup, resume, weights.
 
 Backbones are timm's tiny test models (a few hundred thousand parameters) with random or test-made
 weights, on 32 px images, so the file runs in well under a minute on 2 CPU cores.
@@ -16,10 +16,12 @@ import pytest
 from PIL import Image
 
 from igcli import store
+from igcli.commands.featurize import featurize_images
+from igcli.commands.ingest import ingest_posts
 from igcli.errors import InputError, ModelError, WeightsMissing
-from igcli.families import imagenet_classes
-from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-from igcli.ingest import ingest_posts
+from igcli.features.images import ImageFeatureOptions
+from igcli.vision.decode import CHANGED
+from igcli.vision.families import imagenet_classes
 
 CLASSIFIER = "test_efficientnet"   # tiny timm model with 1000 ImageNet classes
 EMBEDDER = "test_vit"              # tiny timm model for the aesthetics role
@@ -158,7 +160,7 @@ def test_rows_of_another_image_geometry_are_not_reused(con):
 def test_resume_after_interruption(con, monkeypatch, write_rows, kept):
     """An interrupted run keeps the transactions committed before it (one batch of 4, or two batches when
     WRITE_ROWS joins them) and a rerun does only the rest."""
-    import igcli.imagefeatures as imf
+    import igcli.engines.local as imf
 
     monkeypatch.setattr(imf, "WRITE_ROWS", write_rows)
 
@@ -185,7 +187,7 @@ def test_resume_after_interruption(con, monkeypatch, write_rows, kept):
 def test_a_failed_write_stops_the_run_and_keeps_the_batches_committed_before_it(con, monkeypatch):
     """Batches are written by a writer thread while the model runs on the next one: its error reaches the
     caller, the batches committed before it stay, nothing of the failed batch is stored, a rerun finishes."""
-    import igcli.imagefeatures as imf
+    import igcli.engines.local as imf
 
     real, calls = imf.store_rows, []
 
@@ -209,7 +211,7 @@ def test_a_failed_write_stops_the_run_and_keeps_the_batches_committed_before_it(
 def test_batches_joined_in_one_transaction_store_the_same_rows(con, tmp_path, monkeypatch):
     """WRITE_ROWS joins batches into one transaction: the rows and errors are those of a transaction per
     batch, with an image that fails (its file changed since ingest) in the middle of a joined batch."""
-    import igcli.imagefeatures as imf
+    import igcli.engines.local as imf
 
     Image.fromarray(np.full((32, 40, 3), 7, np.uint8)).save(tmp_path / "data" / "img" / "p5.jpg", "JPEG")
     tables = {
@@ -235,7 +237,7 @@ def test_batches_joined_in_one_transaction_store_the_same_rows(con, tmp_path, mo
                        atol=1e-6)
     assert one["image_feature_errors"] == joined["image_feature_errors"]
     assert len(joined["image_feature_errors"]) == 2 and all(
-        r[3] == imf.CHANGED for r in joined["image_feature_errors"])
+        r[3] == CHANGED for r in joined["image_feature_errors"])
 
 
 def test_decoding_starts_before_the_first_batch_is_asked_for(tmp_path):
@@ -243,7 +245,7 @@ def test_decoding_starts_before_the_first_batch_is_asked_for(tmp_path):
     import threading
     from types import SimpleNamespace
 
-    from igcli.imagefeatures import decoded_batches
+    from igcli.vision.decode import decoded_batches
 
     paths = []
     for i in range(6):
@@ -278,7 +280,7 @@ def test_decode_threads_run_in_the_idle_class_and_the_consumer_at_its_own(tmp_pa
     import threading
     from types import SimpleNamespace
 
-    from igcli.imagefeatures import decoded_batches
+    from igcli.vision.decode import decoded_batches
 
     seen = {}
 
@@ -314,7 +316,7 @@ def test_consumer_decodes_images_no_worker_has_started(tmp_path):
     import threading
     from types import SimpleNamespace
 
-    from igcli.imagefeatures import decoded_batches
+    from igcli.vision.decode import decoded_batches
 
     paths = _decode_fixture(tmp_path, 4)
     stuck, others_done, lock, by_consumer = threading.Event(), threading.Event(), threading.Lock(), []
@@ -420,8 +422,8 @@ def _expected_top5(model, image_path: str):
     import timm
     import torch
 
-    from igcli.backbones import CROP_PCT
-    from igcli.imagefeatures import open_rgb
+    from igcli.vision.backbones import CROP_PCT
+    from igcli.vision.decode import open_rgb
 
     cfg = {**timm.data.resolve_model_data_config(model), "crop_pct": CROP_PCT}
     x = timm.data.create_transform(**cfg, is_training=False)(open_rgb(image_path))
@@ -559,7 +561,7 @@ def test_lite0_on_dev_images_agrees_with_the_papers_classes(dev_data: Path, tmp_
 
 
 def test_batch_and_decode_threads_default_by_device(monkeypatch):
-    import igcli.imagefeatures as imf
+    import igcli.engines.local as imf
 
     monkeypatch.setattr(imf.os, "cpu_count", lambda: 16)
     assert imf.batching(ImageFeatureOptions(), "cpu") == (32, 2)   # the model takes the cores
@@ -574,14 +576,18 @@ def test_a_gpu_whose_onnxruntime_cuda_provider_does_not_load_runs_torch_under_au
     CPU): auto runs torch on the device instead, a named --runtime onnxruntime fails before writing."""
     import onnxruntime as ort
 
-    import igcli.imagefeatures as imf
-    import igcli.runtime as rt
+    import igcli.engines.local as imf
+    import igcli.features.images
+    import igcli.vision.runtime as rt
 
     monkeypatch.setattr(imf, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(igcli.features.images, "resolve_device", lambda device: "cuda")
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    real_make = rt.make_session
-    monkeypatch.setattr(rt, "make_session", lambda path, device, threads, spinning=False:
-                        real_make(path, "cpu", threads, spinning))  # what a failed CUDA provider leaves
+    import igcli.ort
+
+    real_make = igcli.ort.session
+    monkeypatch.setattr(igcli.ort, "session", lambda model, device="auto", threads=None, spinning=True, fix="":
+                        real_make(model, "cpu", threads, spinning, fix))  # what a failed CUDA provider leaves
     real_torch = rt._torch_runner
 
     def torch_on_cpu(runner, req, weights, device, threads):
@@ -601,7 +607,7 @@ def test_a_gpu_whose_onnxruntime_cuda_provider_does_not_load_runs_torch_under_au
 
 
 def test_two_batches_in_the_model_at_once_store_what_one_at_a_time_stores(con, monkeypatch):
-    import igcli.imagefeatures as imf
+    import igcli.engines.local as imf
 
     assert imf.model_streams(ImageFeatureOptions(threads=2), "cpu", "onnxruntime") == (2, 1)
     assert imf.model_streams(ImageFeatureOptions(threads=8), "cpu", "onnxruntime") == (2, 4)
@@ -626,7 +632,7 @@ def test_two_batches_in_the_model_at_once_store_what_one_at_a_time_stores(con, m
 
 def test_open_rgb_turns_a_sideways_jpeg_upright(tmp_path):
     """EXIF orientation 6 (stored rotated): the image the model sees is the one a viewer shows."""
-    from igcli.imagefeatures import open_rgb
+    from igcli.vision.decode import open_rgb
 
     stored = Image.new("RGB", (300, 100), (0, 0, 0))
     stored.paste((255, 255, 255), (0, 0, 150, 100))  # left half white as stored

@@ -1,4 +1,4 @@
-"""igcli.imagequality on synthetic images: known values, every input mode, broken files, bombs."""
+"""igcli.vision.quality on synthetic images: known values, every input mode, broken files, bombs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-import igcli.imagequality as iq
-from igcli.imagequality import (
+import igcli.vision.quality as iq
+from igcli.vision.quality import (
     QUALITY_FEATURES,
     ImageTooLarge,
     ImageUnreadable,

@@ -1,4 +1,4 @@
-"""igcli.ingest: parsing, rejects with line numbers, idempotence, upsert, snapshots, images, Parquet."""
+"""igcli.commands.ingest: parsing, rejects with line numbers, idempotence, upsert, snapshots, images, Parquet."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from conftest import csv_rows, execute, query
 from PIL import Image
 
 from igcli import store
+from igcli.commands.ingest import ingest_classes, ingest_posts
 from igcli.errors import InputError
-from igcli.ingest import ingest_classes, ingest_posts
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
 

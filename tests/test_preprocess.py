@@ -1,11 +1,11 @@
-"""igcli.preprocess: relative-history inputs, computed the same way for train and score (from the card)."""
+"""igcli.model.preprocess: relative-history inputs, computed the same way for train and score (from the card)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from igcli.preprocess import Preprocessor, is_history_input, relative_columns
+from igcli.model.preprocess import Preprocessor, is_history_input, relative_columns
 
 
 def test_relative_columns_hand_computed():
@@ -29,7 +29,7 @@ def test_history_inputs_are_told_apart_from_content_and_user_inputs():
 
 def test_relative_inputs_are_in_the_card_and_rebuilt_identically(trained_store):
     from igcli import store
-    from igcli.preprocess import load_frame
+    from igcli.features.frames import load_frame
 
     con = store.connect(trained_store["db"], read_only=True)
     frame = load_frame(con)
@@ -68,7 +68,7 @@ def test_cold_start_prior_uses_no_history_input(trained_store):
 def test_transform_names_a_missing_stored_column(trained_store, bad):
     from igcli import store
     from igcli.errors import FeatureMismatch
-    from igcli.preprocess import load_frame
+    from igcli.features.frames import load_frame
 
     con = store.connect(trained_store["db"], read_only=True)
     frame = load_frame(con)
@@ -83,7 +83,7 @@ def test_a_batch_frame_finds_its_posts_by_key_and_without_keys_all_the_same(trai
     """load_frame of some posts joins only those posts (found by post_key, fetched by rowid); with the keys
     missing (a store not ingested since they existed) it falls back to joining every post: the same frame."""
     from igcli import store
-    from igcli.preprocess import _posts_of, _register_ids, load_frame
+    from igcli.features.frames import _posts_of, _register_ids, load_frame
 
     db = trained_store["db_copy"](tmp_path)
     con = store.connect(db)

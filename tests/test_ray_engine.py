@@ -1,4 +1,4 @@
-"""The Ray engine (igcli.ray_engine) against the local engine on the session's one local Ray: the same rows
+"""The Ray engine (igcli.engines.ray) against the local engine on the session's one local Ray: the same rows
 for featurize and the same predictions for score, a missing image failing only its row, a worker killed
 mid-job leaving the store as it was and the rerun resuming from the kept shards."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import query, run_cli
 
+from igcli.engines.ray import RAY_MISSING, RayOptions, plan_actors, require_ray
 from igcli.errors import EngineError, InputError
-from igcli.ray_engine import RAY_MISSING, RayOptions, plan_actors, require_ray
 
 CLASSES = "SELECT sha256, backbone, weights_fp, rank, wnid, prob FROM image_classes ORDER BY sha256, rank"
 EMBEDDINGS = "SELECT sha256, backbone, weights_fp, embedding FROM image_embeddings ORDER BY sha256"
@@ -25,10 +25,11 @@ BACKBONE_TABLES = ("image_classes", "image_embeddings", "image_feature_errors")
 @pytest.fixture(scope="module")
 def ray_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small store (tiny images) with one image file deleted after ingest, and its local-engine result."""
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ingest import ingest_posts
-    from igcli.sample import generate_sample
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_posts
+    from igcli.commands.sample import generate_sample
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     base = tmp_path_factory.mktemp("ray-store")
     sample = base / "sample"
@@ -82,7 +83,8 @@ def test_killed_worker_leaves_the_store_unchanged_and_the_rerun_resumes(
     ray_cluster: dict, ray_store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from igcli import store
-    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
+    from igcli.commands.featurize import featurize_images
+    from igcli.features.images import ImageFeatureOptions
 
     db = tmp_path / "killed.duckdb"
     shutil.copy(ray_store["db"], db)
@@ -113,7 +115,7 @@ def test_killed_worker_leaves_the_store_unchanged_and_the_rerun_resumes(
 
 
 def test_score_on_ray_gives_the_local_predictions(ray_cluster: dict, trained_store: dict, tmp_path: Path):
-    from igcli.score import ScoreOptions, score
+    from igcli.commands.score import ScoreOptions, score
 
     preds = "SELECT post_id, model_id, predicted_log_likes, p10_likes, p90_likes FROM predictions ORDER BY post_id"
     new_posts = trained_store["sample"] / "new_posts.csv"

@@ -1,4 +1,5 @@
-"""`igcli.report`: which sections a page has, that its numbers are the runs table's, that it needs nothing else.
+"""`igcli.commands.report`: which sections a page has, that its numbers are the runs table's, that it needs nothing
+else.
 
 The page is parsed with the standard library's HTML parser; every section must be there when its data is
 and absent when it is not.
@@ -19,8 +20,8 @@ import pytest
 from conftest import query
 
 from igcli import store
+from igcli.commands.report import build_report
 from igcli.errors import InputError, ModelError
-from igcli.report import build_report
 
 
 class Page(HTMLParser):
@@ -104,7 +105,7 @@ def same(shown: str, stored) -> bool:
 @pytest.fixture(scope="module")
 def scored(trained_store, tmp_path_factory) -> dict:
     """The shared trained store, copied, with one batch of new posts scored by its model."""
-    from igcli.score import ScoreOptions, score
+    from igcli.commands.score import ScoreOptions, score
 
     base = tmp_path_factory.mktemp("report")
     db = trained_store["db_copy"](base)
@@ -187,8 +188,8 @@ def test_exported_test_part_reproduces_the_run_metrics(scored):
     """The per-post arrays behind calibration and error-by-history are exactly what the metrics saw."""
     import pyarrow.parquet as pq
 
-    from igcli.export import TEST_PART
-    from igcli.train import metrics as compute
+    from igcli.model.export import TEST_PART
+    from igcli.model.metrics import metrics as compute
 
     t = pq.read_table(Path(scored["run"].export_dir) / TEST_PART)
     got = compute(*(t.column(c).to_numpy() for c in ("p50", "actual_log_likes", "p10", "p90")))
@@ -208,7 +209,7 @@ def test_history_buckets_cover_every_test_post(scored, full):
 
 
 def test_store_only_without_a_trained_model(sample_dir, tmp_path: Path):
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
 
     db = tmp_path / "s.duckdb"
     ingest_posts(sample_dir / "posts.csv", db=db)
@@ -229,7 +230,7 @@ def test_empty_store_has_no_section(tmp_path: Path):
 
 
 def test_rejects_appear_when_there_are_some(sample_dir, tmp_path: Path):
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
 
     bad = tmp_path / "bad.csv"
     bad.write_text("post_id,username,posted_at,likes\na1,u1,2024-01-01,10\na2,u1,not a date,5\n", encoding="utf-8")
@@ -299,11 +300,12 @@ def ablation(sample_dir, tmp_path_factory) -> dict:
     has no embeddings, so three of seven), as `igcli train --all-combinations` does."""
     import random
 
-    from igcli.families import imagenet_classes
-    from igcli.features import FeaturizeOptions, featurize
-    from igcli.imagefeatures import ImageFeatureOptions
-    from igcli.ingest import ingest_classes, ingest_posts
-    from igcli.train import TrainOptions, train_all_combinations
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_classes, ingest_posts
+    from igcli.commands.train import TrainOptions, train_all_combinations
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
+    from igcli.vision.families import imagenet_classes
 
     base = tmp_path_factory.mktemp("ablation")
     db = base / "s.duckdb"

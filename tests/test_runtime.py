@@ -1,4 +1,4 @@
-"""igcli.runtime: onnxruntime vs torch on the real EfficientNet-Lite0 weights, the ONNX export cache, int8."""
+"""igcli.vision.runtime: onnxruntime vs torch on the real EfficientNet-Lite0 weights, the ONNX export cache, int8."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from igcli.backbones import BackboneRequest, resolve_weights
 from igcli.errors import InputError
-from igcli.runtime import export_cached, group_requests, open_runner
+from igcli.vision.backbones import BackboneRequest, resolve_weights
+from igcli.vision.runtime import export_cached, group_requests, open_runner
 
 TINY = "test_efficientnet"  # timm's tiny ImageNet classifier: exports in a second
 
@@ -136,7 +136,7 @@ def test_prepared_images_have_torchvisions_bytes(interpolation: str, crop_pct: f
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    from igcli.runtime import image_preparer
+    from igcli.vision.runtime import image_preparer
 
     config = {"input_size": (3, 224, 224), "interpolation": interpolation, "mean": (0.5,) * 3, "std": (0.5,) * 3,
               "crop_pct": crop_pct, "crop_mode": "center"}
@@ -160,7 +160,7 @@ def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    from igcli.runtime import fused_crop, image_preparer
+    from igcli.vision.runtime import fused_crop, image_preparer
 
     config = {"input_size": (3, 224, 224), "interpolation": interpolation, "mean": (0.5,) * 3, "std": (0.5,) * 3,
               "crop_pct": 0.875, "crop_mode": "center"}
@@ -183,7 +183,7 @@ def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
 def test_auto_runtime_is_onnxruntime_on_cpu_and_falls_back_to_torch_on_a_gpu_without_the_cuda_provider(monkeypatch):
     import onnxruntime as ort
 
-    import igcli.runtime as rt
+    import igcli.vision.runtime as rt
 
     assert rt.resolve_runtime("auto", "cpu") == "onnxruntime"
     assert rt.resolve_runtime("torch", "cpu") == "torch" and rt.resolve_runtime("onnxruntime", "cuda") == "onnxruntime"

@@ -1,4 +1,5 @@
-"""igcli.sample: the synthetic dataset has the real layout, is deterministic, and carries its planted signal."""
+"""igcli.commands.sample: the synthetic dataset has the real layout, is deterministic, and carries its planted
+signal."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pyarrow.csv as pacsv
 import pytest
 from PIL import Image
 
-from igcli import sample
+from igcli.commands import sample
+from igcli.commands.sample import SampleSummary, generate_sample
 from igcli.errors import InputError
-from igcli.sample import SampleSummary, generate_sample
 
 SMALL = {"posts": 300, "users": 20, "image_size": 32}
 

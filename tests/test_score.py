@@ -1,4 +1,4 @@
-"""igcli.score: end to end on generated data, point in time at scoring, idempotence, outputs, refusals."""
+"""igcli.commands.score: end to end on generated data, point in time at scoring, idempotence, outputs, refusals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import csv_rows, write_csv_rows
 
+from igcli.commands.score import ScoreOptions, score
 from igcli.errors import FeatureMismatch, ModelError
-from igcli.score import ScoreOptions, score
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
 
@@ -122,7 +122,7 @@ def test_model_without_matching_ranking_is_refused(trained_store, tmp_path: Path
 def test_altered_model_is_refused_before_anything_is_written(trained_store, tmp_path: Path):
     import shutil
 
-    from igcli.export import resolve_model_dir
+    from igcli.model.export import resolve_model_dir
 
     src = resolve_model_dir("latest", trained_store["exports"])
     d = tmp_path / "m"
@@ -135,10 +135,10 @@ def test_altered_model_is_refused_before_anything_is_written(trained_store, tmp_
 
 
 def test_cpu_provider_reported(trained_store, tmp_path: Path):
-    from igcli.score import _gpu_present, choose_providers
+    from igcli.ort import choose_providers, gpu_present
 
     assert choose_providers("cpu") == ["CPUExecutionProvider"]  # forcing the CPU holds on a GPU machine too
-    if _gpu_present():
+    if gpu_present():
         pytest.skip("a GPU is present: the rest checks the CPU-only report of --device auto")
     assert choose_providers("auto") == ["CPUExecutionProvider"]
     r = score(trained_store["sample"] / "new_posts.csv", trained_store["db_copy"](tmp_path),
@@ -191,10 +191,10 @@ def test_usual_likes_do_not_move_with_content_but_vs_usual_does(trained_store, t
 def test_usual_ignores_the_image_and_is_the_prior_at_cold_start():
     import torch
 
-    from igcli.export import _scaling
-    from igcli.model import Ensemble, build_model
-    from igcli.preprocess import Preprocessor
-    from igcli.score import usual_log_likes
+    from igcli.commands.score import usual_log_likes
+    from igcli.model.export import _scaling
+    from igcli.model.net import Ensemble, build_model
+    from igcli.model.preprocess import Preprocessor
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -242,10 +242,10 @@ def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
     the p50 / p10 / p90 that training computed with torch (test_part.parquet)."""
     import pyarrow.parquet as pq
 
-    from igcli import store
-    from igcli.export import load_card
-    from igcli.preprocess import Preprocessor, load_frame
-    from igcli.score import make_session, run_session
+    from igcli import ort, store
+    from igcli.features.frames import load_frame
+    from igcli.model.export import load_card
+    from igcli.model.preprocess import Preprocessor
 
     model_dir = trained_store["exports"] / trained_store["run"].model_id
     card = load_card(model_dir)
@@ -255,7 +255,7 @@ def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
     con = store.connect(trained_store["db"], read_only=True)
     frame = load_frame(con, part["post_id"])
     con.close()
-    got = run_session(make_session(model_dir / "model.onnx", "cpu"), pre.transform(frame))
+    got = ort.run_batched(ort.session(model_dir / "model.onnx", "cpu"), pre.transform(frame))
     pos = {p: i for i, p in enumerate(frame.post_id)}
     rows = [pos[p] for p in part["post_id"]]
     for j, key in enumerate(("p10", "p50", "p90")):
@@ -283,10 +283,11 @@ def test_ingest_score_and_featurize_do_not_import_pandas(trained_store, tmp_path
     code = f"""
 import json, sys
 from pathlib import Path
-from igcli.features import FeaturizeOptions, featurize
-from igcli.imagefeatures import ImageFeatureOptions
-from igcli.ingest import ingest_posts
-from igcli.score import ScoreOptions, score
+from igcli.features.metadata import FeaturizeOptions
+from igcli.commands.featurize import featurize
+from igcli.features.images import ImageFeatureOptions
+from igcli.commands.ingest import ingest_posts
+from igcli.commands.score import ScoreOptions, score
 seen = {{}}
 r = score({str(batch)!r}, {str(db)!r}, ScoreOptions(exports_dir=Path({str(trained_store["exports"])!r})))
 seen["score"] = "pandas" in sys.modules

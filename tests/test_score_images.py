@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from conftest import csv_rows, write_csv_rows
 
+from igcli.commands.featurize import featurize
+from igcli.commands.ingest import ingest_posts
+from igcli.commands.score import ScoreOptions, score
+from igcli.commands.train import TrainOptions, train
 from igcli.errors import FeatureMismatch
-from igcli.export import load_card
-from igcli.features import FeaturizeOptions, featurize
-from igcli.imagefeatures import ImageFeatureOptions
-from igcli.ingest import ingest_posts
-from igcli.score import ScoreOptions, score
-from igcli.train import TrainOptions, train
+from igcli.features.images import ImageFeatureOptions
+from igcli.features.metadata import FeaturizeOptions
+from igcli.model.export import load_card
 
 CLASSIFIER = "test_efficientnet"   # tiny timm models, random weights: the tests need no download
 EMBEDDER = "test_vit"
@@ -90,7 +91,7 @@ def test_a_model_trained_on_the_earlier_image_geometry_asks_to_be_retrained(imag
     """A card whose image features lack ":crop1" came from timm's centre crop: scoring names the fix."""
     import json
 
-    from igcli.export import CARD, card_digest
+    from igcli.model.export import CARD, card_digest
 
     db = tmp_path / "s.duckdb"
     shutil.copy(image_model["db"], db)

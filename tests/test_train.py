@@ -1,4 +1,4 @@
-"""igcli.train: splits in the right unit, scaling fitted on training rows only, metrics, learning."""
+"""igcli.commands.train: splits in the right unit, scaling fitted on training rows only, metrics, learning."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from igcli.train import TrainOptions, metrics, spearman, split_indices, train, train_on_frame, within_10pct
+from igcli.commands.train import TrainOptions, split_indices, train, train_on_frame
+from igcli.model.metrics import metrics, spearman, within_10pct
 
 
 def _toy(n_users=20, per_user=12, seed=0):
@@ -56,7 +57,7 @@ def test_within_10pct_hand_computed():
 
 def test_scaling_constants_never_see_test_rows(trained_store):
     from igcli import store
-    from igcli.preprocess import load_frame
+    from igcli.features.frames import load_frame
 
     con = store.connect(trained_store["db"], read_only=True)
     frame = load_frame(con)
@@ -110,7 +111,7 @@ def test_user_split_trains(trained_store, tmp_path):
 
 
 def test_warm_holdout_split_holds_users_by_stable_hash():
-    from igcli.train import held_out_user
+    from igcli.commands.train import held_out_user
 
     users, times = _toy(n_users=60)
     keep, held = split_indices(users, times, "warm-holdout", seed=0)
@@ -128,7 +129,7 @@ def test_warm_holdout_split_holds_users_by_stable_hash():
 
 
 def test_pairwise_accuracy_hand_computed():
-    from igcli.train import pairwise_accuracy
+    from igcli.model.metrics import pairwise_accuracy
 
     users = np.array(["a", "a", "a", "b", "b", "c"], dtype=object)
     y = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 9.0])
@@ -142,8 +143,8 @@ def test_pairwise_accuracy_hand_computed():
 
 def test_warm_holdout_never_trains_on_a_held_out_user_and_scores_like_score(trained_store, tmp_path):
     from igcli import store
-    from igcli.preprocess import load_frame
-    from igcli.train import held_out_user, warm_holdout_features
+    from igcli.commands.train import held_out_user, warm_holdout_features
+    from igcli.features.frames import load_frame
 
     db = trained_store["db_copy"](tmp_path)
     con = store.connect(db)
@@ -199,7 +200,7 @@ def test_image_projections_are_fitted_on_training_rows_only(trained_store, split
     from dataclasses import replace as dc_replace
 
     from igcli import store
-    from igcli.preprocess import load_frame
+    from igcli.features.frames import load_frame
 
     con = store.connect(trained_store["db"], read_only=True)
     frame = _with_embedding(load_frame(con))
@@ -225,7 +226,7 @@ def test_image_projections_are_fitted_on_training_rows_only(trained_store, split
 
 
 def test_interval_scale_reaches_the_target_coverage_on_the_rows_it_saw():
-    from igcli.train import interval_scale
+    from igcli.commands.train import interval_scale
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=2000)
@@ -247,7 +248,7 @@ def test_interval_scale_is_in_the_model_and_the_card(trained_store):
 
 
 def test_segment_scales_calibrate_warm_and_cold_rows_apart():
-    from igcli.train import MIN_SEGMENT_ROWS, interval_scale, segment_scales
+    from igcli.commands.train import MIN_SEGMENT_ROWS, interval_scale, segment_scales
 
     rng = np.random.default_rng(1)
     n = 4000
@@ -264,9 +265,11 @@ def test_segment_scales_calibrate_warm_and_cold_rows_apart():
 
 
 def test_stored_optional_feature_columns_are_used_when_present(trained_store, tmp_path, monkeypatch):
-    from igcli import features, store
+    from igcli import store
     from igcli.errors import FeatureMismatch
-    from igcli.preprocess import Preprocessor, load_frame
+    from igcli.features import metadata as features
+    from igcli.features.frames import load_frame
+    from igcli.model.preprocess import Preprocessor
 
     db = trained_store["db_copy"](tmp_path)
     con = store.connect(db)
@@ -292,7 +295,7 @@ def test_sources_covering_as_many_posts_prefer_this_igclis_image_geometry(tmp_pa
     """A store featurized again after the crop changed holds both geometries for the same posts: training
     takes the ":crop1" rows, whichever were stored first."""
     from igcli import store
-    from igcli.preprocess import available_sources
+    from igcli.features.frames import available_sources
 
     con = store.connect(tmp_path / "s.duckdb")
     fps = ["a" * 64, "b" * 64 + ":crop1"]

@@ -4,7 +4,7 @@
     igcli score new_posts.csv --engine ray
 
 It takes the work list the local engine would run and returns the same rows; only the inference moves.
-For one backbone group (``igcli.imagefeatures.plan_group``, as the local engine computes it):
+For one backbone group (``igcli.features.images.plan_group``, as the local engine computes it):
 
 1. The driver (this process, the only one that opens the DuckDB file) writes the images still missing
    (sha256, path, model fingerprint) as Parquet shards under ``<staging>/featurize-<backbone>-<key>/work``;
@@ -41,15 +41,22 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from igcli import store
+from igcli import ort, store
 from igcli.errors import EngineError, InputError
-from igcli.imagefeatures import CPU_BATCH, GPU_BATCH
+from igcli.features.images import CPU_BATCH, GPU_BATCH, plan_group, store_rows
+from igcli.vision.decode import decode_image
+from igcli.vision.runtime import open_runner, start_session
 
 RAY_MISSING = "--engine ray needs Ray, an optional extra: pip install 'igcli[ray]'"
 STAGING_DIR = "igcli-staging"
@@ -130,11 +137,10 @@ def plan_actors(resources: dict[str, float], opts: RayOptions, device: str, batc
         raise InputError(f"actor CPUs must be positive, got {opts.actor_cpus}")
     cpus, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     threads = max(1, int(opts.actor_cpus))
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
-    if device == "cuda" and not gpus:
-        raise EngineError("--device cuda: the Ray cluster has no GPU: leave --device out to run CPU actors")
-    if gpus and device != "cpu":
+    kind, _ = ort.check_device(device)    # Ray gives each GPU actor its own GPU: an index names none here
+    if kind == "cuda" and not gpus:
+        raise EngineError(f"--device {device}: the Ray cluster has no GPU: leave --device out to run CPU actors")
+    if gpus and kind != "cpu":
         n = opts.actors or gpus
         return ActorPlan(n, opts.actor_cpus, 1, "cuda", opts.batch_size or GPU_BATCH, threads)
     n = opts.actors or max(1, int((cpus - 1) // opts.actor_cpus))
@@ -180,10 +186,37 @@ def _job_failed(err: BaseException, folder: Path) -> EngineError:
 
 # --------------------------------------------------------------------------------------- featurize
 
-def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, progress=None) -> list:
+class RayEngine:
+    """The Ray engine (``igcli.engines.Engine``): backbones and score's model on Ray Data actors."""
+
+    name = "ray"
+
+    def __init__(self, opts: RayOptions | None = None) -> None:
+        self.opts = opts or RayOptions()
+
+    def check_featurize(self, options: Any) -> None:
+        check_options(options)
+
+    def featurize(self, con: duckdb.DuckDBPyConnection, group: list, options: Any, progress=None) -> list:
+        return run_group_ray(con, group, options, self.opts, progress)
+
+    def predictor(self, model_path: Path, device: str) -> _RayPredictor:
+        return _RayPredictor(self.opts, Path(model_path), device)
+
+
+class _RayPredictor:
+    def __init__(self, opts: RayOptions, model_path: Path, device: str) -> None:
+        ort.session(model_path, "cpu")     # the file loads at all: a broken export fails here, not in an actor
+        self.opts, self.model_path, self.device = opts, model_path, device
+        self.providers = [str(p) if isinstance(p, str) else p[0] for p in ort.choose_providers(device)]
+
+    def __call__(self, inputs: dict[str, Any], post_ids: list[str], con: duckdb.DuckDBPyConnection) -> Any:
+        return predict_ray(self.model_path, inputs, post_ids, con, self.opts, self.device)
+
+
+def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, opts: RayOptions,
+                  progress=None) -> list:
     """The Ray engine for one backbone group: same work list, same rows as ``imagefeatures.run_group``."""
-    from igcli.imagefeatures import plan_group, store_rows
-    from igcli.runtime import open_runner
 
     plan = plan_group(con, group, options)
     runs = plan.runs
@@ -192,7 +225,6 @@ def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, pro
     if not plan.pending:
         return list(runs.values())
     t0 = time.perf_counter()
-    opts = options.ray or RayOptions()
     # The driver exports (or finds) the ONNX file; actors get its bytes, so no node needs the driver's cache.
     runner = open_runner(group, "cpu", "onnxruntime", options.quantize, session=False)
     model = runner.onnx_path.read_bytes()
@@ -242,8 +274,6 @@ def run_group_ray(con: duckdb.DuckDBPyConnection, group: list, options: Any, pro
 
 def write_worklist(folder: Path, items: list[tuple[str, str]], weights_fp: str, rows_per_shard: int) -> None:
     """The images to run, as Parquet shards of ``rows_per_shard`` rows (one Ray block each)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -279,7 +309,6 @@ def _featurize_pipeline(folder: Path, runner: Any, model: bytes, actors: ActorPl
 def _restarts(opts: RayOptions) -> dict[str, int]:
     """Ray Data restarts a dead actor forever unless ``max_restarts`` is passed to ``map_batches``; Ray 2.60
     flags that as a deprecated remote arg but names no replacement for it (actor_pool_map_operator.py)."""
-    import warnings
 
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     return {"max_restarts": opts.max_restarts}
@@ -291,9 +320,7 @@ _DECODERS: dict[str, Any] = {}
 def decode_batch(batch: Any, runner: Any) -> dict[str, Any]:
     """Ray task: the work-list rows -> the same (H, W, 3) uint8 the local engine feeds its runner, plus the
     reason an image could not be used ("" when it could)."""
-    import numpy as np
 
-    from igcli.imagefeatures import decode_image
 
     key = json.dumps(runner.data_config, sort_keys=True)
     if key not in _DECODERS:  # one timm transform per worker process, not per batch
@@ -319,8 +346,6 @@ class BackboneActor:
 
     def __init__(self, runner: Any, model: bytes, device: str, threads: int, fault: str | None = None,
                  results: str | None = None):
-        from igcli.runtime import start_session
-
         self.runner = start_session(runner, device, threads, model=model)
         if device == "cuda" and self.runner.provider != "CUDAExecutionProvider":
             raise EngineError(f"a Ray GPU actor got onnxruntime's {self.runner.provider}, not CUDA: install "
@@ -329,9 +354,6 @@ class BackboneActor:
         self.fault, self.results, self.calls = fault, results, 0
 
     def __call__(self, batch: dict[str, Any]):
-        import numpy as np
-        import pyarrow as pa
-
         self._maybe_die()
         shas = [str(s) for s in batch["sha256"]]
         if any(fp != self.fp for fp in batch["weights_fp"]):
@@ -366,7 +388,6 @@ class BackboneActor:
 
 def write_shard(table: Any, folder: Path) -> str:
     """One result shard, whole or not at all: written under a temporary name, then renamed."""
-    import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
     name = f"part-{uuid.uuid4().hex}.parquet"
@@ -381,7 +402,6 @@ def write_shard(table: Any, folder: Path) -> str:
 
 def read_manifest(folder: Path) -> set[str]:
     """The images the finished Ray job says it wrote (its ``write_parquet`` output)."""
-    import pyarrow.parquet as pq
 
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     return {sha for f in files for sha in pq.read_table(f, columns=["sha256"])["sha256"].to_pylist()}
@@ -389,7 +409,6 @@ def read_manifest(folder: Path) -> set[str]:
 
 def _column(a: Any):
     """(B,) -> a plain column; (B, k) -> fixed_size_list<k> keeping the dtype."""
-    import pyarrow as pa
 
     if a.ndim == 1:
         return pa.array(a)
@@ -400,9 +419,6 @@ def _column(a: Any):
 def read_results(folder: Path, wanted: set[str]):
     """The result rows for ``wanted`` images from every readable shard (one row per image); a shard a
     killed writer left half written is deleted."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     tables = []
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
@@ -423,7 +439,6 @@ def read_results(folder: Path, wanted: set[str]):
 
 def unpack_results(table: Any, roles: list[str]) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
     """Result rows -> ``store_rows``' (shas, reasons, {role: {name: array of the images that did not fail}})."""
-    import numpy as np
 
     shas = table["sha256"].to_pylist()
     reasons = [r or "" for r in table["reason"].to_pylist()]
@@ -438,9 +453,6 @@ def unpack_results(table: Any, roles: list[str]) -> tuple[list[str], list[str], 
 
 
 def _array(col: Any):
-    import numpy as np
-    import pyarrow as pa
-
     col = col.combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         return np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(len(col), col.type.list_size)
@@ -452,9 +464,6 @@ def _array(col: Any):
 def predict_ray(model_path: Path, inputs: dict[str, Any], post_ids: list[str], con: duckdb.DuckDBPyConnection,
                 opts: RayOptions | None = None, device: str = "auto") -> Any:
     """score's model on Ray actors: (N, 3) quantiles in the order of ``post_ids``, as ``run_session`` gives."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     opts = opts or RayOptions()
     resources = connect(opts)
@@ -503,18 +512,12 @@ class ScoreActor:
     """Ray actor: score's ONNX model, one session per actor; rows keep their post_id."""
 
     def __init__(self, model: bytes, names: list[str], device: str, threads: int):
-        from igcli.runtime import make_session
-
-        self.session = make_session(model, device, threads)
+        self.session = ort.session(model, device, threads, spinning=False)
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise EngineError(f"a Ray GPU actor got onnxruntime's {self.session.get_providers()[0]}, not CUDA")
         self.names = names
 
     def __call__(self, batch: Any):
-        import pyarrow as pa
-
-        from igcli.score import run_session
-
         inputs = {k: _array(batch[k]) for k in self.names}
-        quantiles = run_session(self.session, inputs)  # (B, 3)
+        quantiles = ort.run_batched(self.session, inputs)  # (B, 3)
         return pa.table({"post_id": batch["post_id"], "quantiles": _column(quantiles)})

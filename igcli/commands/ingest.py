@@ -1,6 +1,6 @@
 """Ingest posts (CSV or Parquet) into the store: validate, reject with reasons, upsert, snapshot.
 
-    from igcli.ingest import ingest_posts
+    from igcli.commands.ingest import ingest_posts
     result = ingest_posts("posts.csv", db="igcli.duckdb")
 
 One file loads in one transaction. Parsing and validation run in DuckDB (``sql/ingest.sql``). The first
@@ -36,11 +36,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from igcli import store
 from igcli.errors import InputError
-from igcli.images import ImageProbe, probe_many, resolve_image
 from igcli.util import sha256_file
+from igcli.vision.decode import ImageProbe, probe_many, resolve_image
 
 REQUIRED = ("post_id", "username", "posted_at")
 COLUMNS = (
@@ -237,9 +239,6 @@ def _lines_at(path: Path, positions: list[int]) -> list[int]:
 # ------------------------------------------------------------------------------------------ Parquet
 
 def _parquet_source(con: duckdb.DuckDBPyConnection, path: Path):
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
@@ -359,8 +358,13 @@ def ingest_posts(
     images_dir = Path(images_dir) if images_dir else source.parent
     if not images_dir.is_dir():
         raise InputError(f"images folder {images_dir} does not exist: pass --images DIR")
-    own = con is None
-    con = con or store.connect(db)
+    with store.opened(db, con) as con:
+        return _ingest_posts(con, source, images_dir, encoding, progress, keep_ids, recheck, t0)
+
+
+def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path, encoding: str | None,
+                  progress: Callable[[str, int, int], None] | None, keep_ids: bool, recheck: bool,
+                  t0: float) -> IngestResult:
     now = store.utcnow()
     result = IngestResult(source=str(source.resolve()), ingest_id=uuid.uuid4().hex[:12])
     order, memory = con.execute(
@@ -471,8 +475,6 @@ def ingest_posts(
             con.execute(f"DROP TABLE IF EXISTS {name}")  # our names; temp tables would outlive the call
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered
-        if own:
-            con.close()
         result.seconds = time.perf_counter() - t0
     return result
 
@@ -580,10 +582,8 @@ def ingest_classes(
     missing = [c for c in ("post_id", "rank", "wnid", "prob") if c not in header]
     if missing:
         raise InputError(f"{source} lacks column(s) {', '.join(missing)} (expected post_id, rank, wnid, prob)")
-    own = con is None
-    con = con or store.connect(db)
     sha = sha256_file(source)
-    try:
+    with store.opened(db, con) as con:
         try:
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE cls_in AS
@@ -614,8 +614,5 @@ def ingest_classes(
                 """SELECT count(DISTINCT c.post_id), count(DISTINCT c.post_id) FILTER (WHERE p.post_id IS NULL)
                    FROM cls_in c LEFT JOIN posts p USING (post_id)"""
             ).fetchall()[0]
-    finally:
-        if own:
-            con.close()
     return ClassesResult(str(source), good, posts, unknown, replaced, total - good, time.perf_counter() - t0)
 

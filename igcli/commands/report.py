@@ -1,6 +1,6 @@
 """One self-contained HTML page of the store, a model and its last scores.
 
-    from igcli.report import build_report
+    from igcli.commands.report import build_report
     result = build_report("igcli.duckdb", model="latest", out="report.html")
 
 Order of work: the store (posts, users, likes, rejects, images, backbones) -> the model (its ``runs`` row,
@@ -10,7 +10,7 @@ Jinja2 template (``igcli/templates/report.html.j2``). Each section is left out w
 The page needs no network and no other file: figures are PNG data URIs drawn with matplotlib, thumbnails
 are small embedded JPEGs, there is no script, and a Content-Security-Policy forbids loading anything
 else. Numbers are read, not recomputed: metrics and baselines come from the ``runs`` table, subsets and
-family effects from the model card, and the per-bucket numbers use ``igcli.train.metrics`` on the exact
+family effects from the model card, and the per-bucket numbers use ``igcli.model.metrics.metrics`` on the exact
 per-post arrays the run was evaluated on.
 """
 
@@ -26,9 +26,16 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from igcli import store
 from igcli.errors import InputError, ModelError
+from igcli.features.frames import available_sources
+from igcli.model.export import CARD, ONNX, TEST_PART, load_card, resolve_model_dir
+from igcli.model.metrics import metrics as compute
+from igcli.vision.decode import open_rgb
 
 TEMPLATE = "report.html.j2"
 THUMB_PX = 72
@@ -100,7 +107,7 @@ def render(context: dict) -> str:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     env.filters["metric"] = format_metric
@@ -129,8 +136,6 @@ def _rows(con: duckdb.DuckDBPyConnection, block: str, **params) -> list[tuple]:
 # ------------------------------------------------------------------------------------------ store
 
 def _store_section(con: duckdb.DuckDBPyConnection) -> dict | None:
-    from igcli.preprocess import available_sources
-
     posts, users, first, last, with_likes, zero = _rows(con, "store_overview")[0]
     if not posts:
         return None
@@ -159,7 +164,6 @@ def _store_section(con: duckdb.DuckDBPyConnection) -> dict | None:
 
 def _find_model(con: duckdb.DuckDBPyConnection, model: str | None, exports_dir: Path, notes: list[str]) -> Path | None:
     """The model directory, the way `igcli score` finds it, else where the runs table says it went."""
-    from igcli.export import resolve_model_dir
 
     if model is None:
         return None
@@ -177,14 +181,10 @@ def _find_model(con: duckdb.DuckDBPyConnection, model: str | None, exports_dir: 
 
 
 def _is_model_dir(path: str | None) -> bool:
-    from igcli.export import CARD, ONNX
-
     return bool(path) and (Path(path) / CARD).is_file() and (Path(path) / ONNX).is_file()
 
 
 def _model_section(con: duckdb.DuckDBPyConnection, model_dir: Path, notes: list[str]) -> dict:
-    from igcli.export import load_card
-
     card = load_card(model_dir)
     model_id = card["model_id"]
     run = _rows(con, "run_by_id", model_id=model_id)
@@ -247,13 +247,10 @@ def _ablation(con, model_id: str, split: str, seed: int, fingerprint: str) -> li
 def _test_part_views(model_dir: Path, metrics: dict, notes: list[str]) -> dict:
     """Predicted vs actual, calibration and error by history from the exported per-post test arrays, used
     only when they reproduce the run's own MAE (else the export's PNG, as it was drawn at training)."""
-    from igcli.export import TEST_PART
-    from igcli.train import metrics as compute
 
     views: dict = {"pva_figure": None, "calibration": None, "history": None}
     path = model_dir / TEST_PART
     if path.is_file():
-        import pyarrow.parquet as pq
 
         t = pq.read_table(path)
         y = t.column("actual_log_likes").to_numpy()
@@ -335,9 +332,6 @@ def _scores_section(con: duckdb.DuckDBPyConnection, model_id: str) -> dict | Non
 
 
 def _floats(table, column: str) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     return pc.fill_null(table.column(column).cast(pa.float64()), math.nan).to_numpy()
 
 
@@ -356,15 +350,12 @@ def _thumbnail(path: str | None) -> str | None:
     """A small JPEG data URI of the post's image; None when it cannot be read now."""
     if not path:
         return None
-    from PIL import Image, ImageOps
-
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((THUMB_PX, THUMB_PX))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=75)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        im = open_rgb(path, THUMB_PX)     # the image-open policy: no FIFO, link, bomb or outsized file
+        im.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=75)
+    except Exception:  # any decoder failure (the file changed since ingest) leaves the thumbnail out
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

@@ -3,7 +3,7 @@
 Nothing here needs pretrained weights, a GPU or OpenCV, so the features exist for every post that has
 a decodable image. Use it as a library::
 
-    from igcli.imagequality import QUALITY_FEATURES, quality_features_file, quality_features_many
+    from igcli.vision.quality import QUALITY_FEATURES, quality_features_file, quality_features_many
     feats = quality_features_file(Path("post.jpg"))          # {"brightness": 0.43, ...}
     rows = quality_features_many(paths, workers=2)           # dict, or the exception, per path
 
@@ -76,7 +76,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from igcli.errors import IgcliError, InputError
+from igcli.errors import IgcliError
+from igcli.vision.decode import ImageTooLarge, ImageUnreadable, check_pixels, open_image
 
 QUALITY_FEATURES: tuple[str, ...] = (
     "brightness",
@@ -90,13 +91,6 @@ QUALITY_FEATURES: tuple[str, ...] = (
 )
 
 WORKING_SIZE = 256
-# Raster formats worth opening. Pillow would also open EPS (by running Ghostscript), PSD, ICNS and a
-# dozen more; nobody posts those, and the fewer parsers untrusted files reach, the better. MPO (multi-
-# picture JPEG from some cameras) opens as JPEG.
-IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
-# Pillow's default MAX_IMAGE_PIXELS (about 0.25 GB as 24-bit RGB), pinned here so that a caller
-# setting the global to None cannot switch the guard off.
-MAX_PIXELS = 89_478_485
 
 _WHITE = (255, 255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
@@ -112,21 +106,13 @@ _TRANSPOSE_FOR_ORIENTATION = {
 _HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 
-class ImageTooLarge(InputError):
-    """An image declares more pixels than ``MAX_PIXELS`` (a likely decompression bomb)."""
-
-
-class ImageUnreadable(InputError):
-    """An image file is missing, empty, truncated or in a format Pillow cannot decode."""
-
-
 def quality_features(img: Image.Image) -> dict[str, float | None]:
     """The ``QUALITY_FEATURES`` of an image, in that order; only ``face_count`` can be ``None``.
 
     ``img`` is not modified. For files prefer ``quality_features_file``, which also decodes large
     JPEGs at reduced size.
     """
-    _check_pixels(img.size, _describe(img))
+    check_pixels(img.size, _describe(img))
     work, aspect_ratio = _prepare(img, img.size)
     return _features(work, aspect_ratio)
 
@@ -135,13 +121,8 @@ def quality_features_file(path: Path) -> dict[str, float | None]:
     """``quality_features`` of an image file; raises ``ImageUnreadable`` or ``ImageTooLarge``."""
     path = Path(path)
     try:
-        with Image.open(path, formats=IMAGE_FORMATS) as img:
-            original_size = img.size
-            _check_pixels(original_size, str(path))
-            if img.format in ("JPEG", "MPO"):
-                # Decode at 1/2, 1/4 or 1/8 scale while staying at or above the working size.
-                img.draft(img.mode, _working_size(original_size))
-            img.load()
+        # Decode at 1/2, 1/4 or 1/8 scale while staying at or above the working size.
+        with open_image(path, draft=(None, _working_size)) as (img, original_size):
             work, aspect_ratio = _prepare(img, original_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"{path}: {exc} Refusing to decode it; downsize the image if it is genuine.") from exc
@@ -186,17 +167,6 @@ def face_detector_available() -> bool:
 
 def _describe(img: Image.Image) -> str:
     return str(getattr(img, "filename", "") or f"<{img.mode} image>")
-
-
-def _check_pixels(size: tuple[int, int], name: str) -> None:
-    width, height = size
-    if width < 1 or height < 1:
-        raise ImageUnreadable(f"{name}: the image is {width}x{height} and has no pixels to measure.")
-    if width * height > MAX_PIXELS:
-        raise ImageTooLarge(
-            f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-            f"{MAX_PIXELS / 1e6:.0f} MP limit for a decompression bomb; downsize the image if it is genuine."
-        )
 
 
 def _working_size(size: tuple[int, int]) -> tuple[int, int]:

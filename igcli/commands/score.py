@@ -1,6 +1,6 @@
 """Score a batch of posts with an exported model (onnxruntime) and write predictions back to the store.
 
-    from igcli.score import ScoreOptions, score
+    from igcli.commands.score import ScoreOptions, score
     result = score("new_posts.csv", "igcli.duckdb", ScoreOptions(model="latest"))
 
 Order of work: read and verify the model card -> ingest the batch -> compute image features the card
@@ -15,17 +15,25 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from igcli import store
-from igcli.errors import FeatureMismatch, InputError, ModelError
+from igcli.commands.ingest import ingest_posts
+from igcli.engines import Engine, get_engine
+from igcli.errors import InputError, ModelError
+from igcli.features.frames import serving_batch
+from igcli.features.images import ImageFeatureOptions, compute_image_features
+from igcli.model.export import load_card, resolve_model_dir
+from igcli.model.preprocess import Preprocessor
+from igcli.vision.backbones import Fingerprint
 
-ORT_BATCH = 65536
 OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
                   "scored_at", "usual_likes", "vs_usual")
 EXTREMES = 3                                 # posts furthest above / below their usual in the summary
@@ -41,8 +49,8 @@ class ScoreOptions:
     objects_weights: Path | None = None     # weights of the card's classifier, when it must run
     aesthetics_weights: Path | None = None
     nima_weights: Path | None = None
-    engine: str = "local"                   # local | ray: where the model (and image backbones) run
-    ray: object | None = None               # igcli.ray_engine.RayOptions for engine="ray"; None = defaults
+    engine: Any = "local"                 # "local" | "ray" | an igcli.engines engine
+    ray: object | None = None               # igcli.engines.ray.RayOptions for engine="ray"; None = defaults
 
 
 @dataclass
@@ -66,54 +74,7 @@ class ScoreResult:
     below_usual: list[dict] = field(default_factory=list)      # furthest below
 
     def as_json(self) -> dict:
-        from dataclasses import asdict
-
         return asdict(self)
-
-
-def choose_providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise InputError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available and _gpu_present():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _gpu_present() -> bool:
-    """A CUDA device is visible (without initialising one): avoids onnxruntime's noisy CUDA fallback."""
-    return Path("/dev/nvidia0").exists() or bool(os.environ.get("IGCLI_ASSUME_GPU"))
-
-
-def make_session(model_path: Path, device: str):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=choose_providers(device))
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise ModelError(f"onnxruntime cannot load {model_path}: {err}") from None
-    return session
-
-
-def run_session(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    names = [i.name for i in session.get_inputs()]
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise FeatureMismatch(f"the model needs inputs {', '.join(missing)} that were not built")
-    n = len(inputs[names[0]])
-    out = [session.run(None, {k: inputs[k][s:s + ORT_BATCH] for k in names})[0] for s in range(0, n, ORT_BATCH)]
-    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
 def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> np.ndarray:
@@ -128,7 +89,7 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
         meta = neutral["meta"].astype(np.float64)
         mean, std = np.asarray(meta_scale["mean"]), np.asarray(meta_scale["std"])
         z = (np.where(np.isnan(meta), mean, meta) - mean) / std
-        clip = (card.get("scaling") or {}).get("clip")     # the graph clips the scaled inputs (igcli.model)
+        clip = (card.get("scaling") or {}).get("clip")     # the graph clips the scaled inputs (igcli.model.net)
         if clip is not None:
             z = np.clip(z, -clip, clip)
         cold = np.isnan(inputs["meta"][:, prior["anchor_index"]])
@@ -136,49 +97,14 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
     return usual
 
 
-def predict_frame(session, model_path: Path, inputs: dict[str, np.ndarray], post_ids: list[str],
-                  con: duckdb.DuckDBPyConnection, opts: ScoreOptions) -> np.ndarray:
-    """(N, 3) quantiles for the model ``inputs`` of ``post_ids``: this process's session (``--engine local``)
-    or Ray actors (``--engine ray``, ``igcli.ray_engine.predict_ray``); the same numbers either way."""
-    if opts.engine == "ray":
-        from igcli.ray_engine import predict_ray
-
-        return predict_ray(model_path, inputs, post_ids, con, opts.ray, opts.device)
-    return run_session(session, inputs)
-
-
-def features_for_card(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str]) -> None:
-    """Metadata features of the scored posts with the card's parameters, into the temp table ``pf_new``,
-    from the stored per-user state plus the batch's own order (``features.compute_batch``); the store is
-    left as featurize made it."""
-    from igcli.features import FeaturizeOptions, compute_batch
-
-    params = card["feature_params"]
-    if params.get("leaky_user_stats"):
-        raise ModelError(f"model {card['model_id']} was trained on the paper's leaky user averages "
-                         "(benchmark only) and cannot score new posts: train one on point-in-time features")
-    source = params.get("hashtag_source", "store-frequency")
-    ranking_id = None
-    if source.startswith("ranking:"):
-        ranking_id = source.split(":", 1)[1]
-        known = con.execute("SELECT count(*) FROM hashtag_rankings WHERE ranking_id = ?", [ranking_id]).fetchall()
-        if not known[0][0]:
-            raise FeatureMismatch("the model's hashtag ranking is not in this store: run `igcli featurize "
-                                  "--hashtag-ranking FILE` with the file it was trained with")
-    compute_batch(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])), ids)
-
-
-def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> None:
+def _ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
     """Run the weight-free quality features, and the card's backbones, for images that lack them."""
-    from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-
     backbones = card.get("backbones") or {}
     obj, aes = backbones.get("objects"), backbones.get("aesthetics")
     run_obj = obj is not None and obj["backbone"] != "precomputed"
     if not run_obj and aes is None:
-        featurize_images(con, ImageFeatureOptions(skip_backbones=True), progress=progress)
+        compute_image_features(con, ImageFeatureOptions(skip_backbones=True), engine, progress=progress)
         return
-    from igcli.runtime import INT8_SUFFIX
 
     expect = {r: s["weights_fp"] for r, s in (("objects", obj), ("aesthetics", aes))
               if s and (r != "objects" or run_obj)}
@@ -190,10 +116,9 @@ def _ensure_image_features(con, card: dict, opts: ScoreOptions, progress) -> Non
         random_init=bool((obj and obj.get("random_init")) or (aes and aes.get("random_init"))),
         device=opts.device, roles=tuple(r for r, on in (("objects", run_obj), ("aesthetics", aes)) if on),
         expect_fingerprints=expect,
-        quantize="int8" if any(fp.endswith(INT8_SUFFIX) for fp in expect.values()) else None,
-        engine=opts.engine, ray=opts.ray,
+        quantize="int8" if any(Fingerprint.parse(fp).int8 for fp in expect.values()) else None,
     )
-    featurize_images(con, img, progress=progress)
+    compute_image_features(con, img, engine, progress=progress)
 
 
 def score(
@@ -202,17 +127,8 @@ def score(
     opts: ScoreOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ScoreResult:
-    from igcli.export import load_card, resolve_model_dir
-    from igcli.ingest import ingest_posts
-    from igcli.preprocess import Preprocessor, load_frame
-
     opts = opts or ScoreOptions()
-    if opts.engine not in ("local", "ray"):
-        raise InputError(f"unknown --engine {opts.engine!r}: use local or ray")
-    if opts.engine == "ray":
-        from igcli.ray_engine import require_ray
-
-        require_ray()
+    engine = get_engine(opts.engine, opts.ray)   # the local / Ray choice, once
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     model_dir = resolve_model_dir(opts.model, opts.exports_dir)
@@ -220,8 +136,8 @@ def score(
     pre = Preprocessor.from_card(card)
     if pre.meta_names() != card["feature_names"]:
         raise ModelError(f"{model_dir}: the card's feature names do not match its preprocessing: re-export")
-    session = make_session(model_dir / "model.onnx", opts.device)
-    providers = session.get_providers()
+    predict = engine.predictor(model_dir / "model.onnx", opts.device)
+    providers = predict.providers
     con = store.connect(db)
     try:
         t_ing = time.perf_counter()
@@ -232,20 +148,16 @@ def score(
         if not ids:
             raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
         t1 = time.perf_counter()
-        _ensure_image_features(con, card, opts, progress)
+        _ensure_image_features(con, card, opts, engine, progress)
         with store.transaction(con):
-            features_for_card(con, card, ids)
-            frame = load_frame(con, ids, card["backbones"].get("objects"), card["backbones"].get("aesthetics"),
-                               features_table="pf_new")
+            frame = serving_batch(con, card, ids)
         timings["features_s"] = time.perf_counter() - t1
         inputs = pre.transform(frame)
         t2 = time.perf_counter()
-        quantiles = predict_frame(session, model_dir / "model.onnx", inputs, frame.post_id.tolist(), con, opts)
+        quantiles = predict(inputs, frame.post_id.tolist(), con)
         ort_s = time.perf_counter() - t2
         timings["onnxruntime_s"] = ort_s
-        usual = usual_log_likes(
-            card, pre, inputs,
-            lambda x: predict_frame(session, model_dir / "model.onnx", x, frame.post_id.tolist(), con, opts))
+        usual = usual_log_likes(card, pre, inputs, lambda x: predict(x, frame.post_id.tolist(), con))
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
         # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are
         # the same on every row
@@ -312,11 +224,9 @@ def write_predictions(table: pa.Table, path: Path) -> str:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if suffix == ".csv":
-            import pyarrow.csv as pcsv
 
             pcsv.write_csv(table, tmp)
         else:
-            import pyarrow.parquet as pq
 
             pq.write_table(table, tmp)
         os.replace(tmp, path)

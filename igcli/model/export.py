@@ -18,9 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from igcli import __version__
+from igcli import __version__, ort
 from igcli.errors import ModelError
+from igcli.store import fault_point
 from igcli.util import sha256_file
 
 OPSET = 17
@@ -74,28 +77,24 @@ def onnx_export(model, path: Path) -> None:
 def check_parity(model, path: Path, seed: int = 1234) -> dict[str, float]:
     """onnx.checker full check, then torch vs onnxruntime on fresh random inputs at several batch sizes."""
     import onnx
-    import onnxruntime as ort
     import torch
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
-    worst = {}
-    for batch in PARITY_BATCHES:
-        x = random_inputs(model, batch, rng)
-        got = session.run(None, x)[0]
+
+    def reference(x: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            want = model(*[torch.from_numpy(x[k]) for k in model.input_names]).numpy()
-        if got.shape != want.shape or not np.allclose(got, want, rtol=RTOL, atol=ATOL):
-            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-            raise ModelError(f"ONNX parity check failed at batch {batch}: max abs diff {diff:.3g} "
-                             f"(rtol {RTOL}, atol {ATOL}); the model was not exported")
-        worst[str(batch)] = float(np.max(np.abs(got - want)))
-    return worst
+            return [model(*[torch.from_numpy(x[k]) for k in model.input_names]).numpy()]
+
+    return ort.check_parity(
+        path, reference, (random_inputs(model, batch, rng) for batch in PARITY_BATCHES),
+        close=lambda got, want: np.allclose(got, want, rtol=RTOL, atol=ATOL),
+        failure=lambda batch, _, diff: (f"ONNX parity check failed at batch {batch}: max abs diff {diff:.3g} "
+                                        f"(rtol {RTOL}, atol {ATOL}); the model was not exported"))
 
 
 def _scaling(model) -> dict:
-    from igcli.model import CLIP
+    from igcli.model.net import CLIP
 
     scale = model.interval_scale.tolist()    # p10/p90 widening, calibrated on validation, per segment
     out = {"y_mean": float(model.y_mean), "y_std": float(model.y_std),
@@ -115,7 +114,7 @@ def _image_inputs(model) -> dict | None:
     """How the exported graph turns the raw embedding into the head's image inputs (fixed layers)."""
     if "aesthetics" not in model.names:
         return None
-    from igcli.model import RIDGE_ALPHA, RIDGE_FOLDS
+    from igcli.model.net import RIDGE_ALPHA, RIDGE_FOLDS
 
     br = model.branches["aesthetics"]
     return {"embedding_dim": int(br.proj.shape[0]), "pca_components": int(br.proj.shape[1]),
@@ -175,8 +174,6 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
         if plots:
             write_plots(tmp, plots)
         final = exports_dir / run.model_id
-        from igcli.store import fault_point
-
         fault_point("export.before_publish")
         os.replace(tmp, final)
         latest_tmp = exports_dir / ".latest.tmp"
@@ -193,8 +190,6 @@ TEST_PART = "test_part.parquet"
 
 def write_plots(out: Path, data: dict) -> None:
     if "test_part" in data:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         cols = {k: (v.tolist() if v.dtype == object else v) for k, v in data["test_part"].items()}
         pq.write_table(pa.table(cols), out / TEST_PART)

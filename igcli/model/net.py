@@ -2,16 +2,19 @@
 
 Branches are looked up by name in ``BRANCHES`` (add one by registering a builder here). The model owns
 its normalisation constants as buffers, so the exported ONNX graph takes the preprocessed inputs as they
-come from ``igcli.preprocess`` (NaN = missing) and returns ln-likes quantiles ``(B, 3)``: p10, p50, p90.
+come from ``igcli.model.preprocess`` (NaN = missing) and returns ln-likes quantiles ``(B, 3)``: p10, p50, p90.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from igcli.util import stable_bucket
 
 QUANTILES = (0.1, 0.5, 0.9)
 BRANCH_ORDER = ("metadata", "objects", "aesthetics")
@@ -220,7 +223,6 @@ class Ensemble(nn.Module):
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and std ignoring NaN; all-NaN or constant columns get 0 and 1."""
-    import warnings
 
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -258,8 +260,6 @@ def ridge_fit(z: np.ndarray, r: np.ndarray, alpha: float = RIDGE_ALPHA) -> tuple
 def ridge_out_of_fold(z: np.ndarray, r: np.ndarray, groups: np.ndarray, folds: int = RIDGE_FOLDS,
                       alpha: float = RIDGE_ALPHA) -> np.ndarray:
     """Each row's ridge score from a fit on the other folds; folds are whole groups (users)."""
-    from igcli.util import stable_bucket
-
     names, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)  # hash each group once
     fold = np.array([stable_bucket(g, folds) for g in names], dtype=np.int64)[inverse]
     out = np.zeros(len(r), np.float32)

@@ -3,7 +3,7 @@
 The objects branch turns a classifier's top-5 ImageNet classes (WordNet ids such as ``n02099601``,
 golden retriever) into coarser families by cutting each class's hypernym path at a fixed depth::
 
-    from igcli.families import family_of
+    from igcli.vision.families import family_of
     family_of("n02099601")            # 'domestic_animal.n.01'
     family_of("n02099601", depth=8)   # 'dog.n.01'
 

@@ -4,10 +4,10 @@ CI never sees real data, so this module writes a dataset in the layout of the re
 (``posts.csv`` + ``images/*.jpg`` + ``hashtag_ranking.txt``) with a planted, learnable signal:
 
     from pathlib import Path
-    from igcli.sample import generate_sample
+    from igcli.commands.sample import generate_sample
     print(generate_sample(Path("sample"), posts=2000, users=100, seed=0))
 
-or, from a shell, ``python -m igcli.sample OUT_DIR [POSTS] [USERS] [SEED]``.
+or, from a shell, ``python -m igcli.commands.sample OUT_DIR [POSTS] [USERS] [SEED]``.
 
 Files written to ``out_dir`` (which must be new or empty):
 
@@ -41,9 +41,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image, ImageDraw
 
 from igcli.errors import InputError
 
@@ -239,7 +246,6 @@ def generate_sample(
         raise InputError(f"{out_dir} already exists and is not an empty directory: pass a new directory")
     tables = draw_sample_tables(posts=posts, users=users, seed=seed, new_posts=new_posts)
 
-    import duckdb
 
     out_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect()
@@ -270,8 +276,6 @@ def generate_sample(
 
 def image_brightness(path: Path) -> float:
     """Mean brightness of an image in [0, 1]: mean of Pillow's ``L`` channel / 255 (the planted property)."""
-    import numpy as np
-    from PIL import Image
 
     with Image.open(path) as im:
         return float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 255.0)
@@ -281,9 +285,6 @@ def draw_sample_tables(
     posts: int = 2000, users: int = 100, seed: int = 0, new_posts: int | None = None
 ) -> SampleTables:
     """Draw the whole sample as Arrow tables; :func:`generate_sample` writes what this returns."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     n_new = _check_counts(posts, users, seed, new_posts)
     rng = np.random.default_rng(seed)
@@ -489,7 +490,6 @@ def _token_lists(
     within a row, tokens are keyed by ``(token * step + shift[row]) mod prime``, a bijection, so repeats
     stay adjacent while the order looks random.
     """
-    import numpy as np
 
     prime = _next_prime(vocab_size)
     step = 7_919 % prime or 1
@@ -513,9 +513,6 @@ def _next_prime(n: int) -> int:
 
 def _joined(counts: np.ndarray, flat: np.ndarray, vocab: pa.Array) -> pa.Array:
     """Space-join each row's tokens; null where a row has none."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(offsets), vocab.take(pa.array(flat, pa.int64())))
@@ -528,8 +525,6 @@ def _concat(first: pa.Array, *rest: tuple[str | pa.Array, pa.Array]) -> pa.Array
     The caller blanks a separator that would lead. Written by hand because
     ``binary_join_element_wise(null_handling="skip")`` drops all-null rows (pyarrow 26).
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     pieces = [pc.fill_null(first, "")]
     pieces += [pc.fill_null(pc.binary_join_element_wise(sep, part, ""), "") for sep, part in rest]
@@ -539,9 +534,7 @@ def _concat(first: pa.Array, *rest: tuple[str | pa.Array, pa.Array]) -> pa.Array
 
 def _write_images(out_dir: Path, tables: SampleTables, size: int, seed: int) -> int:
     """Draw and write every post's JPEG; a thread pool because numpy and Pillow release the GIL."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
 
     (out_dir / "images").mkdir(exist_ok=True)
     paths = tables.posts["image"].to_pylist() + tables.new_posts["image"].to_pylist()
@@ -560,8 +553,6 @@ def _write_images(out_dir: Path, tables: SampleTables, size: int, seed: int) -> 
 def _draw_image(path: Path, size: int, target: float, rng: np.random.Generator) -> None:
     """A gradient, a few shapes and grain, desaturated, then moved toward black or white so that its mean
     brightness is ``target`` up to rounding. Pillow does the pixel work in C."""
-    import numpy as np
-    from PIL import Image, ImageDraw
 
     corners = rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)  # (3, 3, RGB), stretched into a gradient
     canvas = Image.fromarray(corners).resize((size, size), Image.Resampling.BILINEAR)
@@ -601,6 +592,6 @@ if __name__ == "__main__":
     import sys
 
     if not 2 <= len(sys.argv) <= 5:
-        sys.exit("usage: python -m igcli.sample OUT_DIR [POSTS] [USERS] [SEED]")
+        sys.exit("usage: python -m igcli.commands.sample OUT_DIR [POSTS] [USERS] [SEED]")
     counts = [int(a) for a in sys.argv[2:]]
     print(generate_sample(Path(sys.argv[1]), *counts))

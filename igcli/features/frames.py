@@ -1,0 +1,254 @@
+"""The two reads of the feature store, by name:
+
+- ``training_frame``: the historical, point-in-time rows of stored posts (``post_features``), with labels;
+  what ``train`` fits and evaluates on.
+- ``serving_batch``: the rows of posts to score, computed with a model card's feature parameters from the
+  stored per-user state plus the batch's own order, written nowhere; what ``score`` feeds the model (and
+  ``train``'s warm-holdout test part, scored as ``score`` would).
+
+Both return a ``Frame`` (metadata, weight-free image quality, object classes, aesthetics embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from igcli.errors import FeatureMismatch, ModelError
+from igcli.features.metadata import FeaturizeOptions, compute_batch
+from igcli.features.schema import CATEGORICAL, NUMERIC, QUALITY, extra_numeric
+from igcli.store import float_column, temp_table
+from igcli.vision.backbones import Fingerprint
+
+
+@dataclass
+class Frame:
+    """Column arrays for a set of posts, aligned by row."""
+
+    post_id: np.ndarray
+    username: np.ndarray
+    posted_at: np.ndarray
+    ln_likes: np.ndarray                      # NaN where likes are unknown or 0
+    likes: np.ndarray                         # -1 where unknown
+    cols: dict[str, np.ndarray]               # numeric metadata + quality + categorical, float64 with NaN
+    feature_params: dict                      # hashtag_source, half_life_days, leaky_user_stats
+    classes: list[list[tuple[str, float]]] | None = None   # per row: [(wnid, prob), ...]
+    embedding: np.ndarray | None = None        # (N, D) float32, NaN rows where missing
+    nima_mean: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.post_id)
+
+    def take(self, idx: np.ndarray) -> Frame:
+        return Frame(
+            self.post_id[idx], self.username[idx], self.posted_at[idx], self.ln_likes[idx], self.likes[idx],
+            {k: v[idx] for k, v in self.cols.items()}, self.feature_params,
+            [self.classes[i] for i in idx] if self.classes is not None else None,
+            self.embedding[idx] if self.embedding is not None else None,
+            self.nima_mean[idx] if self.nima_mean is not None else None,
+        )
+
+
+def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, features_table: str) -> str:
+    """SQL selecting the wanted post ids: every row of ``features_table``, or the registered ``post_ids``."""
+    if post_ids is None:
+        return f"SELECT post_id FROM {features_table}"  # one of our two table names, checked by the caller
+    temp_table(con, "igc_ids", {"post_id": ("VARCHAR", post_ids)})
+    return "SELECT post_id FROM igc_ids"
+
+
+def _posts_of(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, ids_sql: str) -> str:
+    """The table to join for the posts' image paths: ``posts``, or for a list of ids the temp table
+    ``igc_frame_posts`` of those posts alone, found by ``post_key`` (one integer column) and fetched by rowid,
+    so a batch does not join every ``post_id`` string of a large store. When the keys do not find every post
+    (a store whose keys are stale or missing until its next ingest), ``posts`` as before."""
+    if post_ids is None:
+        return "posts"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE igc_frame_rids AS
+                    SELECT rowid AS rid FROM posts WHERE post_key IN (SELECT hash(post_id) FROM ({ids_sql}))""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE igc_frame_posts AS
+                    SELECT post_id, image_path FROM posts WHERE rowid IN (SELECT rid FROM igc_frame_rids)
+                    AND post_id IN ({ids_sql})""")
+    found = con.execute("SELECT count(DISTINCT post_id) FROM igc_frame_posts").fetchall()[0][0]
+    return "igc_frame_posts" if found == len(set(post_ids)) else "posts"
+
+
+def training_frame(
+    con: duckdb.DuckDBPyConnection,
+    post_ids: list[str] | None = None,
+    objects: dict | None = None,
+    aesthetics: dict | None = None,
+) -> Frame:
+    """The stored, point-in-time feature rows of ``post_ids`` (all featurized posts when None), with their
+    labels, in the store's post order; ``objects`` / ``aesthetics`` as ``load_frame`` takes them."""
+    return load_frame(con, post_ids, objects, aesthetics, "post_features")
+
+
+def serving_batch(con: duckdb.DuckDBPyConnection, card: dict, post_ids: list[str]) -> Frame:
+    """The rows ``score`` feeds the model for the stored posts ``post_ids``: metadata features computed with the
+    card's parameters from the stored per-user state plus the batch's own order (a post sees the earlier posts
+    of its user, never itself or later ones), into the temp table ``pf_new`` (``features.compute_batch``); the
+    store is left as featurize made it. The card's image sources as stored. Run it inside a transaction."""
+    params = card["feature_params"]
+    if params.get("leaky_user_stats"):
+        raise ModelError(f"model {card['model_id']} was trained on the paper's leaky user averages "
+                         "(benchmark only) and cannot score new posts: train one on point-in-time features")
+    source = params.get("hashtag_source", "store-frequency")
+    ranking_id = None
+    if source.startswith("ranking:"):
+        ranking_id = source.split(":", 1)[1]
+        known = con.execute("SELECT count(*) FROM hashtag_rankings WHERE ranking_id = ?", [ranking_id]).fetchall()
+        if not known[0][0]:
+            raise FeatureMismatch("the model's hashtag ranking is not in this store: run `igcli featurize "
+                                  "--hashtag-ranking FILE` with the file it was trained with")
+    compute_batch(con, FeaturizeOptions(ranking_id=ranking_id, half_life_days=float(params["half_life_days"])),
+                  post_ids)
+    backbones = card.get("backbones") or {}
+    return load_frame(con, post_ids, backbones.get("objects"), backbones.get("aesthetics"), "pf_new")
+
+
+def load_frame(
+    con: duckdb.DuckDBPyConnection,
+    post_ids: list[str] | None = None,
+    objects: dict | None = None,
+    aesthetics: dict | None = None,
+    features_table: str = "post_features",
+) -> Frame:
+    """Feature rows of ``post_ids`` (all featurized posts when None), in the store's post order.
+
+    ``objects``: {"backbone": ..., "weights_fp": ...} ('precomputed' matches every precomputed file);
+    ``aesthetics``: {"backbone": ..., "weights_fp": ...}. None leaves that branch out.
+    """
+    if features_table not in ("post_features", "pf_new"):
+        raise ValueError(f"unknown features table {features_table!r}")
+    ids_sql = _register_ids(con, post_ids, features_table)
+    posts_sql = _posts_of(con, post_ids, ids_sql)
+    has_pf = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [features_table]).fetchall()[0][0]
+    if not has_pf:
+        raise FeatureMismatch("the store has no features yet: run `igcli featurize` first")
+    q_cols = ", ".join(f"q.{q}" for q, _ in QUALITY)
+    stored = {d[0] for d in con.execute(f"SELECT * FROM {features_table} LIMIT 0").description}
+    extra = [c for c, _ in extra_numeric() if c in stored]
+    num_cols = ", ".join(f"f.{c}" for c in [c for c, _ in NUMERIC] + extra)
+    tbl = con.sql(
+        f"""SELECT f.post_id, f.username, f.posted_at, f.likes, f.ln_likes, {num_cols},
+                   f.no_history, f.month, f.weekday, f.hour_group, {q_cols},
+                   f.hashtag_source, f.half_life_days, f.leaky_user_stats
+            FROM {features_table} f JOIN ({ids_sql}) ids USING (post_id)
+            JOIN {posts_sql} p USING (post_id)
+            LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+            LEFT JOIN image_quality q ON q.sha256 = i.sha256
+            ORDER BY f.posted_at, f.post_id"""  # column names are constants of this module
+    ).fetchnumpy()  # numpy, not pyarrow's to_numpy: see igcli.store.temp_table
+    n = len(tbl["post_id"])
+    if post_ids is not None and n < len(set(post_ids)):
+        raise FeatureMismatch(
+            f"{len(set(post_ids)) - n} of the posts have no features: run `igcli featurize` first")
+
+    def num(name: str) -> np.ndarray:
+        return float_column(tbl[name])
+
+    cols = {c: num(c) for c in [c for c, _ in NUMERIC] + extra}
+    cols.update({q: num(q) for q, _ in QUALITY})
+    cols.update({c: num(c) for c in CATEGORICAL})
+    cols["no_history"] = num("no_history")
+    params = {}
+    if n:
+        values = {k: np.ma.asarray(tbl[k]).tolist() for k in ("hashtag_source", "half_life_days", "leaky_user_stats")}
+        params = {k: v[0] for k, v in values.items()}
+        for k, v in values.items():
+            if len(set(v)) > 1:
+                raise FeatureMismatch(f"stored features mix several {k} values: rerun `igcli featurize`")
+    likes = num("likes")
+    frame = Frame(
+        np.asarray(tbl["post_id"], dtype=object),
+        np.asarray(tbl["username"], dtype=object),
+        np.asarray(tbl["posted_at"]),
+        np.where(likes > 0, np.log(np.where(likes > 0, likes, 1)), np.nan),
+        np.where(np.isnan(likes), -1, likes),
+        cols, params,
+    )
+    order = {pid: i for i, pid in enumerate(frame.post_id)}
+    if objects is not None:
+        frame.classes = [[] for _ in range(n)]
+        if objects["backbone"] == "precomputed":
+            rows = con.execute(
+                f"""SELECT c.post_id, c.wnid, c.prob FROM image_classes c JOIN ({ids_sql}) ids USING (post_id)
+                    WHERE c.backbone = 'precomputed' ORDER BY c.post_id, c.rank"""
+            ).fetchall()
+        else:
+            rows = con.execute(
+                f"""SELECT p.post_id, c.wnid, c.prob FROM {posts_sql} p JOIN ({ids_sql}) ids USING (post_id)
+                    JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+                    JOIN image_classes c ON c.sha256 = i.sha256 AND c.post_id IS NULL
+                     AND c.backbone = ? AND c.weights_fp = ?
+                    ORDER BY p.post_id, c.rank""",
+                [objects["backbone"], objects["weights_fp"]],
+            ).fetchall()
+        for pid, wnid, prob in rows:
+            frame.classes[order[pid]].append((wnid, float(prob)))
+    if aesthetics is not None:
+        rows = con.execute(
+            f"""SELECT p.post_id, e.embedding, e.nima_mean FROM {posts_sql} p JOIN ({ids_sql}) ids USING (post_id)
+                JOIN images i ON i.path = p.image_path AND i.status = 'ok'
+                JOIN image_embeddings e ON e.sha256 = i.sha256 AND e.backbone = ? AND e.weights_fp = ?""",
+            [aesthetics["backbone"], aesthetics["weights_fp"]],
+        ).fetchall()
+        dim = aesthetics.get("dim") or (len(rows[0][1]) if rows else 0)
+        emb = np.full((n, dim), np.nan, dtype=np.float32)
+        nima = np.full(n, np.nan)
+        for pid, vec, nm in rows:
+            emb[order[pid]] = vec
+            if nm is not None:
+                nima[order[pid]] = nm
+        frame.embedding, frame.nima_mean = emb, nima
+    if post_ids is not None:
+        con.execute("DROP TABLE IF EXISTS igc_ids; DROP TABLE IF EXISTS igc_frame_rids; "
+                    "DROP TABLE IF EXISTS igc_frame_posts")
+    return frame
+
+
+def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str:
+    """sha256 over the training rows' ids, targets and feature rows, so a card names its exact data."""
+
+    temp_table(con, "igc_fp", {"post_id": ("VARCHAR", sorted(post_ids))})
+    digest = con.execute(
+        """SELECT sha256(string_agg(f.post_id || ':' || coalesce(f.likes::VARCHAR, '') || ':' ||
+                  md5(f::VARCHAR), ',' ORDER BY f.post_id))
+           FROM (SELECT * EXCLUDE (computed_at) FROM post_features) f JOIN igc_fp USING (post_id)"""
+    ).fetchall()[0][0]
+    con.execute("DROP TABLE igc_fp")
+    return hashlib.sha256((digest or "").encode()).hexdigest()
+
+
+def available_sources(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
+    """Object-class and embedding sources in the store, most posts first."""
+    objects = [
+        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n}
+        for b, fp, ri, n in con.execute(
+            """SELECT backbone, CASE WHEN backbone = 'precomputed' THEN 'precomputed' ELSE weights_fp END,
+                      bool_or(random_init), count(DISTINCT coalesce(post_id, sha256))
+               FROM image_classes GROUP BY 1, 2 ORDER BY 4 DESC"""
+        ).fetchall()
+    ]
+    aesthetics = [
+        # Without a NIMA checkpoint the embedding is a classifier's pooled features: say so, not "aesthetics".
+        {"backbone": b, "weights_fp": fp, "random_init": bool(ri), "posts": n, "dim": d,
+         "kind": "NIMA aesthetics embedding and scores" if nima else "ImageNet embedding"}
+        for b, fp, ri, n, d, nima in con.execute(
+            """SELECT backbone, weights_fp, bool_or(random_init), count(*), max(len(embedding)),
+                      bool_or(nima_mean IS NOT NULL)
+               FROM image_embeddings GROUP BY 1, 2 ORDER BY 4 DESC"""
+        ).fetchall()
+    ]
+    # Among sources covering as many posts, rows of this igcli's image geometry first (a store featurized
+    # again after the preprocessing changed holds both).
+    for sources in (objects, aesthetics):
+        sources.sort(key=lambda s: (-s["posts"], not Fingerprint.parse(s["weights_fp"]).current_geometry))
+    return {"objects": objects, "aesthetics": aesthetics}
+
+

@@ -1,0 +1,54 @@
+"""The feature columns, named once: what ``post_features`` holds (``igcli.features.metadata`` computes it),
+which of them the model reads and with which fixed transform (``igcli.model.preprocess``), and which count as
+a post's own content (``usual_likes``). Adding a feature: its SQL in ``sql/features.sql``, its name here."""
+
+from __future__ import annotations
+
+from igcli.vision.quality import QUALITY_FEATURES
+
+# Feature columns of post_features, by kind, each with the fixed transform the model applies to it.
+# History of the user's earlier posts (point in time).
+HISTORY_FEATURES = (("hist_n", "log1p"), ("hist_mean", "none"), ("hist_median", "none"), ("hist_std", "none"),
+                    ("hist_last5", "none"), ("hist_last10", "none"), ("hist_decayed", "none"),
+                    ("days_since_prev", "log1p"), ("days_since_first", "log1p"))
+# The paper's own metadata.
+PAPER_FEATURES = (("followers", "log1p"), ("following", "log1p"), ("user_post_count", "log1p"),
+                  ("caption_len", "log1p"), ("n_hashtags", "log1p"), ("n_mentions", "log1p"),
+                  ("hashtag_weight", "log1p"))
+CATEGORICAL_FEATURES = ("month", "weekday", "hour_group")
+FLAG_FEATURES = ("no_history",)
+# History dynamics (point in time, every mode): last / max / min earlier ln-likes, their trend per 30 days,
+# days since the latest liked post, earlier posts (all, and in the 30 days before), and how the user's own
+# earlier liked posts sharing a hashtag did against its history mean (tag_perf over tag_perf_n matches, an
+# earlier post counted once per tag it shares), and
+# the share of the post's tags the user never used before (tag_novel_frac). NULL where undefined.
+DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_liked", "n_posts_before",
+                     "posts_last30d", "tag_perf", "tag_perf_n", "tag_novel_frac")
+# Caption cues (raw counts and fractions of the caption text; flags are booleans).
+CAPTION_FEATURES = ("n_emoji", "n_question", "n_exclaim", "n_words", "n_lines", "frac_upper", "frac_ascii",
+                    "cta", "has_url")
+
+# (name, transform) of each numeric input of the metadata branch, in order.
+NUMERIC = HISTORY_FEATURES + PAPER_FEATURES
+QUALITY = tuple((q, "log1p" if q in ("sharpness", "colorfulness") else "none")
+                for q in QUALITY_FEATURES if q != "face_count")
+FLAGS = FLAG_FEATURES + ("hist_std_missing", "has_image_quality")
+CATEGORICAL = CATEGORICAL_FEATURES
+# Columns of the newer feature groups (DYNAMICS_FEATURES / CAPTION_FEATURES) that are counts or durations:
+# log1p like the others. The groups are used when the store has them.
+_LOG1P_EXTRA = {"days_since_last_liked", "n_posts_before", "posts_last30d", "tag_perf_n", "n_emoji",
+                "n_question", "n_exclaim", "n_words", "n_lines"}
+EXTRA_NUMERIC = tuple((n, "log1p" if n in _LOG1P_EXTRA else "none") for n in DYNAMICS_FEATURES + CAPTION_FEATURES)
+# What "this post's content" means for usual_likes: inputs set to their training mean.
+CONTENT_COLUMNS = frozenset({"caption_len", "n_hashtags", "n_mentions", "hashtag_weight", "tag_perf", "tag_perf_n",
+                             "tag_novel_frac", "has_image_quality"} | {q for q, _ in QUALITY}
+                            | set(CAPTION_FEATURES))
+
+
+def extra_numeric() -> list[tuple[str, str]]:
+    """(name, transform) of the optional feature groups this igcli's featurize defines."""
+    return list(EXTRA_NUMERIC)
+
+
+def content_columns() -> frozenset[str]:
+    return CONTENT_COLUMNS
