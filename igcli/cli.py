@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from igcli.commands.featurize import featurize as run_featurize
+from igcli.commands.forget import forget as run_forget
 from igcli.commands.ingest import ingest_classes, ingest_posts
 from igcli.commands.report import build_report
 from igcli.commands.sample import generate_sample
@@ -163,7 +164,13 @@ def ingest(
         out.print(f"unchanged since its ingest {r.reused}, the store's latest: rows not compared again (--recheck "
                   "compares them)")
     if r.ignored_columns:
-        out.print(f"ignored unknown column(s): {', '.join(r.ignored_columns)}")
+        out.print(f"ignored unknown column(s): {', '.join(r.ignored_columns)}", markup=False)
+    for hint in r.hints:
+        out.print(f"  {hint}", markup=False)
+    for line in r.image_problems:
+        out.print(f"  {line}", markup=False)
+    if r.image_problems_total > len(r.image_problems):
+        out.print(f"  … {r.image_problems_total - len(r.image_problems):,} more posts whose image is not used")
     for line, col, message in r.warnings:
         out.print(f"  warning line {line}{f' [{col}]' if col else ''}: {message}", markup=False)
     for line, col, reason in r.reasons:
@@ -400,11 +407,16 @@ def train(
 def score(
     posts: Annotated[Path, typer.Argument(help="CSV or Parquet of posts to score (likes optional).")],
     db: DbOpt = DEFAULT_DB,
-    model: Annotated[str, typer.Option(help="'latest', a model id under --exports, or a model directory.")] = "latest",
+    model: Annotated[str, typer.Option(
+        help="'best' (the model `igcli train` chose for this store), 'latest', a model id under --exports, or a "
+             "model directory.")] = "best",
     exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
     images: Annotated[Path | None, typer.Option(help="Folder image paths are relative to.")] = None,
     out_file: Annotated[Path | None, typer.Option(
         "--out", help="Also write the predictions to this .csv or .parquet.")] = None,
+    what_if: Annotated[bool, typer.Option(
+        "--what-if", help="Score each row as an alternative against the stored history alone; store nothing.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when present).")] = "auto",
     objects_weights: Annotated[Path | None, typer.Option(help="Weights of the model's classifier.")] = None,
     aesthetics_weights: Annotated[Path | None, typer.Option(
@@ -416,28 +428,31 @@ def score(
     staging: StagingOpt = None,
     ray_actors: RayActorsOpt = None,
 ) -> None:
-    """Score posts with a trained model; predictions (with a p10–p90 band) go to the [bold]predictions[/] table.
+    """Score posts with a trained model; predictions (the median, with a p10–p90 band) go to the [bold]predictions[/]
+    table, and the posts become history for later predictions. [bold]--what-if[/] compares drafts instead:
+    each row is scored against the stored history alone and nothing is stored.
 
     Each post sees only the earlier posts of its user that the store knows; unseen users are cold starts.
-    Scoring the same posts with the same model again replaces their rows.
+    Scoring the same posts with the same model again replaces their rows; `igcli forget` removes posts.
 
-    [bold]Example:[/] igcli score demo/new_posts.csv --model latest --out predictions.csv
+    [bold]Example:[/] igcli score demo/new_posts.csv --out predictions.csv
+    [bold]Example:[/] igcli score drafts.csv --what-if
     """
-
     opts = ScoreOptions(model=model, exports_dir=exports, images_dir=images, out=out_file, device=device,
                         objects_weights=objects_weights, aesthetics_weights=aesthetics_weights,
-                        nima_weights=nima_weights,
+                        nima_weights=nima_weights, what_if=what_if,
                         engine=get_engine(engine, address=ray_address, staging=staging, actors=ray_actors))
     with _Bars() as bars:
         r = run_score(posts, db, opts, progress=bars)
     if as_json:
         out.print_json(json.dumps(r.as_json(), default=str))
         return
-    t = Table(title=f"score {posts.name} with {r.model_id}", show_header=False)
+    t = Table(title=f"{'what-if ' if r.what_if else ''}score {posts.name}", show_header=False)
+    t.add_row("model", f"{r.model_id} ({r.model_note})")
     t.add_row("posts scored", f"{r.posts:,}")
     t.add_row("rows rejected", f"{r.rejected:,}")
     t.add_row("cold-start users (posts)", f"{r.cold_start_users:,} ({r.cold_start_posts:,})")
-    t.add_row("posts without image", f"{r.without_image:,}")
+    t.add_row("posts without a usable image", f"{r.without_image:,}")
     for branch, n in r.masked.items():
         t.add_row(f"posts with {branch} masked", f"{n:,}")
     t.add_row("onnxruntime provider", r.provider)
@@ -446,17 +461,60 @@ def score(
     if r.out:
         t.add_row("written to", r.out)
     out.print(t)
-    for title, rows in (("examples", r.examples), ("furthest above their usual", r.above_usual),
-                        ("furthest below their usual", r.below_usual)):
-        if not rows:
-            continue
-        ex = Table(title=title)
-        for c in ("post_id", "predicted likes", "p10", "p90", "usual", "vs usual"):
-            ex.add_column(c, justify="left" if c == "post_id" else "right")
-        for e in rows:
-            ex.add_row(e["post_id"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}", f"{e['p90_likes']:,}",
-                       f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×")
-        out.print(ex)
+    for line in r.image_problems:
+        out.print(f"  {line}", markup=False)
+    if r.image_problems_total > len(r.image_problems):
+        out.print(f"  … {r.image_problems_total - len(r.image_problems):,} more posts whose image was not used")
+    for line in r.date_warnings:
+        out.print(f"  warning: {line}", markup=False)
+    if r.what_if:
+        for user in r.what_if:
+            alts = user["alternatives"]
+            best = alts[0]
+            out.print(f"best of {len(alts)} for @{user['username']}: {best['post_id']}, "
+                      f"{best['predicted_likes']:,} likes, {best['vs_usual']:.2f}× your usual", markup=False)
+        _predictions_table("alternatives, best first per user", [a for u in r.what_if for a in u["alternatives"]])
+        out.print("what-if: nothing was stored")
+        return
+    if r.posts <= len(r.examples):
+        _predictions_table("predictions", r.examples)
+    else:
+        _predictions_table("furthest above their usual", r.above_usual)
+        _predictions_table("furthest below their usual", r.below_usual)
+    out.print(f"stored {r.posts:,} predictions as batch {r.batch_id}; these posts now count as history for later "
+              f"predictions (compare drafts with --what-if; remove them with `igcli forget --batch {r.batch_id}`)")
+
+
+def _predictions_table(title: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    ex = Table(title=title)
+    for c in ("post_id", "user", "predicted likes (median)", "p10", "p90", "usual", "vs usual"):
+        ex.add_column(c, justify="left" if c in ("post_id", "user") else "right")
+    for e in rows:
+        ex.add_row(e["post_id"], e["username"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}",
+                   f"{e['p90_likes']:,}", f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×")
+    out.print(ex)
+
+
+# ------------------------------------------------------------------------------------------ forget
+
+@app.command("forget")
+def forget_cmd(
+    post_ids: Annotated[list[str] | None, typer.Argument(help="post_id values to remove.")] = None,
+    batch: Annotated[str | None, typer.Option(help="A scoring batch id (printed by `igcli score`) to remove whole.")
+                     ] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Remove posts (by id, or a whole scoring batch) and bring the features back to what they were without them.
+
+    [bold]Example:[/] igcli forget --batch e08a89ee8fa5
+    """
+    r = run_forget(db, post_ids=post_ids, batch=batch)
+    out.print(f"forgot {r.posts:,} posts of {r.users:,} users ({r.predictions:,} predictions, {r.snapshots:,} user "
+              f"snapshots); features recomputed in {r.seconds:.2f}s")
+    if r.unknown:
+        out.print(f"  not in the store: {', '.join(r.unknown)}", markup=False)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -503,10 +561,12 @@ def status(db: DbOpt = DEFAULT_DB) -> None:
     for name, n in s["tables"].items():
         t.add_row(name, f"{n:,}")
     out.print(t)
+    if s["internal_tables"]:
+        out.print(f"and {len(s['internal_tables'])} internal tables (feature state and bookkeeping)")
     if s["images"]:
         out.print("images: " + ", ".join(f"{k} {v:,}" for k, v in s["images"].items()))
     for line in s["rejects"]:
-        out.print(f"  reject {line}")
+        out.print(f"  reject {line}", markup=False)
     for run in s["runs"]:
         out.print(f"  run {run}")
 

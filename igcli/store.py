@@ -69,11 +69,13 @@ def _translate(err: Exception, path: Path) -> Exception:
     return StoreError(f"cannot open the store {path}: {msg}. Pass --db with a path in a writable folder")
 
 
-def connect(path: Path | str = DEFAULT_DB, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the store at ``path``, creating the schema on first use."""
+def connect(path: Path | str = DEFAULT_DB, read_only: bool = False, create: bool = True
+            ) -> duckdb.DuckDBPyConnection:
+    """Open the store at ``path``, creating it (and its schema) on first use unless ``create`` is False."""
     path = Path(path)
-    if read_only and not path.exists():
-        raise StoreError(f"no store at {path}: run `igcli ingest POSTS --db {path}` first")
+    if (read_only or not create) and not path.exists():
+        raise StoreError(f"no store at {path}: check the --db path, or create the store with "
+                         f"`igcli ingest POSTS --db {path}`")
     if not read_only and not path.parent.exists():
         raise StoreError(f"the folder {path.parent} does not exist: create it or pass another --db")
     try:
@@ -129,16 +131,43 @@ def opened(db: Path | str, con: duckdb.DuckDBPyConnection | None = None, read_on
         con.close()
 
 
+# Connections (by id) inside a ``transaction`` or ``scratch`` block: a transaction opened there joins the open one
+# (DuckDB has no nested transactions, and a failed BEGIN would abort the open one).
+_OPEN: set[int] = set()
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """All or nothing: an exception (or a killed process) leaves the store as it was."""
+    """All or nothing: an exception (or a killed process) leaves the store as it was. Inside another
+    ``transaction`` (or a ``scratch`` block) it is part of that one, which commits (or rolls back) it."""
+    if id(con) in _OPEN:
+        yield con
+        return
     con.execute("BEGIN TRANSACTION")
+    _OPEN.add(id(con))
     try:
         yield con
     except BaseException:
+        _OPEN.discard(id(con))
         con.execute("ROLLBACK")
         raise
+    _OPEN.discard(id(con))
     con.execute("COMMIT")
+
+
+@contextmanager
+def scratch(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A transaction that is always rolled back: whatever the block writes (ingest, features, image rows)
+    is seen inside it and gone after it, also when it fails."""
+    if id(con) in _OPEN:
+        raise RuntimeError("a scratch block cannot run inside a transaction")
+    con.execute("BEGIN TRANSACTION")
+    _OPEN.add(id(con))
+    try:
+        yield con
+    finally:
+        _OPEN.discard(id(con))
+        con.execute("ROLLBACK")
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -1,8 +1,12 @@
 -- Read-only queries behind `igcli report` (igcli.report). One named block per question.
 
 -- name: store_overview
-SELECT count(*) AS posts, count(DISTINCT username) AS users, min(posted_at) AS first_post,
-       max(posted_at) AS last_post, count(likes) AS with_likes, count(*) FILTER (WHERE likes = 0) AS zero_likes
+-- Dates before Instagram existed (2010-10-06) are missing-date placeholders (ingest warns about them): the first
+-- post is the first real date, and the placeholders are counted apart.
+SELECT count(*) AS posts, count(DISTINCT username) AS users,
+       min(posted_at) FILTER (WHERE posted_at >= TIMESTAMP '2010-10-06') AS first_post,
+       max(posted_at) AS last_post, count(likes) AS with_likes, count(*) FILTER (WHERE likes = 0) AS zero_likes,
+       count(*) FILTER (WHERE posted_at < TIMESTAMP '2010-10-06') AS placeholder_dates
 FROM posts;
 
 -- name: store_likes

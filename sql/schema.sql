@@ -279,3 +279,5 @@ CREATE TABLE IF NOT EXISTS predictions (
 -- vs_usual = predicted / usual. Stores made before they existed gain the columns (NULL for older rows).
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS usual_likes DOUBLE;
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS vs_usual DOUBLE;
+-- batch_id: the scoring batch (the ingest_id of score's ingest); `igcli forget --batch` removes its posts.
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS batch_id VARCHAR;

@@ -123,7 +123,8 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
     assert summary["masked"]["objects"] == summary["posts"]
     assert summary["masked"]["aesthetics"] == summary["without_image"] == blank
     r = ok("score", str(pipeline["sample"] / "new_posts.csv"), "--db", str(db), "--exports", str(ex))
-    assert "onnxruntime provider" in r.stdout and "CPUExecutionProvider" in r.stdout and "examples" in r.stdout
+    assert "onnxruntime provider" in r.stdout and "CPUExecutionProvider" in r.stdout
+    assert "furthest above their usual" in r.stdout and "stored" in r.stdout and "igcli forget --batch" in r.stdout
 
 
 def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir: Path, tmp_path: Path):

@@ -105,16 +105,23 @@ def test_output_file(trained_store, tmp_path: Path, suffix: str):
     out = tmp_path / f"preds{suffix}"
     r = score(trained_store["sample"] / "new_posts.csv", db, _opts(trained_store, out=out))
     table = pcsv.read_csv(out) if suffix == ".csv" else pq.read_table(out)
-    assert table.column_names == ["post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes",
-                                  "p90_likes", "scored_at", "usual_likes", "vs_usual"]
+    assert table.column_names == ["post_id", "username", "posted_at", "predicted_likes", "p10_likes", "p90_likes",
+                                  "usual_likes", "vs_usual", "cold_start", "image_used", "model_id",
+                                  "predicted_log_likes", "scored_at", "batch_id"]
     assert table.num_rows == r.posts and r.out == str(out)
 
 
 def test_model_without_matching_ranking_is_refused(trained_store, tmp_path: Path):
     from igcli import store
+    from igcli.commands.featurize import featurize
+    from igcli.commands.ingest import ingest_posts
+    from igcli.features.images import ImageFeatureOptions
+    from igcli.features.metadata import FeaturizeOptions
 
     db = tmp_path / "fresh.duckdb"
     store.connect(db).close()
+    ingest_posts(trained_store["sample"] / "posts.csv", db=db)      # featurized without the model's ranking
+    featurize(db, FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
     with pytest.raises(FeatureMismatch, match="--hashtag-ranking"):
         score(trained_store["sample"] / "new_posts.csv", db, _opts(trained_store))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ COLUMNS = (
     "post_id", "username", "posted_at", "caption", "hashtags", "mentions", "likes",
     "followers", "following", "user_post_count", "image", "observed_at",
 )
+PROBLEMS_SHOWN = 10              # posts whose image is not used, named one line each, then a count
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # DuckDB's memory while a file loads: beyond it the staged rows and hash tables spill to `<store>.tmp`,
 # so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB). Measured: at 1GB a 1M-row
@@ -90,6 +92,9 @@ class IngestResult:
     seconds: float = 0.0
     post_ids: list[str] = field(default_factory=list, repr=False)  # the file's loaded posts (with keep_ids)
     reused: str | None = None  # the earlier ingest of the same file whose outcome stands (no row compared)
+    hints: list[str] = field(default_factory=list)  # unknown columns that look like ours, a missing likes column
+    image_problems: list[str] = field(default_factory=list)  # posts of this file whose image is not used
+    image_problems_total: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -142,6 +147,34 @@ def _map_columns(path: Path, header: list[str]) -> tuple[list[str], list[str]]:
         )
     names = [h if h in COLUMNS else f"extra_{i}" for i, h in enumerate(header)]
     return names, [h or f"(unnamed column {i + 1})" for i, h in enumerate(header) if h not in COLUMNS]
+
+
+def column_hints(header: list[str]) -> list[str]:
+    """What the ingest summary says about the columns: each unknown one that looks like one of ours ("did you
+    mean"), and a missing likes column (the rows load, but train needs likes)."""
+    present = set(header)
+    hints = []
+    for name in header:
+        if name and name not in COLUMNS:
+            close = difflib.get_close_matches(name, [c for c in COLUMNS if c not in present], n=1, cutoff=0.6)
+            if close:
+                hints.append(f"column {name!r} is not read: did you mean {close[0]!r}?")
+    if "likes" not in present:
+        hints.append("no likes column: these posts load without likes (fine for scoring; train needs likes)")
+    return hints
+
+
+def image_problems(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> tuple[list[str], int]:
+    """One line per post of ``post_ids`` whose image could not be used (missing, refused, undecodable), the
+    first ``PROBLEMS_SHOWN``, and how many there are."""
+    store.temp_table(con, "igc_problem_ids", {"post_id": ("VARCHAR", post_ids)})
+    try:
+        rows = store.run_block(con, "images", "image_problems", {"shown": PROBLEMS_SHOWN}).fetchall()
+    finally:
+        con.execute("DROP TABLE IF EXISTS igc_problem_ids")
+    total = rows[0][3] if rows else 0
+    return [f"{pid}: image {ref!r} not used ({why})" for pid, ref, why, _ in rows], total
+
 
 
 def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
@@ -382,6 +415,7 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path
         else:
             src, names, ignored = _parquet_source(con, source)
         result.ignored_columns = ignored
+        result.hints = column_hints([n for n in names if not n.startswith("extra_")] + ignored)
         present = set(names)
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
         full = {"full": flags["has_caption"] and flags["has_image"]}  # compares every stored value
@@ -476,6 +510,10 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path
         if not is_csv:
             con.unregister("igc_parquet")  # a no-op when it was never registered
         result.seconds = time.perf_counter() - t0
+    if any(status not in ("ok", "no image") for status in result.images):
+        ids = result.post_ids or [r[0] for r in con.execute("SELECT post_id FROM posts WHERE source_file = ?",
+                                                            [result.source]).fetchall()]
+        result.image_problems, result.image_problems_total = image_problems(con, ids)
     return result
 
 

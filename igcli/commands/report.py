@@ -48,6 +48,7 @@ METRICS = {
     "within_10pct": ("±10%", "pct"),
     "spearman": ("Spearman", "num"),
     "coverage_p10_p90": ("p10–p90 coverage", "pct"),
+    "pairwise": ("within-user pairwise", "pct"),
 }
 BASELINE_LABELS = {"constant_train_mean": "baseline: training mean",
                    "user_mean_earlier_posts": "baseline: user's mean of earlier posts"}
@@ -136,7 +137,7 @@ def _rows(con: duckdb.DuckDBPyConnection, block: str, **params) -> list[tuple]:
 # ------------------------------------------------------------------------------------------ store
 
 def _store_section(con: duckdb.DuckDBPyConnection) -> dict | None:
-    posts, users, first, last, with_likes, zero = _rows(con, "store_overview")[0]
+    posts, users, first, last, with_likes, zero, placeholders = _rows(con, "store_overview")[0]
     if not posts:
         return None
     likes = np.array([r[0] for r in _rows(con, "store_likes")], dtype=np.float64)
@@ -149,6 +150,7 @@ def _store_section(con: duckdb.DuckDBPyConnection) -> dict | None:
                           "random_init": False, "posts": quality})
     return {
         "posts": posts, "users": users, "first_post": first, "last_post": last, "with_likes": with_likes,
+        "placeholder_dates": placeholders,
         "zero_likes": zero, "likes_median": float(np.median(likes)) if len(likes) else None,
         "posts_per_user_median": float(np.median(per_user)),
         "likes_figure": _likes_figure(likes) if len(likes) else None,
@@ -404,6 +406,9 @@ def _hist_figure(x: np.ndarray, xlabel: str, ylabel: str, log_x: bool = False, m
     else:
         bins = min(40, max(5, len(np.unique(x))))
     ax.hist(x, bins=bins, color="#4c72b0")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no tick at 0.5
     if mark is not None:
         ax.axvline(mark, color="black", lw=1)
     ax.set(xlabel=xlabel, ylabel=ylabel)

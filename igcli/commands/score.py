@@ -1,33 +1,45 @@
-"""Score a batch of posts with an exported model (onnxruntime) and write predictions back to the store.
+"""Score a batch of posts with an exported model (onnxruntime); by default write the predictions back to the
+store, or with ``what_if`` score drafts against the stored history and store nothing.
 
     from igcli.commands.score import ScoreOptions, score
-    result = score("new_posts.csv", "igcli.duckdb", ScoreOptions(model="latest"))
+    result = score("new_posts.csv", "igcli.duckdb", ScoreOptions())                # stored: posts become history
+    result = score("drafts.csv", "igcli.duckdb", ScoreOptions(what_if=True))       # nothing stored
 
 Order of work: read and verify the model card -> ingest the batch -> compute image features the card
 needs and the store lacks -> point-in-time metadata features with the card's parameters, from the stored
 per-user state plus the batch's own order (a scored post sees the earlier posts of its user, never itself
 or later ones) -> check feature names against the card
 -> onnxruntime in large batches -> `predictions` rows (replaced, never duplicated) and optional file.
+
+What-if. Every row is an alternative: it is scored against the stored history only, never against another
+row of the file, whatever their times. The file is ingested once inside a transaction that is rolled back
+(to learn each row's post, user and tags), the rows are split into rounds in which no two rows share a user
+(or, with store-frequency hashtag weights, a hashtag: a tag's weight counts other posts' uses), and each
+round is ingested, featurized and scored inside its own rolled-back transaction.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from igcli import store
-from igcli.commands.ingest import ingest_posts
+from igcli.commands.ingest import ENCODINGS, PROBLEMS_SHOWN, image_problems, ingest_posts
+from igcli.commands.ingest import _detect_encoding as detect_encoding
 from igcli.engines import Engine, get_engine
-from igcli.errors import InputError, ModelError
+from igcli.errors import InputError, ModelError, StoreError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
 from igcli.model.export import load_card, resolve_model_dir
@@ -35,13 +47,17 @@ from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
 
 OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
-                  "scored_at", "usual_likes", "vs_usual")
+                  "scored_at", "usual_likes", "vs_usual", "batch_id")
+# --out: who and when first, then the median with its band, rounded as a person reads them
+FILE_COLUMNS = ("post_id", "username", "posted_at", "predicted_likes", "p10_likes", "p90_likes", "usual_likes",
+                "vs_usual", "cold_start", "image_used", "model_id", "predicted_log_likes", "scored_at", "batch_id")
 EXTREMES = 3                                 # posts furthest above / below their usual in the summary
+FAR_DAYS = 365                               # a post this long after its user's previous one: a typo in posted_at?
 
 
 @dataclass
 class ScoreOptions:
-    model: str = "latest"
+    model: str = "best"                     # best (train's choice for this store) | latest | an id | a directory
     exports_dir: Path = Path("exports")
     images_dir: Path | None = None
     out: Path | None = None
@@ -51,6 +67,7 @@ class ScoreOptions:
     nima_weights: Path | None = None
     engine: Any = "local"                 # "local" | "ray" | an igcli.engines engine
     ray: object | None = None               # igcli.engines.ray.RayOptions for engine="ray"; None = defaults
+    what_if: bool = False                   # score each row against the stored history alone; store nothing
 
 
 @dataclass
@@ -70,8 +87,15 @@ class ScoreResult:
     examples: list[dict] = field(default_factory=list)
     out: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    above_usual: list[dict] = field(default_factory=list)      # furthest above their usual (vs_usual), first
-    below_usual: list[dict] = field(default_factory=list)      # furthest below
+    above_usual: list[dict] = field(default_factory=list)      # furthest above their usual (vs_usual > 1), first
+    below_usual: list[dict] = field(default_factory=list)      # furthest below (vs_usual < 1)
+    model_note: str = ""                   # why this model: "chosen by train for this store", "latest", ...
+    stored: bool = True                    # False for --what-if
+    batch_id: str | None = None            # the scoring batch (igcli forget --batch removes it)
+    image_problems: list[str] = field(default_factory=list)    # one line per post whose image was not used
+    image_problems_total: int = 0
+    what_if: list[dict] = field(default_factory=list)          # per user: their alternatives, best first
+    date_warnings: list[str] = field(default_factory=list)     # posts dated long after their user's previous one
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -127,93 +151,301 @@ def score(
     opts: ScoreOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ScoreResult:
+    """Score the posts of a CSV or Parquet file; see the module docstring."""
     opts = opts or ScoreOptions()
     engine = get_engine(opts.engine, opts.ray)   # the local / Ray choice, once
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    model_dir = resolve_model_dir(opts.model, opts.exports_dir)
+    con = store.connect(db, create=False)
+    try:
+        _check_featurized(con, db)
+        model = load_model(con, opts, engine)
+        timings = {"model_load_s": time.perf_counter() - t0}
+        if opts.what_if:
+            batch, ing = _what_if(con, Path(posts), model, opts, engine, progress, timings)
+            batch_id = None
+        else:
+            batch, ing, batch_id = _score_and_store(con, Path(posts), model, opts, engine, progress, timings)
+        problems, total = image_problems(con, batch.ids)
+    finally:
+        con.close()
+    out_path = write_predictions(batch.file_table(), Path(opts.out)) if opts.out else None
+    seconds = time.perf_counter() - t0
+    table = batch.table
+    vs = table["vs_usual"]
+    examples = [batch.example(i) for i in range(min(5, len(vs)))]
+    order = np.argsort(-vs, kind="mergesort")
+    above_usual = [batch.example(int(i)) for i in order[:EXTREMES] if vs[i] > 1]
+    below_usual = [batch.example(int(i)) for i in order[::-1][:EXTREMES] if vs[i] < 1]
+    cold = batch.cold
+    users = batch.frame.username
+    return ScoreResult(
+        model.card["model_id"], len(batch.ids), len({u for u, c in zip(users, cold, strict=True) if c}
+                                                    - {u for u, c in zip(users, cold, strict=True) if not c}),
+        int(np.sum(cold)), int(np.sum(~batch.image_used)), batch.masked(), model.providers[0], model.providers,
+        len(batch.ids) / seconds if seconds else 0.0,
+        len(batch.ids) / timings["onnxruntime_s"] if timings.get("onnxruntime_s") else 0.0, seconds, ing.rejected,
+        examples, out_path, timings, above_usual, below_usual, model.note, not opts.what_if, batch_id,
+        problems, total, rank_alternatives(batch) if opts.what_if else [], batch.far_dates(),
+    )
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+@dataclass
+class Model:
+    """A verified model card, its preprocessing and its predictor on the chosen engine."""
+
+    dir: Path
+    card: dict
+    pre: Preprocessor
+    predict: Any                             # igcli.engines.Predictor
+    providers: list[str]
+    note: str
+
+
+def load_model(con: duckdb.DuckDBPyConnection, opts: ScoreOptions, engine: Engine) -> Model:
+    model_dir, note = choose_model(con, opts.model, Path(opts.exports_dir))
     card = load_card(model_dir)
     pre = Preprocessor.from_card(card)
     if pre.meta_names() != card["feature_names"]:
         raise ModelError(f"{model_dir}: the card's feature names do not match its preprocessing: re-export")
     predict = engine.predictor(model_dir / "model.onnx", opts.device)
-    providers = predict.providers
-    con = store.connect(db)
-    try:
-        t_ing = time.perf_counter()
-        timings["model_load_s"] = t_ing - t0
-        ing = ingest_posts(posts, con=con, images_dir=opts.images_dir, keep_ids=True, progress=progress)
-        ids = ing.post_ids
-        timings["ingest_s"] = time.perf_counter() - t_ing
-        if not ids:
-            raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
-        t1 = time.perf_counter()
-        _ensure_image_features(con, card, opts, engine, progress)
-        with store.transaction(con):
-            frame = serving_batch(con, card, ids)
-        timings["features_s"] = time.perf_counter() - t1
-        inputs = pre.transform(frame)
-        t2 = time.perf_counter()
-        quantiles = predict(inputs, frame.post_id.tolist(), con)
-        ort_s = time.perf_counter() - t2
-        timings["onnxruntime_s"] = ort_s
-        usual = usual_log_likes(card, pre, inputs, lambda x: predict(x, frame.post_id.tolist(), con))
-        timings["usual_s"] = time.perf_counter() - t2 - ort_s
-        # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are
-        # the same on every row
-        table = {
-            "post_id": np.asarray(frame.post_id, dtype=object),
-            "predicted_log_likes": quantiles[:, 1].astype(np.float64),
-            "predicted_likes": np.exp(quantiles[:, 1].astype(np.float64)),
-            "p10_likes": np.exp(quantiles[:, 0].astype(np.float64)),
-            "p90_likes": np.exp(quantiles[:, 2].astype(np.float64)),
-            "usual_likes": np.exp(usual),
-            "vs_usual": np.exp(quantiles[:, 1].astype(np.float64) - usual),
-        }
-        row_sql = (f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
-                   "$now::TIMESTAMP AS scored_at FROM igc_pred)")  # constants of this module
-        row_params = {"model_id": card["model_id"], "now": store.utcnow()}
-        with store.transaction(con):
-            con.register("igc_pred", table)
-            try:
-                con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) {row_sql}",
-                            row_params)
-                out_table = con.sql(row_sql, params=row_params).to_arrow_table() if opts.out else None
-            finally:
-                con.unregister("igc_pred")
-            store.fault_point("score.before_commit")
-        users_seen = {u for u, nh in zip(frame.username, frame.cols["no_history"], strict=True) if not nh}
-        cold_users = {u for u in frame.username if u not in users_seen}
-        masked = {}
-        if "objects_mask" in inputs:
-            masked["objects"] = int(np.sum(inputs["objects_mask"][:, 0] == 0))
-        if "aesthetics_mask" in inputs:
-            masked["aesthetics"] = int(np.sum(inputs["aesthetics_mask"][:, 0] == 0))
-        without_image = int(np.sum(~np.isfinite(frame.cols["brightness"])))
-    finally:
-        con.close()
-    out_path = None
-    if opts.out:
-        out_path = write_predictions(out_table, Path(opts.out))
-    seconds = time.perf_counter() - t0
-    def example(i: int) -> dict:
-        return {"post_id": str(table["post_id"][i]), "predicted_likes": round(float(table["predicted_likes"][i])),
-                "p10_likes": round(float(table["p10_likes"][i])), "p90_likes": round(float(table["p90_likes"][i])),
-                "usual_likes": round(float(table["usual_likes"][i])),
-                "vs_usual": round(float(table["vs_usual"][i]), 3)}
+    return Model(model_dir, card, pre, predict, list(predict.providers), note)
 
-    vs = table["vs_usual"]
-    examples = [example(i) for i in range(min(5, len(vs)))]
-    order = np.argsort(-vs, kind="mergesort")
-    k = min(EXTREMES, len(vs) // 2) if len(vs) > 1 else len(vs)
-    above_usual = [example(int(i)) for i in order[:k]]
-    below_usual = [example(int(i)) for i in order[::-1][:k]] if len(vs) > 1 else []
-    return ScoreResult(
-        card["model_id"], len(frame), len(cold_users), int(np.sum(frame.cols["no_history"] > 0)), without_image,
-        masked, providers[0], providers, len(frame) / seconds if seconds else 0.0,
-        len(frame) / ort_s if ort_s else 0.0, seconds, ing.rejected, examples, out_path, timings,
-        above_usual, below_usual,
-    )
+
+def choose_model(con: duckdb.DuckDBPyConnection, model: str, exports_dir: Path) -> tuple[Path, str]:
+    """The model directory ``model`` names, and why it is the one: ``best`` is the model ``igcli train`` chose
+    for this store (its runs table), else the latest export; ``latest``, an id or a directory as named."""
+    if model != "best":
+        return resolve_model_dir(model, exports_dir), "latest" if model == "latest" else "as named"
+    chosen = chosen_model(con)
+    if chosen is not None:
+        path = exports_dir / chosen
+        if (path / "model_card.json").is_file():
+            return resolve_model_dir(path, exports_dir), "chosen by train as best for this store"
+    return resolve_model_dir("latest", exports_dir), "latest (train has chosen none for this store)"
+
+
+def chosen_model(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The id of the model ``igcli train`` chose as best for this store: the newest run marked chosen, else
+    (a store trained before train chose) None."""
+    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'runs'").fetchall()}
+    if "chosen" not in cols:
+        return None
+    row = con.execute("SELECT model_id FROM runs WHERE chosen ORDER BY created_at DESC LIMIT 1").fetchall()
+    return row[0][0] if row else None
+
+
+def _check_featurized(con: duckdb.DuckDBPyConnection, db: Path | str) -> None:
+    if not con.execute("SELECT count(*) FROM feature_state").fetchall()[0][0]:
+        raise StoreError(f"the store {db} has no features yet, so no model was trained on it: check --db, or "
+                         "run `igcli ingest POSTS`, `igcli featurize` and `igcli train` first")
+
+
+# ----------------------------------------------------------------------------------------- one batch
+
+@dataclass
+class Batch:
+    """The predictions of a batch of posts, before anything is stored."""
+
+    ids: list[str]
+    frame: Any                               # igcli.features.frames.Frame
+    inputs: dict[str, np.ndarray]
+    table: dict[str, np.ndarray]             # post_id and the prediction columns, in the frame's order
+    model_id: str
+    scored_at: Any
+    batch_id: str | None = None
+
+    @property
+    def cold(self) -> np.ndarray:
+        return np.asarray(self.frame.cols["no_history"]) > 0
+
+    @property
+    def image_used(self) -> np.ndarray:
+        used = np.isfinite(self.frame.cols["brightness"])
+        for mask in ("aesthetics_mask", "objects_mask"):
+            if mask in self.inputs:
+                used = used | (self.inputs[mask][:, 0] > 0)
+        return used
+
+    def masked(self) -> dict[str, int]:
+        return {b: int(np.sum(self.inputs[f"{b}_mask"][:, 0] == 0)) for b in ("objects", "aesthetics")
+                if f"{b}_mask" in self.inputs}
+
+    def far_dates(self) -> list[str]:
+        """A line per post dated more than ``FAR_DAYS`` after its user's previous post (the first few)."""
+        gap = np.asarray(self.frame.cols["days_since_prev"])
+        far = np.flatnonzero(np.nan_to_num(gap, nan=0.0) > FAR_DAYS)
+        return [f"{self.ids[i]} is dated {gap[i] / 365.25:.1f} years after @{self.frame.username[i]}'s previous "
+                f"post: check its posted_at" for i in far[:PROBLEMS_SHOWN]]
+
+    def example(self, i: int) -> dict:
+        t = self.table
+        return {"post_id": str(t["post_id"][i]), "username": str(self.frame.username[i]),
+                "predicted_likes": round(float(t["predicted_likes"][i])),
+                "p10_likes": round(float(t["p10_likes"][i])), "p90_likes": round(float(t["p90_likes"][i])),
+                "usual_likes": round(float(t["usual_likes"][i])), "vs_usual": round(float(t["vs_usual"][i]), 3)}
+
+    def file_table(self) -> pa.Table:
+        """The rows of ``--out``: ``FILE_COLUMNS``, likes rounded to whole likes."""
+        t, n = self.table, len(self.ids)
+        cols = {
+            "post_id": pa.array(t["post_id"].tolist(), pa.string()),
+            "username": pa.array(self.frame.username.tolist(), pa.string()),
+            "posted_at": pa.array(self.frame.posted_at.astype("datetime64[us]"), pa.timestamp("us")),
+            **{c: pa.array(np.rint(t[c]).astype(np.int64)) for c in ("predicted_likes", "p10_likes", "p90_likes",
+                                                                     "usual_likes")},
+            "vs_usual": pa.array(np.round(t["vs_usual"], 3)),
+            "cold_start": pa.array(self.cold),
+            "image_used": pa.array(self.image_used),
+            "model_id": pa.array([self.model_id] * n, pa.string()),
+            "predicted_log_likes": pa.array(np.round(t["predicted_log_likes"], 4)),
+            "scored_at": pa.array([self.scored_at] * n, pa.timestamp("us")),
+            "batch_id": pa.array([self.batch_id] * n, pa.string()),
+        }
+        return pa.table({c: cols[c] for c in FILE_COLUMNS})
+
+
+def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, opts: ScoreOptions,
+                  engine: Engine, progress, timings: dict[str, float]) -> Batch:
+    """Image features, point-in-time features and the model's quantiles (and usual likes) of the stored posts
+    ``ids``; nothing is written but image feature rows (a cache keyed by content)."""
+    t1 = time.perf_counter()
+    _ensure_image_features(con, model.card, opts, engine, progress)
+    with store.transaction(con):
+        frame = serving_batch(con, model.card, ids)
+    timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t1
+    inputs = model.pre.transform(frame)
+    post_ids = frame.post_id.tolist()
+    t2 = time.perf_counter()
+    quantiles = model.predict(inputs, post_ids, con).astype(np.float64)
+    ort_s = time.perf_counter() - t2
+    timings["onnxruntime_s"] = timings.get("onnxruntime_s", 0.0) + ort_s
+    usual = usual_log_likes(model.card, model.pre, inputs, lambda x: model.predict(x, post_ids, con))
+    timings["usual_s"] = timings.get("usual_s", 0.0) + time.perf_counter() - t2 - ort_s
+    table = {
+        "post_id": np.asarray(frame.post_id, dtype=object),
+        "predicted_log_likes": quantiles[:, 1],
+        "predicted_likes": np.exp(quantiles[:, 1]),
+        "p10_likes": np.exp(quantiles[:, 0]),
+        "p90_likes": np.exp(quantiles[:, 2]),
+        "usual_likes": np.exp(usual),
+        "vs_usual": np.exp(quantiles[:, 1] - usual),
+    }
+    return Batch(post_ids, frame, inputs, table, model.card["model_id"], store.utcnow())
+
+
+def _ingest(con, posts: Path, opts: ScoreOptions, progress, timings: dict[str, float]):
+    t = time.perf_counter()
+    ing = ingest_posts(posts, con=con, images_dir=opts.images_dir, keep_ids=True, progress=progress)
+    timings["ingest_s"] = timings.get("ingest_s", 0.0) + time.perf_counter() - t
+    if not ing.post_ids:
+        raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
+    return ing
+
+
+def _score_and_store(con, posts: Path, model: Model, opts: ScoreOptions, engine: Engine, progress,
+                     timings: dict[str, float]):
+    ing = _ingest(con, posts, opts, progress, timings)
+    batch = predict_posts(con, ing.post_ids, model, opts, engine, progress, timings)
+    batch.batch_id = ing.ingest_id
+    # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id, scored_at and batch_id
+    # are the same on every row
+    row_sql = (f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
+               "$now::TIMESTAMP AS scored_at, $batch::VARCHAR AS batch_id FROM igc_pred)")  # our constants
+    with store.transaction(con):
+        con.register("igc_pred", batch.table)
+        try:
+            con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) {row_sql}",
+                        {"model_id": batch.model_id, "now": batch.scored_at, "batch": batch.batch_id})
+        finally:
+            con.unregister("igc_pred")
+        store.fault_point("score.before_commit")
+    return batch, ing, ing.ingest_id
+
+
+# --------------------------------------------------------------------------------------------- what-if
+
+def _what_if(con, posts: Path, model: Model, opts: ScoreOptions, engine: Engine, progress,
+             timings: dict[str, float]):
+    """Each row scored against the stored history alone, in rounds of rows that cannot see each other; every
+    round in a transaction that is rolled back, so the store is left as it was."""
+    with store.scratch(con):
+        ing = _ingest(con, posts, opts, progress, timings)
+        keyed = con.execute("SELECT post_id, username, hashtags, source_line FROM posts WHERE post_id IN "
+                            "(SELECT unnest(?::VARCHAR[]))", [ing.post_ids]).fetchall()
+    by_tags = model.card["feature_params"].get("hashtag_source", "store-frequency") == "store-frequency"
+    rounds = what_if_rounds([(pid, user, _tags(tags) if by_tags else ()) for pid, user, tags, _ in keyed])
+    line_of = {pid: line for pid, _, _, line in keyed}
+    images_dir = Path(opts.images_dir) if opts.images_dir else posts.parent
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="igcli-whatif-") as tmp:
+        for n, ids in enumerate(rounds):
+            part = write_rows(posts, sorted(line_of[pid] for pid in ids), Path(tmp) / f"round-{n}{posts.suffix}")
+            with store.scratch(con):
+                round_ing = ingest_posts(part, con=con, images_dir=images_dir, keep_ids=True)
+                parts.append(predict_posts(con, round_ing.post_ids, model, replace(opts, images_dir=images_dir),
+                                           engine, None, timings))
+    return join_batches(parts), ing
+
+
+def _tags(hashtags: str | None) -> tuple[str, ...]:
+    return tuple(sorted({t.lstrip("#").lower() for t in (hashtags or "").split() if t.lstrip("#")}))
+
+
+def what_if_rounds(rows: list[tuple[str, str, tuple[str, ...]]]) -> list[list[str]]:
+    """Post ids in rounds: no two posts of a round share a user or a tag (greedy, in input order)."""
+    rounds: list[tuple[list[str], set[str], set[str]]] = []
+    for pid, user, tags in rows:
+        for ids, users, used in rounds:
+            if user not in users and not used.intersection(tags):
+                ids.append(pid)
+                users.add(user)
+                used.update(tags)
+                break
+        else:
+            rounds.append(([pid], {user}, set(tags)))
+    return [ids for ids, _, _ in rounds]
+
+
+def write_rows(source: Path, lines: list[int], dest: Path) -> Path:
+    """A copy of ``source`` with its header and the records starting at ``lines`` (its physical line numbers,
+    as ``posts.source_line`` records them; a Parquet file's row numbers), for one what-if round."""
+    if source.suffix.lower() in (".parquet", ".pq"):
+        table = pq.read_table(source)
+        pq.write_table(table.take(pa.array([line - 1 for line in lines], pa.int64())), dest)
+        return dest
+    encoding = ENCODINGS[detect_encoding(source, None)]
+    wanted = set(lines)
+    with open(source, encoding=encoding, newline="") as src, open(dest, "w", encoding="utf-8", newline="") as out:
+        reader, writer = csv.reader(src), csv.writer(out)
+        start = 1
+        for i, record in enumerate(reader):
+            if i == 0 or start in wanted:
+                writer.writerow(record)
+            start = reader.line_num + 1
+    return dest
+
+
+def join_batches(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    frame = first.frame.concat([p.frame for p in parts[1:]])
+    inputs = {k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs}
+    table = {k: np.concatenate([p.table[k] for p in parts]) for k in first.table}
+    return Batch([i for p in parts for i in p.ids], frame, inputs, table, first.model_id, first.scored_at)
+
+
+def rank_alternatives(batch: Batch) -> list[dict]:
+    """Per user, their alternatives best first: ``{"username", "alternatives": [example, ...]}``."""
+    by_user: dict[str, list[int]] = {}
+    for i, u in enumerate(batch.frame.username):
+        by_user.setdefault(str(u), []).append(i)
+    pred = batch.table["predicted_likes"]
+    return [{"username": u, "alternatives": [batch.example(i) for i in sorted(rows, key=lambda i: -pred[i])]}
+            for u, rows in sorted(by_user.items())]
 
 
 def write_predictions(table: pa.Table, path: Path) -> str:
@@ -224,10 +456,8 @@ def write_predictions(table: pa.Table, path: Path) -> str:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if suffix == ".csv":
-
             pcsv.write_csv(table, tmp)
         else:
-
             pq.write_table(table, tmp)
         os.replace(tmp, path)
     except OSError as err:

@@ -6,6 +6,11 @@ from pathlib import Path
 
 from igcli import store
 
+# What a user reads status for, in this order; the other tables (per-user state, hashtag state, schema) are the
+# store's bookkeeping, counted in one line.
+USER_TABLES = ("posts", "user_snapshots", "images", "post_features", "image_quality", "image_classes", "image_embeddings", "runs",
+               "predictions", "rejects", "ingest_warnings", "ingests", "featurize_runs")
+
 
 def store_status(db: Path | str = store.DEFAULT_DB) -> dict:
     con = store.connect(db, read_only=True)
@@ -28,4 +33,6 @@ def store_status(db: Path | str = store.DEFAULT_DB) -> dict:
             ]
     finally:
         con.close()
-    return {"tables": tables, "images": images, "rejects": rejects, "runs": runs}
+    shown = {n: tables[n] for n in USER_TABLES if n in tables}
+    internal = sorted(n for n in tables if n not in shown)
+    return {"tables": shown, "internal_tables": internal, "images": images, "rejects": rejects, "runs": runs}

@@ -42,6 +42,21 @@ class Frame:
     def __len__(self) -> int:
         return len(self.post_id)
 
+    def concat(self, others: list[Frame]) -> Frame:
+        """This frame's rows, then those of ``others`` (frames of the same reads)."""
+        frames = [self, *others]
+
+        def cat(name: str):
+            parts = [getattr(f, name) for f in frames]
+            return None if parts[0] is None else np.concatenate(parts)
+
+        return Frame(
+            cat("post_id"), cat("username"), cat("posted_at"), cat("ln_likes"), cat("likes"),
+            {k: np.concatenate([f.cols[k] for f in frames]) for k in self.cols}, self.feature_params,
+            None if self.classes is None else [row for f in frames for row in f.classes],
+            cat("embedding"), cat("nima_mean"),
+        )
+
     def take(self, idx: np.ndarray) -> Frame:
         return Frame(
             self.post_id[idx], self.username[idx], self.posted_at[idx], self.ln_likes[idx], self.likes[idx],
