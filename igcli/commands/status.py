@@ -8,8 +8,8 @@ from igcli import store
 
 # What a user reads status for, in this order; the other tables (per-user state, hashtag state, schema) are the
 # store's bookkeeping, counted in one line.
-USER_TABLES = ("posts", "user_snapshots", "images", "post_features", "image_quality", "image_classes", "image_embeddings", "runs",
-               "predictions", "rejects", "ingest_warnings", "ingests", "featurize_runs")
+USER_TABLES = ("posts", "user_snapshots", "images", "post_features", "image_quality", "image_classes",
+               "image_embeddings", "runs", "predictions", "rejects", "ingest_warnings", "ingests", "featurize_runs")
 
 
 def store_status(db: Path | str = store.DEFAULT_DB) -> dict:
