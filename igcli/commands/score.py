@@ -97,7 +97,7 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
     return usual
 
 
-def _ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
+def ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
     """Run the weight-free quality features, and the card's backbones, for images that lack them."""
     backbones = card.get("backbones") or {}
     obj, aes = backbones.get("objects"), backbones.get("aesthetics")
@@ -148,7 +148,7 @@ def score(
         if not ids:
             raise InputError(f"no post of {posts} could be loaded ({ing.rejected} rejected): see `igcli status`")
         t1 = time.perf_counter()
-        _ensure_image_features(con, card, opts, engine, progress)
+        ensure_image_features(con, card, opts, engine, progress)
         with store.transaction(con):
             frame = serving_batch(con, card, ids)
         timings["features_s"] = time.perf_counter() - t1
