@@ -205,7 +205,11 @@ def float_column(values):
     """A numeric column of ``fetchnumpy`` as float64 with NULL as NaN (a column with NULLs comes back as a
     masked array)."""
 
-    return np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
+    out = np.ma.getdata(values).astype(np.float64)       # one copy (astype, then filled, made two)
+    mask = np.ma.getmask(values)
+    if mask is not np.ma.nomask:
+        out[mask] = np.nan
+    return out
 
 
 def fault_point(name: str) -> None:

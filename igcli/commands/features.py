@@ -99,7 +99,9 @@ def training_table(db: Path | str = store.DEFAULT_DB, con: duckdb.DuckDBPyConnec
                                                    aesthetics_source=aesthetics_source), branches)
         frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
     rows, _zero = labelled_rows(frame)
-    return select(frame.take(rows).to_arrow(), columns)
+    if len(rows) < len(frame):                  # else every row is kept: no copy
+        frame = frame.take(rows)
+    return select(frame.to_arrow(), columns)
 
 
 def serving_table(db: Path | str = store.DEFAULT_DB, posts: Path | str | None = None,
