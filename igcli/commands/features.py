@@ -48,7 +48,6 @@ from igcli.features.frames import available_sources, serving_batch, training_fra
 from igcli.features.metadata import DEFAULT_HALF_LIFE_DAYS
 from igcli.model.export import load_card, resolve_model_dir
 
-FRAMES = ("training", "serving", "users")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "arrow", ".ipc": "arrow",
            ".feather": "arrow"}
 ENTITY_COLUMNS = ("username", "as_of")
