@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from igcli.commands.features import FramesOptions, export_frame
 from igcli.commands.featurize import featurize as run_featurize
 from igcli.commands.forget import forget as run_forget
 from igcli.commands.ingest import ingest_classes, ingest_posts
@@ -515,6 +516,57 @@ def forget_cmd(
               f"snapshots); features recomputed in {r.seconds:.2f}s")
     if r.unknown:
         out.print(f"  not in the store: {', '.join(r.unknown)}", markup=False)
+
+
+# ---------------------------------------------------------------------------------------- features
+
+@app.command()
+def features(
+    out_file: Annotated[Path, typer.Option(
+        "--out", help="The file to write: .parquet, .csv or .arrow (Arrow IPC), by suffix.")],
+    db: DbOpt = DEFAULT_DB,
+    entities: Annotated[Path | None, typer.Option(
+        help="User features as of any time: a CSV or Parquet with username, as_of; each row is answered with "
+             "what the store knew strictly before as_of.")] = None,
+    posts: Annotated[Path | None, typer.Option(
+        help="Serving frame of these posts (CSV or Parquet), ingested as `igcli score` ingests them.")] = None,
+    ids: Annotated[Path | None, typer.Option(
+        help="Serving frame of stored posts: one post_id per line, or a CSV with a post_id column.")] = None,
+    model: Annotated[str, typer.Option(
+        help="Serving frame: the model whose feature parameters and image sources apply ('latest', an id or a "
+             "directory).")] = "latest",
+    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    images: Annotated[Path | None, typer.Option(help="--posts: folder image paths are relative to.")] = None,
+    columns: Annotated[str | None, typer.Option(
+        help="Comma-separated columns to write, in this order \\[default: all].", show_default=False)] = None,
+    objects_source: Annotated[str | None, typer.Option(
+        help="Training frame: 'precomputed' or a classifier name \\[default: the source covering most posts].",
+        show_default=False)] = None,
+    aesthetics_source: Annotated[str | None, typer.Option(
+        help="Training frame: embedding backbone \\[default: the one covering most posts].", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Write a point-in-time feature frame for your own tools (pandas, polars, DuckDB, a notebook).
+
+    Without --entities, --posts or --ids: the [bold]training frame[/], one row per labelled post with every
+    input the model can use as of that post's time and its label ln_likes, exactly what `igcli train` loads.
+    With --posts or --ids: the [bold]serving frame[/], exactly what `igcli score` feeds the model. With
+    --entities: [bold]user features as of any time[/] (history level, trend, counts, audience snapshot).
+
+    [bold]Example:[/] igcli features --out train.parquet --columns post_id,username,posted_at,hist_mean,ln_likes
+    """
+
+    opts = FramesOptions(entities=entities, posts=posts, ids=ids, model=model, exports_dir=exports, images_dir=images,
+                         columns=tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None,
+                         objects_source=objects_source, aesthetics_source=aesthetics_source)
+    with _Bars() as bars:
+        r = export_frame(out_file, db, opts, progress=bars)
+    if as_json:
+        out.print_json(json.dumps(r.__dict__, default=str))
+        return
+    out.print(f"wrote the {r.frame} frame, {r.rows:,} rows × {len(r.columns)} columns, to {r.path} in "
+              f"{r.seconds:.2f}s", highlight=False, markup=False)
 
 
 # ------------------------------------------------------------------------------------------ report

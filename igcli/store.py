@@ -234,7 +234,11 @@ def float_column(values):
     """A numeric column of ``fetchnumpy`` as float64 with NULL as NaN (a column with NULLs comes back as a
     masked array)."""
 
-    return np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
+    out = np.ma.getdata(values).astype(np.float64)       # one copy (astype, then filled, made two)
+    mask = np.ma.getmask(values)
+    if mask is not np.ma.nomask:
+        out[mask] = np.nan
+    return out
 
 
 def fault_point(name: str) -> None:
@@ -244,3 +248,48 @@ def fault_point(name: str) -> None:
     if os.environ.get("IGCLI_FAULT") == name:
         print(f"IGCLI_FAULT reached {name}", file=sys.stderr, flush=True)
         time.sleep(600)
+
+
+def schema_comments() -> dict[str, dict]:
+    """What ``sql/schema.sql`` says about each table and column: ``{table: {"about": text, "columns": {column:
+    text}}}``. A table's text is the comment block right above its ``CREATE TABLE``; a column's is the comment on
+    its line in ``CREATE TABLE`` (else in ``ALTER TABLE ... ADD COLUMN``) and on the comment-only lines right after
+    it."""
+    tables: dict[str, dict] = {}
+    block: list[str] = []
+    table = column = None
+    for raw in load_sql("schema").splitlines():
+        line = raw.strip()
+        code, _, note = line.partition("--")
+        code, note = code.strip(), note.strip()
+        if not line:
+            block, column = [], None
+            continue
+        if not code:                                   # a comment-only line
+            if column is not None and raw.startswith((" ", "\t")):
+                tables[column[0]]["columns"][column[1]] += " " + note
+            else:
+                block.append(note)
+                column = None
+            continue
+        if m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", code, re.I):
+            table = m.group(1)
+            tables[table] = {"about": " ".join(block), "columns": {}}
+            block, column = [], None
+        elif m := re.match(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", code, re.I):
+            columns = tables[m.group(1)]["columns"]
+            if columns.get(m.group(2)):          # declared in CREATE TABLE too: the note there says what it is
+                column = None
+            else:
+                columns[m.group(2)] = note
+                column = (m.group(1), m.group(2))
+            block = []
+        elif table is not None and (m := re.match(r"(\w+)\s+[A-Z]", code)) and not re.match(
+                r"(PRIMARY|UNIQUE|FOREIGN|CHECK)\b", code, re.I):
+            tables[table]["columns"][m.group(1)] = note
+            column = (table, m.group(1))
+        else:
+            column = None
+        if code.endswith(";"):
+            table = None
+    return tables

@@ -121,7 +121,7 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
     return usual
 
 
-def _ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
+def ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
     """Run the weight-free quality features, and the card's backbones, for images that lack them."""
     backbones = card.get("backbones") or {}
     obj, aes = backbones.get("objects"), backbones.get("aesthetics")
@@ -312,7 +312,7 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
     """Image features, point-in-time features and the model's quantiles (and usual likes) of the stored posts
     ``ids``; nothing is written but image feature rows (a cache keyed by content)."""
     t1 = time.perf_counter()
-    _ensure_image_features(con, model.card, opts, engine, progress)
+    ensure_image_features(con, model.card, opts, engine, progress)
     with store.transaction(con):
         frame = serving_batch(con, model.card, ids)
     timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t1

@@ -256,7 +256,9 @@ def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndar
 
 # ---------------------------------------------------------------------------------------- sources
 
-def _choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
+def choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
+    """The stored image source of each image branch in ``branches`` (``opts.*_source``, else the one covering
+    most posts); also what ``igcli features`` exports with the training frame."""
     avail = available_sources(con)
     chosen: dict[str, dict | None] = {"objects": None, "aesthetics": None}
     for branch, wanted, fix in (
@@ -308,7 +310,8 @@ def _family_effects(model, pre, inputs: dict[str, np.ndarray], rows: np.ndarray,
 
 # ------------------------------------------------------------------------------------------ train
 
-def _labelled(frame) -> tuple[np.ndarray, int]:
+def labelled_rows(frame) -> tuple[np.ndarray, int]:
+    """The rows train fits and evaluates on (likes > 0), and how many posts with 0 likes are left out."""
     has_likes = frame.likes >= 0
     zero = int(np.sum(frame.likes == 0))
     return np.flatnonzero(has_likes & (frame.likes > 0)), zero
@@ -341,7 +344,7 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    labelled, zero = _labelled(frame)
+    labelled, zero = labelled_rows(frame)
     if len(labelled) < 30:
         raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
     sub = frame.take(labelled)
@@ -472,7 +475,7 @@ def train(
     opts.branches = branches
     with store.opened(db, con) as con:
         t0 = time.perf_counter()
-        sources = _choose_sources(con, opts, branches)
+        sources = choose_sources(con, opts, branches)
         frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
         score_features = None
