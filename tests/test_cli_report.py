@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import missing, run_cli
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -98,7 +98,7 @@ def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def browser(tmp_path: Path):
     if CHROMIUM is None:
-        pytest.skip("no Chromium on this machine: `apt-get install chromium` (.ci/run installs it when apt works)")
+        missing("no Chromium on this machine: `apt-get install chromium` (.ci/run installs it)")
     return tmp_path
 
 
