@@ -488,13 +488,15 @@ def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | Non
                              lambda path, sha256, prepare, min_side=None: (predecoded[Path(path).name], ""))
                   if predecoded is not None else contextlib.nullcontext())
         clock = CpuClock()
-        timed = (mock.patch("igcli.vision.runtime.start_session", clock.timed_session) if cpu is not None
+        # where the local engine looks the name up (it imports it): patching igcli.vision.runtime alone timed nothing
+        timed = (mock.patch("igcli.engines.local.start_session", clock.timed_session) if cpu is not None
                  else contextlib.nullcontext())
         with lookup, timed:
             t0, c0 = time.perf_counter(), process_cpu()
             res = featurize_images(con, opts)
             seconds = time.perf_counter() - t0
             if cpu is not None:
+                assert clock.seconds > 0, "no forward pass was timed: the session patch missed the engine"
                 cpu.update(process=process_cpu() - c0, model=clock.seconds)
     finally:
         con.close()

@@ -374,6 +374,7 @@ def test_exported_interval_covers_80_percent_of_the_validation_posts_and_the_tes
     inside = (y[val_idx] >= val[:, 0]) & (y[val_idx] <= val[:, 2])
     n_val = len(val_idx)
     assert abs(inside.mean() - 0.8) <= 1.5 / n_val, (inside.mean(), n_val)
+    assert run.val_mae == pytest.approx(float(np.mean(np.abs(val[:, 1] - y[val_idx]))), rel=1e-5)
     scale = card["scaling"]["interval_scale"]
     scalars = [float(v) for v in _initializers(run.export_dir).values() if v.size == 1 and v.dtype.kind == "f"]
     for c in (scale["with_history"], scale["cold_start"]):             # constants of the graph (folded by export)
