@@ -263,8 +263,8 @@ def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
 
 
 def test_ingest_score_and_featurize_do_not_import_pandas(trained_store, tmp_path: Path):
-    """pyarrow's pa.array / pa.table / to_numpy import pandas on their first call where it is installed
-    (0.45-0.55 s of a process here): ingest, score and an incremental featurize keep it out. Run in a fresh
+    """pyarrow's pa.array / pa.table / to_numpy import pandas on their first call where it is installed:
+    ingest, score and an incremental featurize keep it out. Run in a fresh
     interpreter, on posts without images (the image backbones are heavier work of their own)."""
     import importlib.util
     import json
