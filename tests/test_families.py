@@ -141,8 +141,8 @@ def test_shipped_csv_matches_a_fresh_build_when_wordnet_is_available(tmp_path):
     try:
         wordnet.get_version()
     except LookupError:
-        missing("WordNet is not installed for nltk: apt-get install wordnet-base, then "
-                "scripts/build_imagenet_families.py --prepare-wordnet with NLTK_DATA set (.ci/run does both)")
+        missing("WordNet is not installed for nltk: apt-get install wordnet-base wordnet-sense-index, then lay it "
+                "out under $NLTK_DATA with prepare_wordnet of scripts/build_imagenet_families.py (as .ci/run does)")
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_imagenet_families.py"
     spec = importlib.util.spec_from_file_location("build_imagenet_families", script)
     build = importlib.util.module_from_spec(spec)
