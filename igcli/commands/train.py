@@ -80,6 +80,7 @@ class RunResult:
     leaky_features: bool
     export_dir: str | None = None
     test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
+    val_mae: float = float("nan")              # MAE of p50 on the validation part: what picks among models
     family_effects: list[tuple[str, float]] = field(default_factory=list)
     # the rows as train_on_frame split them (labelled frame, train / val / test indices into it), for
     # benchmarks that fit other models on exactly the same rows; not part of the JSON record
@@ -490,7 +491,7 @@ def train(
         run = RunResult(
             model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
             res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
-            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test),
+            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test), val_mae=res["val_mae"],
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")
