@@ -39,3 +39,7 @@ class WeightsMismatch(IgcliError):
 
 class EngineError(IgcliError):
     """The Ray engine is not installed, cannot reach its cluster, or its job failed (the store is unchanged)."""
+
+
+class OutputError(IgcliError):
+    """An output file (``--out``, an export) cannot be written where it was asked for."""

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS user_snapshots (
 );
 
 CREATE TABLE IF NOT EXISTS images (
-    path        VARCHAR PRIMARY KEY,  -- absolute path (or the raw reference when it was refused)
+    path        VARCHAR PRIMARY KEY,  -- absolute path (or 'unsafe_path:' and the raw reference when refused)
     status      VARCHAR NOT NULL,     -- ok | missing | corrupt | unsafe_path | not_a_file
     error       VARCHAR,              -- a reason a person understands, when status <> 'ok'
     sha256      VARCHAR,
