@@ -12,7 +12,6 @@ or later ones) -> check feature names against the card
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
+from igcli.files import atomic_write, check_output, spreadsheet_safe
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
@@ -128,6 +128,8 @@ def score(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ScoreResult:
     opts = opts or ScoreOptions()
+    if opts.out:
+        check_out(Path(opts.out))
     engine = get_engine(opts.engine, opts.ray)   # the local / Ray choice, once
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -216,20 +218,20 @@ def score(
     )
 
 
-def write_predictions(table: pa.Table, path: Path) -> str:
-    """CSV or Parquet by extension, written to a temporary name then renamed."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+def check_out(path: Path) -> None:
+    """Refuse, before anything is scored, an ``--out`` that cannot be written."""
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise InputError(f"--out {path}: use a .csv or .parquet file name")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if suffix == ".csv":
+    check_output(path, "--out")
 
-            pcsv.write_csv(table, tmp)
+
+def write_predictions(table: pa.Table, path: Path) -> str:
+    """CSV or Parquet by extension, written whole or not at all (``igcli.files.atomic_write``). In a CSV,
+    text a spreadsheet would run as a formula (a post_id ``=HYPERLINK(...)``) starts with ``'``."""
+    check_out(path)
+    with atomic_write(path, "--out") as fh:
+        if path.suffix.lower() == ".csv":
+            pcsv.write_csv(spreadsheet_safe(table), fh)
         else:
-
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror}") from None
+            pq.write_table(table, fh)
     return str(path)
