@@ -41,5 +41,6 @@ class EngineError(IgcliError):
     """The Ray engine is not installed, cannot reach its cluster, or its job failed (the store is unchanged)."""
 
 
-class OutputError(IgcliError):
-    """An output file (``--out``, an export) cannot be written where it was asked for."""
+class OutputError(InputError):
+    """An output path the user named (``--out``, ``--exports``) cannot be written: a missing folder, a folder
+    name, no permission. An ``InputError``, as any bad option value is."""
