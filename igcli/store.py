@@ -69,6 +69,9 @@ def _translate(err: Exception, path: Path) -> Exception:
             f"cannot write the store {path}: {msg}. Pass --db with a writable path, or use a "
             "read-only command"
         )
+    if any(w in msg.lower() for w in ("could not read", "not a valid", "corrupt", "checksum")):  # damaged
+        return StoreError(f"cannot open the store {path}: {msg}. The file looks damaged: restore a copy of it, "
+                          "or pass another --db")
     return StoreError(f"cannot open the store {path}: {msg}. Pass --db with a path in a writable folder")
 
 
