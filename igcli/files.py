@@ -48,7 +48,8 @@ class InputFile:
         return str(self.path.absolute())
 
     def check_unchanged(self) -> None:
-        """``InputError`` when the file was written to since it was opened (size, mtime or ctime moved)."""
+        """``InputError`` when the file was written to since it was opened: its size, mtime or ctime moved (a
+        rename over its name moves the ctime too: the open file lost a link)."""
         now = os.fstat(self.fd)
         if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
                 self.opened.st_size, self.opened.st_mtime_ns, self.opened.st_ctime_ns):
