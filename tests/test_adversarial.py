@@ -813,6 +813,12 @@ def case_score_out_bad_suffix(w: World) -> Expect:
 
 
 @case
+def case_score_out_is_the_batch(w: World) -> Expect:
+    f = batch(w, [("ib1", "ib")])
+    return Expect(scoring(w, f, "--out", f), code=1, error="is the posts file being scored")
+
+
+@case
 def case_score_model_markup(w: World) -> Expect:
     f = batch(w, [("mm1", "mm")])
     return Expect(scoring(w, f, "--model", "[/x]"), code=1, error=re.escape("[/x]"))

@@ -12,6 +12,7 @@ or later ones) -> check feature names against the card
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -129,7 +130,7 @@ def score(
 ) -> ScoreResult:
     opts = opts or ScoreOptions()
     if opts.out:
-        check_out(Path(opts.out))
+        check_out(Path(opts.out), Path(posts))
     engine = get_engine(opts.engine, opts.ray)   # the local / Ray choice, once
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -218,11 +219,13 @@ def score(
     )
 
 
-def check_out(path: Path) -> None:
-    """Refuse, before anything is scored, an ``--out`` that cannot be written."""
+def check_out(path: Path, posts: Path | None = None) -> None:
+    """Refuse, before anything is scored, an ``--out`` that cannot be written or would replace ``posts``."""
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise InputError(f"--out {path}: use a .csv or .parquet file name")
     check_output(path, "--out")
+    if posts is not None and path.exists() and posts.exists() and os.path.samefile(path, posts):
+        raise InputError(f"--out {path} is the posts file being scored: pass another file name")
 
 
 def write_predictions(table: pa.Table, path: Path) -> str:
