@@ -139,18 +139,19 @@ def igcli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args)
 
 
 def tables(db: Path) -> dict[str, Counter]:
-    """Every table's rows, as a multiset of their text."""
+    """Every table's rows, as a multiset of row hashes (DuckDB's ``hash`` of the whole row), in one query."""
     with duckdb.connect(str(db), read_only=True) as con:
         names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_schema = 'main'").fetchall()]
-        return {n: Counter(repr(r) for r in con.execute(f'SELECT * FROM "{n}"').fetchall()) for n in names}
+        union = " UNION ALL ".join(f"SELECT '{n}' AS t, list(hash(x)) AS h FROM \"{n}\" x" for n in names)
+        return {t: Counter(h) for t, h in con.execute(union).fetchall()}
 
 
 def digest(rows: dict[str, Counter], skip: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256()
     for name in sorted(rows):
         if name not in skip:
-            h.update(name.encode() + b"\0" + "\0".join(sorted(rows[name].elements())).encode())
+            h.update(name.encode() + b"\0" + repr(sorted(rows[name].elements())).encode())
     return h.hexdigest()
 
 
