@@ -849,6 +849,21 @@ def case_score_batch_naming_a_stored_image(w: World) -> Expect:
     return Expect(scoring(w, f), store="grow", check=image_status("si1", "unsafe_path"))
 
 
+@case
+def case_featurize_image_swapped_for_a_fifo(w: World) -> Expect:
+    img = w.image("batch/f.png", color=(7, 70, 170))
+    sha = hashlib.sha256(img.read_bytes()).hexdigest()
+    ingest_posts(w.csv("batch/b.csv", ["fz1,fz,2020-01-01,c,5,f.png"]), db=w.db)
+    os.unlink(img)
+    os.mkfifo(img)            # featurize must not wait on it
+
+    def check(w: World, r: Run) -> None:
+        assert rows_of(w.db, "SELECT reason FROM image_feature_errors WHERE sha256 = ?", [sha]) == \
+            [(f"{img}: image path is not a regular file",)]
+        assert not rows_of(w.db, "SELECT 1 FROM image_quality WHERE sha256 = ?", [sha])
+    return Expect(["featurize", "--db", w.db, "--no-backbones"], store="any", check=check)
+
+
 # ---------------------------------------------------------------------------------------- report, status
 
 @case

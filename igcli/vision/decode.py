@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from igcli.errors import InputError
+from igcli.util import sha256_stream
 
 # Raster formats worth opening. Pillow would also open EPS (by running Ghostscript), PSD, ICNS and a
 # dozen more; nobody posts those, and the fewer parsers untrusted files reach, the better. MPO (multi-
@@ -171,13 +172,11 @@ def probe_image(path: str) -> ImageProbe:
     with fh:
         try:
             st = os.fstat(fh.fileno())
-            h = hashlib.sha256()
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+            digest = sha256_stream(fh)
             fh.seek(0)
         except OSError as err:
             return ImageProbe(path, "missing", f"cannot read image file: {err.strerror}")
-        common = {"sha256": h.hexdigest(), "byte_size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        common = {"sha256": digest, "byte_size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if not st.st_size:
             return ImageProbe(path, "corrupt", "image file is empty (0 bytes)", **common)
         try:
