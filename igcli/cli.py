@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -29,6 +27,7 @@ from igcli.commands.score import score as run_score
 from igcli.commands.status import store_status
 from igcli.commands.train import TrainOptions, train_all_combinations
 from igcli.commands.train import train as run_train
+from igcli.console import TerminalConsole
 from igcli.engines import get_engine
 from igcli.errors import IgcliError
 from igcli.features.images import ImageFeatureOptions
@@ -45,9 +44,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default. User text is
+# printed as it is, never as markup, and cannot act on the terminal (igcli.console).
+out = TerminalConsole(width=None if sys.stdout.isatty() else 140)
+err = TerminalConsole(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB store file.", show_default=True)]
 DEFAULT_DB = Path("igcli.duckdb")
@@ -285,7 +285,7 @@ def featurize(
               "tag frequency in older posts of the store")
     t.add_row("user snapshots", ", ".join(f"{k} {v:,}" for k, v in sorted(r.snapshot_choices.items())))
     if r.leaky_user_stats:
-        t.add_row("[red]user stats[/]", "[red]LEAKY (all posts of the user): benchmark only[/]")
+        t.add_row(out.styled("user stats", "red"), out.styled("LEAKY (all posts of the user): benchmark only", "red"))
     if r.images is not None:
         t.add_row("image quality computed / failed", f"{r.images.quality_computed:,} / {r.images.quality_failed:,}")
         for b in r.images.backbones:
@@ -305,7 +305,7 @@ def featurize(
     t.add_row("seconds", f"{r.seconds:.2f}")
     out.print(t)
     for m in r.messages:
-        err.print(f"[yellow]note:[/] {m}", highlight=False)
+        err.print(err.styled("note:", "yellow"), m, highlight=False)
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -592,7 +592,7 @@ def report(
 
     r = build_report(db, model=model, exports_dir=exports, out=out_file)
     for note in r.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+        err.print(err.styled("note:", "yellow"), note, highlight=False)
     out.print(f"wrote {r.path} ({r.bytes / 1024:,.0f} KiB: {', '.join(r.sections) or 'no section'})", highlight=False)
     out.print(r.summary, highlight=False, markup=False, soft_wrap=True)
 
@@ -628,7 +628,7 @@ def main() -> None:
         app()
     except IgcliError as e:
 
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(err.styled("error:", "red"), str(e), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: nothing from the unfinished step was committed")

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS user_snapshots (
 
 -- Every image a post refers to, checked at ingest: found, hashed and decodable, or why not.
 CREATE TABLE IF NOT EXISTS images (
-    path        VARCHAR PRIMARY KEY,  -- absolute path (or the raw reference when it was refused)
+    path        VARCHAR PRIMARY KEY,  -- absolute path (or 'unsafe_path:' and the raw reference when refused)
     status      VARCHAR NOT NULL,     -- ok | missing | corrupt | unsafe_path | not_a_file
     error       VARCHAR,              -- a reason a person understands, when status <> 'ok'
     sha256      VARCHAR,              -- sha256 of the bytes: the key of the image feature tables
