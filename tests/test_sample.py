@@ -46,6 +46,7 @@ def test_writes_the_layout_of_the_real_data(small: SampleSummary) -> None:
         "posts.csv",
         "new_posts.csv",
         "new_posts_truth.csv",
+        "new_posts_with_likes.csv",
         "hashtag_ranking.txt",
         "images",
     }

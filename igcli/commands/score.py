@@ -7,7 +7,9 @@ Order of work: read and verify the model card -> ingest the batch -> compute ima
 needs and the store lacks -> point-in-time metadata features with the card's parameters, from the stored
 per-user state plus the batch's own order (a scored post sees the earlier posts of its user, never itself
 or later ones) -> check feature names against the card
--> onnxruntime in large batches -> `predictions` rows (replaced, never duplicated) and optional file.
+-> onnxruntime in large batches -> usual_likes, the drivers and the inputs' drift (``igcli.model.explain``) ->
+`predictions` rows (replaced, never duplicated; a prediction made before the post's likes were known is kept over
+one the same model makes after) with the batch's drift rows, and optional file.
 """
 
 from __future__ import annotations
@@ -25,17 +27,24 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from igcli import store
+from igcli.commands.evaluate import record_batch
 from igcli.commands.ingest import ingest_posts
 from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
+from igcli.model.explain import GROUPS, batch_drift, drift_summary, drivers
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
 
 OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
-                  "scored_at", "usual_likes", "vs_usual")
+                  "scored_at", "usual_likes", "vs_usual", "reference_likes", *(f"effect_{g}" for g in GROUPS))
+RECORD_COLUMNS = ("likes_known", "user_mean_log_likes")       # stored for `igcli evaluate`, not in --out
+# A row this batch does not write: the post's likes are known now, and the same model scored it before they were
+# (the prediction that counts in `igcli evaluate`).
+KEEP_EARLIER = ("n.likes_known AND EXISTS (SELECT 1 FROM predictions p WHERE p.post_id = n.post_id "
+                "AND p.model_id = n.model_id AND p.likes_known = false)")
 EXTREMES = 3                                 # posts furthest above / below their usual in the summary
 
 
@@ -72,6 +81,9 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     above_usual: list[dict] = field(default_factory=list)      # furthest above their usual (vs_usual), first
     below_usual: list[dict] = field(default_factory=list)      # furthest below
+    drift: list[dict] | None = None        # per model input: psi, level (igcli.model.explain.batch_drift), largest
+    drift_summary: str = ""                # first; None when the card has no training distribution
+    kept_earlier: int = 0                  # rows not replaced: the same model scored them before their likes
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -159,6 +171,11 @@ def score(
         timings["onnxruntime_s"] = ort_s
         usual = usual_log_likes(card, pre, inputs, lambda x: predict(x, frame.post_id.tolist(), con))
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
+        t3 = time.perf_counter()
+        pids = frame.post_id.tolist()
+        why = drivers(card, pre, inputs, lambda x: predict(x, pids, con), quantiles[:, 1])
+        drift = batch_drift(card, inputs)
+        timings["drivers_s"] = time.perf_counter() - t3
         # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are
         # the same on every row
         table = {
@@ -169,18 +186,29 @@ def score(
             "p90_likes": np.exp(quantiles[:, 2].astype(np.float64)),
             "usual_likes": np.exp(usual),
             "vs_usual": np.exp(quantiles[:, 1].astype(np.float64) - usual),
+            **why.columns(),
+            "likes_known": frame.likes >= 0,
+            "user_mean_log_likes": frame.cols["hist_mean"],
         }
-        row_sql = (f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
+        stored = OUTPUT_COLUMNS + RECORD_COLUMNS
+        row_sql = (f"SELECT {', '.join(stored)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
                    "$now::TIMESTAMP AS scored_at FROM igc_pred)")  # constants of this module
         row_params = {"model_id": card["model_id"], "now": store.utcnow()}
+        kept = 0
         with store.transaction(con):
             con.register("igc_pred", table)
             try:
-                con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) {row_sql}",
-                            row_params)
-                out_table = con.sql(row_sql, params=row_params).to_arrow_table() if opts.out else None
+                if table["likes_known"].any():   # keep what this model predicted before the likes were known
+                    kept = con.execute(f"SELECT count(*) FROM ({row_sql}) n WHERE {KEEP_EARLIER}", row_params
+                                       ).fetchall()[0][0]
+                keep = f"WHERE NOT ({KEEP_EARLIER})" if kept else ""
+                con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(stored)}) SELECT * FROM ({row_sql}) n "
+                            f"{keep}", row_params)
+                out_table = (con.sql(f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM ({row_sql})", params=row_params
+                                     ).to_arrow_table() if opts.out else None)
             finally:
                 con.unregister("igc_pred")
+            record_batch(con, card["model_id"], row_params["now"], str(Path(posts).resolve()), len(frame), drift)
             store.fault_point("score.before_commit")
         users_seen = {u for u, nh in zip(frame.username, frame.cols["no_history"], strict=True) if not nh}
         cold_users = {u for u in frame.username if u not in users_seen}
@@ -200,7 +228,7 @@ def score(
         return {"post_id": str(table["post_id"][i]), "predicted_likes": round(float(table["predicted_likes"][i])),
                 "p10_likes": round(float(table["p10_likes"][i])), "p90_likes": round(float(table["p90_likes"][i])),
                 "usual_likes": round(float(table["usual_likes"][i])),
-                "vs_usual": round(float(table["vs_usual"][i]), 3)}
+                "vs_usual": round(float(table["vs_usual"][i]), 3), "drivers": why.describe(i)}
 
     vs = table["vs_usual"]
     examples = [example(i) for i in range(min(5, len(vs)))]
@@ -212,7 +240,8 @@ def score(
         card["model_id"], len(frame), len(cold_users), int(np.sum(frame.cols["no_history"] > 0)), without_image,
         masked, providers[0], providers, len(frame) / seconds if seconds else 0.0,
         len(frame) / ort_s if ort_s else 0.0, seconds, ing.rejected, examples, out_path, timings,
-        above_usual, below_usual,
+        above_usual, below_usual, [d.as_json() for d in drift] if drift is not None else None,
+        drift_summary(drift, len(frame)), kept,
     )
 
 

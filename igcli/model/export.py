@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from igcli import __version__, ort
 from igcli.errors import ModelError
+from igcli.model.explain import fit_distribution
 from igcli.store import fault_point
 from igcli.util import sha256_file
 
@@ -124,7 +125,9 @@ def _image_inputs(model) -> dict | None:
 
 
 def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
-                 plots: dict | None = None) -> Path:
+                 plots: dict | None = None, train_inputs: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``exports/<model_id>/``; ``train_inputs`` (the training rows' model inputs) give the card the
+    training distribution of every input, which ``score`` checks each batch against (drift)."""
     exports_dir = Path(exports_dir)
     try:
         exports_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,8 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
             "parity_max_abs_diff": parity,
             "onnx_sha256": sha256_file(tmp / ONNX),
         }
+        if train_inputs is not None:
+            card["input_distribution"] = fit_distribution(card, train_inputs)
         card = json.loads(json.dumps(card, default=str))  # plain JSON types, as it will be read back
         card["card_sha256"] = card_digest(card)
         (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
