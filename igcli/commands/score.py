@@ -33,7 +33,7 @@ from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
-from igcli.model.explain import GROUPS, batch_drift, drift_summary, drivers
+from igcli.model.explain import CONTENT, GROUPS, Recorder, batch_drift, drift_summary, drivers
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
@@ -169,11 +169,13 @@ def score(
         quantiles = predict(inputs, frame.post_id.tolist(), con)
         ort_s = time.perf_counter() - t2
         timings["onnxruntime_s"] = ort_s
-        usual = usual_log_likes(card, pre, inputs, lambda x: predict(x, frame.post_id.tolist(), con))
+        neutral = Recorder(lambda x: predict(x, frame.post_id.tolist(), con))     # its pass serves the drivers
+        usual = usual_log_likes(card, pre, inputs, neutral)
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
         t3 = time.perf_counter()
         pids = frame.post_id.tolist()
-        why = drivers(card, pre, inputs, lambda x: predict(x, pids, con), quantiles[:, 1])
+        why = drivers(card, pre, inputs, lambda x: predict(x, pids, con), quantiles[:, 1],
+                      known={CONTENT: neutral.last[:, 1]})
         drift = batch_drift(card, inputs)
         timings["drivers_s"] = time.perf_counter() - t3
         # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are

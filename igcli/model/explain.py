@@ -16,7 +16,9 @@ the same along the reverse path and average the two. Both paths end at the refer
 exactly: ``predicted_likes = reference_likes * prod(exp(effect))``. These are the Shapley values of the groups
 when the groups interact at most in pairs (the two orders split each pairwise interaction half and half); with
 higher-order interactions they are an approximation of them (``shapley`` computes the exact values over all 2^6
-subsets, 64 passes against 10, for comparison). Cost: 2 * (groups - 1) passes of the batch plus one of a single row.
+subsets, 64 passes against 10, for comparison). Cost: 2 * (groups - 1) passes of the batch plus one of a single row,
+less the passes the caller already ran: ``usual_likes`` is the model with the caption and the image at their
+reference (``CONTENT``), the second step of the first path, so ``score`` hands it over (``Recorder``) and runs 9.
 
 **Drift.** ``fit_distribution`` records, for each model input, the training rows' decile edges (deduplicated;
 one-hot inputs such as ``month`` collapse to one categorical input) and the share of training rows in each bin and
@@ -24,7 +26,8 @@ missing. ``batch_drift`` bins a batch the same way and gives each input's popula
 PSI = sum((a - e) * ln(a / e)) over the bins' batch (a) and training (e) shares, each at least ``SHARE_FLOOR``.
 An input is named as drift from ``DRIFT_PSI`` and as a note from ``NOTE_PSI``, in a batch of at least
 ``MIN_DRIFT_POSTS`` posts, and only when its PSI is also at least ``NOISE_FACTOR`` times what sampling alone gives a
-batch drawn from the training distribution, about (bins - 1) / posts (0.06 for 150 posts with 10 bins). Calendar
+batch drawn from the training distribution, about (bins - 1) * (1 / posts + 1 / training rows) (0.07 for 150 posts
+and 1,000 training rows with 10 bins: both shares are estimates). Calendar
 inputs (``CALENDAR``) are never named: a batch of one week or month differs from a year of training posts by
 construction. History inputs (the user's earlier posts, ``is_history_input``) are named apart: the training rows
 spread over each user's whole timeline, a batch of new posts sits at its end (longer histories, more days since
@@ -50,6 +53,8 @@ GROUP_LABELS = {"user_level": "user's level", "trend": "recent trend", "audience
                 "caption": "caption and hashtags", "image": "image"}
 # The first path moves the groups to their reference in this order, the second in the reverse one.
 PATH = ("image", "caption", "timing", "audience", "trend", "user_level")
+# What usual_likes sets to the training mean (Preprocessor.usual_inputs): the first two steps of PATH.
+CONTENT = ("image", "caption")
 
 _LEVEL = frozenset({"hist_n", "hist_mean", "hist_median", "hist_std", "hist_std_missing", "no_history", "h_max",
                     "h_min", "rel_hist_median", "rel_h_max", "rel_h_min", "days_since_first", "n_posts_before"})
@@ -161,10 +166,24 @@ def format_factor(f: float) -> str:
 Predict = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+class Recorder:
+    """``predict`` that keeps its last output: the pass of ``usual_likes`` (``CONTENT`` at the reference) handed to
+    ``drivers`` instead of being run again."""
+
+    def __init__(self, predict: Predict):
+        self.predict = predict
+        self.last: np.ndarray | None = None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.last = self.predict(inputs)
+        return self.last
+
+
 def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predict: Predict,
-            p50: np.ndarray) -> Drivers:
+            p50: np.ndarray, known: dict[tuple[str, ...], np.ndarray] | None = None) -> Drivers:
     """Each post's drivers (module docstring): ``predict(inputs) -> (N, 3)`` runs the model, ``p50`` is its median
-    on ``inputs`` as already computed."""
+    on ``inputs`` as already computed; ``known`` maps groups at their reference to the median already computed
+    with them there (``{CONTENT: usual pass}``), which is then not run again."""
     ref = Reference(card, pre)
     players = ref.groups()
     n = len(p50)
@@ -175,6 +194,8 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
     reference = float(predict(ref.apply(one, players))[0, 1])       # the same for every post
     k = len(players)
     values = {frozenset(): np.asarray(p50, np.float64), frozenset(players): np.full(n, reference)}
+    for groups, done in (known or {}).items():
+        values.setdefault(frozenset(g for g in groups if g in players), np.asarray(done, np.float64))
     for i in range(1, k):
         for moved in (players[:i], players[k - i:]):
             key = frozenset(moved)
@@ -295,7 +316,7 @@ class InputDrift:
     name: str
     psi: float
     level: str            # drift | note | ok | calendar
-    noise: float          # the PSI sampling alone reaches (times NOISE_FACTOR) at this batch size
+    noise: float          # NOISE_FACTOR times the PSI sampling alone gives at this batch and training size
 
     @property
     def history(self) -> bool:
@@ -315,13 +336,14 @@ def batch_drift(card: dict, inputs: dict[str, np.ndarray]) -> list[InputDrift] |
         return None
     cols = drift_columns(card, inputs)
     n = len(next(iter(inputs.values()))) if inputs else 0
+    sampling = 1 / n + (1 / dist["rows"] if dist.get("rows") else 0) if n else 0   # both shares are estimates
     out = []
     for entry in dist["inputs"]:
         if entry["name"] not in cols or not n:
             continue
         expected = np.asarray(entry["shares"])
         value = psi(expected, shares(cols[entry["name"]][0], np.asarray(entry["edges"], np.float64)))
-        noise = NOISE_FACTOR * max(int(np.sum(expected > SHARE_FLOOR)) - 1, 1) / n
+        noise = NOISE_FACTOR * max(int(np.sum(expected > SHARE_FLOOR)) - 1, 1) * sampling
         if entry["name"] in CALENDAR:
             level = "calendar"
         elif n < MIN_DRIFT_POSTS:
