@@ -80,6 +80,27 @@ def test_drivers_add_up_and_equal_shapley_when_groups_interact_in_pairs():
     np.testing.assert_allclose(moved.effects["audience"], 0.0, atol=1e-5)
 
 
+def test_all_passes_in_one_call_give_the_same_drivers():
+    """The Ray engine's way (a job per call): every pass stacked into one call, rows told apart by their ids."""
+    rng = np.random.default_rng(2)
+    pre, card, inputs, col = _toy(rng)
+    predict = _model(col, rng.normal(size=6), rng.normal(size=(6, 6)))
+    p50 = predict(inputs)[:, 1].astype(np.float64)
+    ids = [f"p{i}" for i in range(len(p50))]
+    calls = []
+
+    def predict_ids(x, got_ids):
+        calls.append(got_ids)
+        assert len(set(got_ids)) == len(got_ids) == len(x["meta"])
+        return predict(x)
+
+    one = drivers(card, pre, inputs, predict, p50, predict_all=explain.one_call(predict_ids, ids))
+    each = drivers(card, pre, inputs, predict, p50)
+    assert len(calls) == 1 and len(calls[0]) == 2 * (len(GROUPS) - 1) * len(ids)
+    for g in GROUPS:
+        np.testing.assert_array_equal(one.effects[g], each.effects[g])
+
+
 def test_a_three_way_interaction_still_adds_up_but_is_no_longer_shapley():
     rng = np.random.default_rng(1)
     pre, card, inputs, col = _toy(rng)

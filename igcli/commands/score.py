@@ -33,7 +33,7 @@ from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
-from igcli.model.explain import CONTENT, GROUPS, Recorder, batch_drift, drift_summary, drivers
+from igcli.model.explain import CONTENT, GROUPS, Recorder, batch_drift, drift_summary, drivers, one_call
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
@@ -175,7 +175,8 @@ def score(
         t3 = time.perf_counter()
         pids = frame.post_id.tolist()
         why = drivers(card, pre, inputs, lambda x: predict(x, pids, con), quantiles[:, 1],
-                      known={CONTENT: neutral.last[:, 1]})
+                      known={CONTENT: neutral.last[:, 1]},   # a job per call elsewhere (Ray): its passes in one
+                      predict_all=None if engine.name == "local" else one_call(lambda x, i: predict(x, i, con), pids))
         drift = batch_drift(card, inputs)
         timings["drivers_s"] = time.perf_counter() - t3
         # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id and scored_at are

@@ -179,11 +179,26 @@ class Recorder:
         return self.last
 
 
+def one_call(predict_ids: Callable[[dict[str, np.ndarray], list[str]], np.ndarray], ids: list[str]
+             ) -> Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]]:
+    """``predict_all`` for an engine whose every call is a job (Ray): the passes stacked into one call, each row's id
+    suffixed with its pass so that ids stay unique. ``predict_ids(inputs, ids) -> (N, 3)``."""
+    def predict_all(passes: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        if not passes:
+            return []
+        stacked = {k: np.concatenate([p[k] for p in passes]) for k in passes[0]}
+        out = predict_ids(stacked, [f"{pid}\x1f{j}" for j in range(len(passes)) for pid in ids])
+        return np.split(out, len(passes))
+    return predict_all
+
+
 def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predict: Predict,
-            p50: np.ndarray, known: dict[tuple[str, ...], np.ndarray] | None = None) -> Drivers:
+            p50: np.ndarray, known: dict[tuple[str, ...], np.ndarray] | None = None,
+            predict_all: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]] | None = None) -> Drivers:
     """Each post's drivers (module docstring): ``predict(inputs) -> (N, 3)`` runs the model, ``p50`` is its median
     on ``inputs`` as already computed; ``known`` maps groups at their reference to the median already computed
-    with them there (``{CONTENT: usual pass}``), which is then not run again."""
+    with them there (``{CONTENT: usual pass}``), which is then not run again. The passes run one at a time (one
+    batch-sized copy of the inputs alive at once), or all in one ``predict_all(list of inputs)`` call."""
     ref = Reference(card, pre)
     players = ref.groups()
     n = len(p50)
@@ -196,11 +211,17 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
     values = {frozenset(): np.asarray(p50, np.float64), frozenset(players): np.full(n, reference)}
     for groups, done in (known or {}).items():
         values.setdefault(frozenset(g for g in groups if g in players), np.asarray(done, np.float64))
+    needed: list[list[str]] = []
     for i in range(1, k):
         for moved in (players[:i], players[k - i:]):
-            key = frozenset(moved)
-            if key not in values:
-                values[key] = predict(ref.apply(inputs, moved))[:, 1].astype(np.float64)
+            if frozenset(moved) not in values and frozenset(moved) not in map(frozenset, needed):
+                needed.append(moved)
+    if predict_all is None:
+        outputs = (predict(ref.apply(inputs, moved)) for moved in needed)
+    else:
+        outputs = predict_all([ref.apply(inputs, moved) for moved in needed])
+    for moved, out in zip(needed, outputs, strict=True):
+        values[frozenset(moved)] = out[:, 1].astype(np.float64)
     for order in (players, players[::-1]):
         for i, g in enumerate(order):
             effects[g] += 0.5 * (values[frozenset(order[:i])] - values[frozenset(order[:i + 1])])
