@@ -182,13 +182,14 @@ class Recorder:
 def one_call(predict_ids: Callable[[dict[str, np.ndarray], list[str]], np.ndarray], ids: list[str]
              ) -> Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]]:
     """``predict_all`` for an engine whose every call is a job (Ray): the passes stacked into one call, each row's id
-    suffixed with its pass so that ids stay unique. ``predict_ids(inputs, ids) -> (N, 3)``."""
+    (``ids``, in row order) suffixed with its pass so that ids stay unique. ``predict_ids(inputs, ids) -> (N, 3)``."""
     def predict_all(passes: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         if not passes:
             return []
+        rows = [len(next(iter(p.values()))) for p in passes]
         stacked = {k: np.concatenate([p[k] for p in passes]) for k in passes[0]}
-        out = predict_ids(stacked, [f"{pid}\x1f{j}" for j in range(len(passes)) for pid in ids])
-        return np.split(out, len(passes))
+        out = predict_ids(stacked, [f"{pid}\x1f{j}" for j, n in enumerate(rows) for pid in ids[:n]])
+        return np.split(out, np.cumsum(rows)[:-1])
     return predict_all
 
 
@@ -205,10 +206,8 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
     effects = {g: np.zeros(n) for g in GROUPS}
     if not n or not players:
         return Drivers(effects, math.nan)
-    one = {k: v[:1] for k, v in inputs.items()}
-    reference = float(predict(ref.apply(one, players))[0, 1])       # the same for every post
     k = len(players)
-    values = {frozenset(): np.asarray(p50, np.float64), frozenset(players): np.full(n, reference)}
+    values = {frozenset(): np.asarray(p50, np.float64)}
     for groups, done in (known or {}).items():
         values.setdefault(frozenset(g for g in groups if g in players), np.asarray(done, np.float64))
     needed: list[list[str]] = []
@@ -216,10 +215,14 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
         for moved in (players[:i], players[k - i:]):
             if frozenset(moved) not in values and frozenset(moved) not in map(frozenset, needed):
                 needed.append(moved)
+    one = ref.apply({key: v[:1] for key, v in inputs.items()}, players)   # the reference post: one row serves all
     if predict_all is None:
+        reference = float(predict(one)[0, 1])
         outputs = (predict(ref.apply(inputs, moved)) for moved in needed)
     else:
-        outputs = predict_all([ref.apply(inputs, moved) for moved in needed])
+        *outputs, last = predict_all([ref.apply(inputs, moved) for moved in needed] + [one])
+        reference = float(last[0, 1])
+    values[frozenset(players)] = np.full(n, reference)
     for moved, out in zip(needed, outputs, strict=True):
         values[frozenset(moved)] = out[:, 1].astype(np.float64)
     for order in (players, players[::-1]):
