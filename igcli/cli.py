@@ -420,7 +420,9 @@ def score(
     """Score posts with a trained model; predictions (with a p10–p90 band) go to the [bold]predictions[/] table.
 
     Each post sees only the earlier posts of its user that the store knows; unseen users are cold starts.
-    Scoring the same posts with the same model again replaces their rows.
+    Scoring the same posts with the same model again replaces their rows, except a prediction made before the post's
+    likes were known, which stays (the one `igcli evaluate` counts). Each post gets its drivers (× likes of the
+    user's level, trend, audience, timing, caption and hashtags, image); the batch's inputs are checked for drift.
 
     [bold]Example:[/] igcli score demo/new_posts.csv --model latest --out predictions.csv
     """
@@ -551,8 +553,9 @@ def report(
 
     Store: posts, users, likes, rejects, images, backbones. Model: test metrics next to the baselines,
     predicted vs actual, calibration, error by history, branch combinations, object families. Last scores:
-    the latest batch the model scored, with the posts furthest above and below. Sections without data are
-    left out; with no trained model the page shows the store only.
+    the latest batch the model scored, its inputs' drift, the posts furthest above and below with their drivers.
+    How past predictions turned out: realized error over time against the user's-mean baseline, coverage (after
+    `igcli evaluate`). Sections without data are left out; with no trained model the page shows the store only.
 
     [bold]Example:[/] igcli report --db igcli.duckdb --model latest --out report.html
     """
