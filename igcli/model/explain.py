@@ -109,25 +109,30 @@ class Reference:
         return [g for g in PATH if len(self.columns[g]) or (g == "image" and image)]
 
     def apply(self, inputs: dict[str, np.ndarray], groups) -> dict[str, np.ndarray]:
-        """``inputs`` with ``groups`` at their reference (new arrays where something changes)."""
+        """``inputs`` with ``groups`` at their reference, as new arrays where something changes."""
         out = dict(inputs)
+        if any(len(self.columns[g]) for g in groups):
+            out["meta"] = inputs["meta"].copy()
+        return self.move(out, groups)
+
+    def move(self, x: dict[str, np.ndarray], groups) -> dict[str, np.ndarray]:
+        """``x`` with ``groups`` at their reference, in place (its ``meta`` is written: it must be the caller's
+        own copy); the image arrays are replaced, not written."""
         cols = [self.columns[g] for g in groups if len(self.columns[g])]
         if cols:
             idx = np.concatenate(cols)
-            meta = inputs["meta"].copy()
-            meta[:, idx] = self.meta[idx]
-            out["meta"] = meta
+            x["meta"][:, idx] = self.meta[idx]
         if "image" in groups:
             if self.objects is not None:
-                out["objects"] = np.broadcast_to(self.objects, inputs["objects"].shape).copy()
-                out["objects_mask"] = np.ones_like(inputs["objects_mask"])
+                x["objects"] = np.broadcast_to(self.objects, x["objects"].shape).copy()
+                x["objects_mask"] = np.ones_like(x["objects_mask"])
             if self.aesthetics:
-                shape = inputs["aesthetics"].shape
+                shape = x["aesthetics"].shape
                 if shape not in self._nan:                       # one NaN array per batch shape, shared by passes
                     self._nan[shape] = np.full(shape, np.nan, np.float32)
-                out["aesthetics"] = self._nan[shape]
-                out["aesthetics_mask"] = np.ones_like(inputs["aesthetics_mask"])
-        return out
+                x["aesthetics"] = self._nan[shape]
+                x["aesthetics_mask"] = np.ones_like(x["aesthetics_mask"])
+        return x
 
 
 # ------------------------------------------------------------------------------------------ drivers
@@ -218,13 +223,18 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
     one = ref.apply({key: v[:1] for key, v in inputs.items()}, players)   # the reference post: one row serves all
     if predict_all is None:
         reference = float(predict(one)[0, 1])
-        outputs = (predict(ref.apply(inputs, moved)) for moved in needed)
+        for path in (players, players[::-1]):        # one copy of the inputs per path, moved a group at a time
+            x = {key: v.copy() if key == "meta" else v for key, v in inputs.items()}
+            for i in range(1, k):
+                ref.move(x, [path[i - 1]])
+                if frozenset(path[:i]) not in values:
+                    values[frozenset(path[:i])] = predict(x)[:, 1].astype(np.float64)
     else:
         *outputs, last = predict_all([ref.apply(inputs, moved) for moved in needed] + [one])
         reference = float(last[0, 1])
+        for moved, out in zip(needed, outputs, strict=True):
+            values[frozenset(moved)] = out[:, 1].astype(np.float64)
     values[frozenset(players)] = np.full(n, reference)
-    for moved, out in zip(needed, outputs, strict=True):
-        values[frozenset(moved)] = out[:, 1].astype(np.float64)
     for order in (players, players[::-1]):
         for i, g in enumerate(order):
             effects[g] += 0.5 * (values[frozenset(order[:i])] - values[frozenset(order[:i + 1])])
