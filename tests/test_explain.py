@@ -237,3 +237,26 @@ def test_the_exported_card_holds_every_inputs_training_distribution(model_inputs
         assert len(e["shares"]) == len(e["edges"]) + 2 and sum(e["shares"]) == pytest.approx(1.0)
     assert batch_drift({k: v for k, v in card.items() if k != "input_distribution"},
                        model_inputs["inputs"]) is None
+
+
+def test_two_paths_side_by_side_give_the_same_drivers():
+    """With two predictors (the local engine's two CPU sessions) each path runs on its own, at once."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    pre, card, inputs, col = _toy(rng)
+    predict = _model(col, rng.normal(size=6), rng.normal(size=(6, 6)))
+    p50 = predict(inputs)[:, 1].astype(np.float64)
+    seen: dict[int, set] = {0: set(), 1: set()}
+
+    def on(i):
+        def run(x):
+            seen[i].add(threading.get_ident())
+            return predict(x)
+        return run
+
+    two = drivers(card, pre, inputs, [on(0), on(1)], p50)
+    one = drivers(card, pre, inputs, predict, p50)
+    assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])       # each path on its own thread
+    for g in GROUPS:
+        np.testing.assert_array_equal(two.effects[g], one.effects[g])

@@ -174,7 +174,7 @@ def score(
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
         t3 = time.perf_counter()
         pids = frame.post_id.tolist()
-        why = drivers(card, pre, inputs, lambda x: predict(x, pids, con), quantiles[:, 1],
+        why = drivers(card, pre, inputs, _driver_runs(predict, pids, con), quantiles[:, 1],
                       known={CONTENT: neutral.last[:, 1]},   # a job per call elsewhere (Ray): its passes in one
                       predict_all=None if engine.name == "local" else one_call(lambda x, i: predict(x, i, con), pids))
         drift = batch_drift(card, inputs)
@@ -246,6 +246,13 @@ def score(
         above_usual, below_usual, [d.as_json() for d in drift] if drift is not None else None,
         drift_summary(drift, len(frame)), kept,
     )
+
+
+def _driver_runs(predict, pids: list[str], con) -> list:
+    """The model for the drivers' passes: one callable per stream the engine runs side by side (the local engine:
+    two sessions on the CPU, ``streams``), else the predictor itself."""
+    streams = predict.streams() if hasattr(predict, "streams") else [predict]
+    return [lambda x, p=p: p(x, pids, con) for p in streams]
 
 
 def write_predictions(table: pa.Table, path: Path) -> str:

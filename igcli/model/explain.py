@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,13 +199,14 @@ def one_call(predict_ids: Callable[[dict[str, np.ndarray], list[str]], np.ndarra
     return predict_all
 
 
-def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predict: Predict,
+def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predict: Predict | list[Predict],
             p50: np.ndarray, known: dict[tuple[str, ...], np.ndarray] | None = None,
             predict_all: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]] | None = None) -> Drivers:
     """Each post's drivers (module docstring): ``predict(inputs) -> (N, 3)`` runs the model, ``p50`` is its median
     on ``inputs`` as already computed; ``known`` maps groups at their reference to the median already computed
-    with them there (``{CONTENT: usual pass}``), which is then not run again. The passes run one at a time (one
-    batch-sized copy of the inputs alive at once), or all in one ``predict_all(list of inputs)`` call."""
+    with them there (``{CONTENT: usual pass}``), which is then not run again. Each path walks one copy of the
+    inputs, moving a group at a time; given two predictors (``[predict, predict]``: sessions that run side by side)
+    the two paths run at once, one on each. Or all passes in one ``predict_all(list of inputs)`` call."""
     ref = Reference(card, pre)
     players = ref.groups()
     n = len(p50)
@@ -222,13 +224,28 @@ def drivers(card: dict, pre: Preprocessor, inputs: dict[str, np.ndarray], predic
                 needed.append(moved)
     one = ref.apply({key: v[:1] for key, v in inputs.items()}, players)   # the reference post: one row serves all
     if predict_all is None:
-        reference = float(predict(one)[0, 1])
-        for path in (players, players[::-1]):        # one copy of the inputs per path, moved a group at a time
+        runs = predict if isinstance(predict, list) else [predict]
+        reference = float(runs[0](one)[0, 1])
+        skip = set(values)
+
+        def walk(path: list[str], run: Predict) -> dict[frozenset, np.ndarray]:
+            """The medians along one path: one copy of the inputs, moved a group at a time."""
             x = {key: v.copy() if key == "meta" else v for key, v in inputs.items()}
+            got = {}
             for i in range(1, k):
                 ref.move(x, [path[i - 1]])
-                if frozenset(path[:i]) not in values:
-                    values[frozenset(path[:i])] = predict(x)[:, 1].astype(np.float64)
+                if frozenset(path[:i]) not in skip:
+                    got[frozenset(path[:i])] = run(x)[:, 1].astype(np.float64)
+            return got
+
+        paths = (players, players[::-1])
+        if len(runs) > 1:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="igcli-drivers") as pool:
+                for got in pool.map(walk, paths, runs[:2]):
+                    values.update(got)
+        else:
+            for path in paths:
+                values.update(walk(path, runs[0]))
     else:
         *outputs, last = predict_all([ref.apply(inputs, moved) for moved in needed] + [one])
         reference = float(last[0, 1])
