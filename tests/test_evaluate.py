@@ -202,7 +202,7 @@ def test_a_store_of_schema_3_gains_the_loop_and_keeps_its_rows(looped, tmp_path:
             "DELETE FROM schema_version WHERE version > 3")
     rows = query(db, "SELECT post_id, predicted_log_likes FROM predictions ORDER BY 1")
     store.connect(db).close()
-    assert query(db, "SELECT max(version) FROM schema_version") == [(store.SCHEMA_VERSION,)] == [(4,)]
+    assert query(db, "SELECT max(version) FROM schema_version") == [(store.SCHEMA_VERSION,)]
     assert query(db, "SELECT post_id, predicted_log_likes FROM predictions ORDER BY 1") == rows
     res = evaluate(db)       # no likes_known: the posts changed after scoring (their likes arrived): all count
     assert res.new == len(rows) and res.models[0].blind["n"] == len(rows)

@@ -240,23 +240,46 @@ def test_the_exported_card_holds_every_inputs_training_distribution(model_inputs
 
 
 def test_two_paths_side_by_side_give_the_same_drivers():
-    """With two predictors (the local engine's two CPU sessions) each path runs on its own, at once."""
-    import threading
-
+    """With two predictors (the local engine's two CPU sessions) each path runs on its own one, side by side."""
     rng = np.random.default_rng(3)
     pre, card, inputs, col = _toy(rng)
     predict = _model(col, rng.normal(size=6), rng.normal(size=(6, 6)))
     p50 = predict(inputs)[:, 1].astype(np.float64)
-    seen: dict[int, set] = {0: set(), 1: set()}
+    calls = {0: 0, 1: 0}
 
     def on(i):
         def run(x):
-            seen[i].add(threading.get_ident())
+            calls[i] += 1
             return predict(x)
         return run
 
     two = drivers(card, pre, inputs, [on(0), on(1)], p50)
     one = drivers(card, pre, inputs, predict, p50)
-    assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])       # each path on its own thread
+    assert calls == {0: 1 + len(GROUPS) - 1, 1: len(GROUPS) - 1}   # the reference row, then a path each
     for g in GROUPS:
         np.testing.assert_array_equal(two.effects[g], one.effects[g])
+
+
+def test_a_group_at_its_reference_everywhere_is_left_out_and_changes_nothing_else():
+    rng = np.random.default_rng(4)
+    pre, card, inputs, col = _toy(rng)
+    mean = np.asarray(card["scaling"]["metadata"]["mean"], np.float32)
+    ref = explain.Reference(card, pre)
+    inputs["meta"][:, ref.columns["image"]] = np.nan              # no image: the graph imputes the mean
+    predict = _model(col, rng.normal(size=6), rng.normal(size=(6, 6)) * 0.5)
+    # the toy model reads NaN as is; the real graph imputes it: give the toy the imputed inputs
+    imputed = {"meta": np.where(np.isnan(inputs["meta"]), mean, inputs["meta"])}
+    model = lambda x: predict({"meta": np.where(np.isnan(x["meta"]), mean, x["meta"])})   # noqa: E731
+    p50 = model(inputs)[:, 1].astype(np.float64)
+    calls = []
+    two = drivers(card, pre, inputs, lambda x: calls.append(1) or model(x), p50)
+    assert len(calls) == 2 * (len(GROUPS) - 2) + 1                 # five groups: 8 passes and the reference row
+    exact = shapley(card, pre, imputed, predict)
+    np.testing.assert_allclose(two.effects["image"], 0.0)
+    for g in GROUPS:
+        np.testing.assert_allclose(two.effects[g], exact.effects[g], atol=1e-5)
+    assert ref.at_reference(inputs, "image") and not ref.at_reference(inputs, "audience")
+    inputs["meta"][:, ref.columns["user_level"]] = np.nan                 # NaN in the anchor column is a cold start
+    assert ref.at_reference(inputs, "user_level")
+    anchored = dict(card, scaling={**card["scaling"], "prior": {"anchor_index": int(col["user_level"])}})
+    assert not explain.Reference(anchored, pre).at_reference(inputs, "user_level")

@@ -81,8 +81,9 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     above_usual: list[dict] = field(default_factory=list)      # furthest above their usual (vs_usual), first
     below_usual: list[dict] = field(default_factory=list)      # furthest below
-    drift: list[dict] | None = None        # per model input: psi, level (igcli.model.explain.batch_drift), largest
-    drift_summary: str = ""                # first; None when the card has no training distribution
+    # per model input, largest PSI first (igcli.model.explain.batch_drift); None: the card has no distribution
+    drift: list[dict] | None = None
+    drift_summary: str = ""                # the inputs named as drift / notes, one line
     kept_earlier: int = 0                  # rows not replaced: the same model scored them before their likes
 
     def as_json(self) -> dict:
@@ -174,8 +175,9 @@ def score(
         timings["usual_s"] = time.perf_counter() - t2 - ort_s
         t3 = time.perf_counter()
         pids = frame.post_id.tolist()
+        # on an engine whose every call is a job (Ray) the drivers' passes go in one call
         why = drivers(card, pre, inputs, _driver_runs(predict, pids, con), quantiles[:, 1],
-                      known={CONTENT: neutral.last[:, 1]},   # a job per call elsewhere (Ray): its passes in one
+                      known={CONTENT: neutral.last[:, 1]},
                       predict_all=None if engine.name == "local" else one_call(lambda x, i: predict(x, i, con), pids))
         drift = batch_drift(card, inputs)
         timings["drivers_s"] = time.perf_counter() - t3
