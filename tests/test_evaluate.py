@@ -186,6 +186,8 @@ def test_cli_evaluate_json_table_and_bad_since(looped, tmp_path: Path):
     assert "baseline: user's mean" in r.stdout and "by batch of scoring" in r.stdout
     r = run_cli("evaluate", "--db", str(looped["db"]), "--since", "yesterday")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "--since" in r.stderr
+    r = run_cli("evaluate", "--db", str(tmp_path / "none.duckdb"))
+    assert r.returncode == 1 and "no store at" in r.stderr and not (tmp_path / "none.duckdb").exists()
 
 
 def test_a_store_of_schema_3_gains_the_loop_and_keeps_its_rows(looped, tmp_path: Path):

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 
 from igcli import store
-from igcli.errors import InputError
+from igcli.errors import InputError, StoreError
 from igcli.model.explain import InputDrift
 from igcli.model.metrics import metrics
 
@@ -86,6 +86,8 @@ def evaluate(db: Path | str = store.DEFAULT_DB, model: str | None = None, since:
     (all models when None) scored at or after ``since``."""
     t0 = time.perf_counter()
     since = parse_since(since)
+    if con is None and not Path(db).exists():
+        raise StoreError(f"no store at {db}: score posts into it first (`igcli score POSTS --db {db}`)")
     with store.opened(db, con) as con:
         if model is not None and not store.run_block(con, "evaluate", "known_models", {"model_id": model}).fetchall():
             raise InputError(f"model {model} has no predictions in this store: score posts with it first "

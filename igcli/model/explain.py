@@ -344,8 +344,8 @@ def drift_columns(card: dict, inputs: dict[str, np.ndarray]) -> dict[str, tuple[
             emb = inputs["aesthetics"]
             mean, std = np.asarray(scale["mean"], np.float32), np.asarray(scale["std"], np.float32)
             with np.errstate(invalid="ignore"):
-                z = (np.where(np.isnan(emb), mean, emb) - mean) / std
-            dist = np.sqrt(np.mean(z.astype(np.float64) ** 2, axis=1))
+                z = (np.where(np.isnan(emb), mean, emb) - mean) / std           # (N, D) float32
+            dist = np.sqrt(np.einsum("ij,ij->i", z, z, dtype=np.float64) / max(z.shape[1], 1))
             out["aesthetics:distance"] = (np.where(present, dist, np.nan), None)
         out["aesthetics:present"] = (present.astype(np.float64), None)
     return out
