@@ -16,7 +16,8 @@ $(BIN)/igcli: pyproject.toml
 venv: $(BIN)/igcli
 
 # The whole pipeline on generated data (synthetic posts and images), no network: image features from the
-# pretrained EfficientNet-Lite0 of its pip package, all seven branch combinations trained and compared.
+# pretrained EfficientNet-Lite0 of its pip package, all seven branch combinations trained and compared, new posts
+# scored, their likes ingested once they are known and the predictions evaluated.
 demo: venv
 	rm -rf $(DEMO) $(DB) $(DB).wal
 	$(BIN)/igcli sample $(DEMO) --posts 1500 --users 60 --seed 0
@@ -24,6 +25,9 @@ demo: venv
 	$(BIN)/igcli featurize --db $(DB) --hashtag-ranking $(DEMO)/hashtag_ranking.txt
 	$(BIN)/igcli train --db $(DB) --all-combinations --split random --seed 0
 	$(BIN)/igcli score $(DEMO)/new_posts.csv --db $(DB) --out $(DEMO)/predictions.csv
+	# later, the scored posts come back with their likes: ingest them and see how the predictions turned out
+	$(BIN)/igcli ingest $(DEMO)/new_posts_with_likes.csv --db $(DB)
+	$(BIN)/igcli evaluate --db $(DB)
 	$(BIN)/igcli status --db $(DB)
 	$(BIN)/igcli report --db $(DB) --out $(DEMO)/report.html
 

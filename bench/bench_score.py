@@ -176,7 +176,8 @@ def main() -> None:
     # the parts of one run, the median one, so that they add up to the total they are shown under
     middle = sorted((r for _, r in runs), key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
     inner = middle["seconds"]
-    parts = {k: middle["timings"][k] for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s", "usual_s")}
+    parts = {k: middle["timings"].get(k, 0.0) for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s",
+                                                        "usual_s", "drivers_s")}
     other = inner - sum(middle["timings"].values())
     rss = max(r["peak_mib"] for _, r in runs)
 
@@ -193,6 +194,8 @@ def main() -> None:
         row("  onnxruntime_s", a.posts, parts["onnxruntime_s"]),
         row("  usual_s: transform to neutral content + second onnxruntime pass (usual_likes)", a.posts,
             parts["usual_s"]),
+        row("  drivers_s: drivers (9 onnxruntime passes, two paths side by side, + 1 row) + input drift (PSI)",
+            a.posts, parts["drivers_s"]),
         row("  rest: transform + predictions write", a.posts, other),
         row("child process (python start + imports + score)", a.posts, median([s for s, _ in runs]), share=False),
         row(f"model only: onnxruntime {m['provider'].replace('ExecutionProvider', '')}", m["rows"], m["ort_s"],

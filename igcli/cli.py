@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from igcli.commands.evaluate import evaluate as run_evaluate
 from igcli.commands.features import FramesOptions, export_frame
 from igcli.commands.featurize import featurize as run_featurize
 from igcli.commands.forget import forget as run_forget
@@ -319,9 +320,9 @@ def _metrics_row(t: Table, label: str, m: dict, extra: str = "") -> None:
               "-" if pair is None or pair != pair else f"{100 * pair:.1f}%", extra)
 
 
-def _metrics_table(title: str) -> Table:
+def _metrics_table(title: str, posts: str = "test posts") -> Table:
     t = Table(title=title)
-    for c in ("model", "test posts", "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "pairwise", "note"):
+    for c in ("model", posts, "MAE", "MSE", "±10%", "Spearman", "p10–p90 cover", "pairwise", "note"):
         t.add_column(c, justify="left" if c in ("model", "note") else "right")
     return t
 
@@ -434,7 +435,10 @@ def score(
     each row is scored against the stored history alone and nothing is stored.
 
     Each post sees only the earlier posts of its user that the store knows; unseen users are cold starts.
-    Scoring the same posts with the same model again replaces their rows; `igcli forget` removes posts.
+    Scoring the same posts with the same model again replaces their rows, except a prediction made before the post's
+    likes were known, which stays (the one `igcli evaluate` counts); `igcli forget` removes posts. Each post gets its
+    drivers (× likes of the user's level, trend, audience, timing, caption and hashtags, image); the batch's inputs
+    are checked for drift.
 
     [bold]Example:[/] igcli score demo/new_posts.csv --out predictions.csv
     [bold]Example:[/] igcli score drafts.csv --what-if
@@ -482,6 +486,7 @@ def score(
     else:
         _predictions_table("furthest above their usual", r.above_usual)
         _predictions_table("furthest below their usual", r.below_usual)
+    _print_loop_notes(r)
     out.print(f"stored {r.posts:,} predictions as batch {r.batch_id}; these posts now count as history for later "
               f"predictions (compare drafts with --what-if; remove them with `igcli forget --batch {r.batch_id}`)")
 
@@ -490,11 +495,11 @@ def _predictions_table(title: str, rows: list[dict]) -> None:
     if not rows:
         return
     ex = Table(title=title)
-    for c in ("post_id", "user", "predicted likes (median)", "p10", "p90", "usual", "vs usual"):
-        ex.add_column(c, justify="left" if c in ("post_id", "user") else "right")
+    for c in ("post_id", "user", "predicted likes (median)", "p10", "p90", "usual", "vs usual", "drivers"):
+        ex.add_column(c, justify="left" if c in ("post_id", "user", "drivers") else "right")
     for e in rows:
         ex.add_row(e["post_id"], e["username"], f"{e['predicted_likes']:,}", f"{e['p10_likes']:,}",
-                   f"{e['p90_likes']:,}", f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×")
+                   f"{e['p90_likes']:,}", f"{e['usual_likes']:,}", f"{e['vs_usual']:.2f}×", e.get("drivers", ""))
     out.print(ex)
 
 
@@ -569,6 +574,81 @@ def features(
               f"{r.seconds:.2f}s", highlight=False, markup=False)
 
 
+def _print_loop_notes(r) -> None:
+    """What score recorded for the loop: the batch's drift, and rows kept from before the likes were known."""
+    out.print(f"input drift against training: {r.drift_summary}", markup=False, highlight=False)
+    if r.kept_earlier:
+        out.print(f"{r.kept_earlier:,} posts kept the prediction this model made before their likes were known "
+                  "(`igcli evaluate` counts that one)", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+@app.command()
+def evaluate(
+    db: DbOpt = DEFAULT_DB,
+    model: Annotated[str | None, typer.Option(help="Only this model id \\[default: every model that scored].")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only predictions scored at or after this date (2025-01-31 or 2025-01-31T12:00, UTC).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """How past predictions turned out, now that their posts' likes are known (ingest the posts again with likes).
+
+    For each model: realized MAE of ln-likes, ±10%, p10–p90 coverage and within-user pairwise accuracy of the
+    predictions made before the likes were known; on the same posts the user's mean of earlier posts (posts whose
+    user had history) and usual_likes; then per scoring batch, or per week when batches are many. Predictions made
+    after the likes were known are reported apart. Outcomes are stored in the [bold]evaluations[/] table; a rerun
+    with nothing new writes nothing.
+
+    [bold]Example:[/] igcli evaluate --db igcli.duckdb --since 2025-01-01
+    """
+
+    r = run_evaluate(db, model=model, since=since)
+    if as_json:
+        out.print_json(json.dumps(r.as_json(), default=str))
+        return
+    out.print(f"outcomes: {r.new:,} new, {r.updated:,} updated, {r.unchanged:,} unchanged", highlight=False)
+    if not r.models:
+        out.print("no stored prediction yet: run `igcli score POSTS` first", highlight=False)
+    for m in r.models:
+        if not m.blind["n"] and not m.informed:
+            out.print(f"model {m.model_id}: no prediction has its likes yet ({m.waiting:,} wait for them)",
+                      highlight=False)
+            continue
+        t = _metrics_table(f"model {m.model_id}: predictions made before the likes were known", "posts")
+        _metrics_row(t, "model", m.blind)
+        _metrics_row(t, "model, posts with history", m.with_history["model"])
+        _metrics_row(t, "baseline: user's mean, earlier posts", m.with_history["user_mean"], "same posts")
+        if m.usual:
+            _metrics_row(t, "usual_likes", m.usual)
+        if m.informed:
+            _metrics_row(t, "scored after the likes were known", m.informed, "apart, not above")
+        out.print(t)
+        if m.periods:
+            pt = Table(title=f"by {m.period} of scoring")
+            for c in ("scored", "posts", "MAE", "±10%", "p10–p90 cover", "MAE, with history", "user's mean",
+                      "usual_likes"):
+                pt.add_column(c, justify="left" if c == "scored" else "right")
+            for p in m.periods:
+                pt.add_row(f"{p['start']:%Y-%m-%d %H:%M}" if m.period == "batch" else f"week of {p['start']:%Y-%m-%d}",
+                           f"{p['n']:,}", _num(p["mae"]), _pct(p["within_10pct"]), _pct(p["coverage_p10_p90"]),
+                           _num(p["model_mae_with_history"]), _num(p["user_mean_mae"]), _num(p["usual_mae"]))
+            out.print(pt)
+        notes = [f"{m.waiting:,} predictions wait for their likes"] if m.waiting else []
+        if m.zero_likes:
+            notes.append(f"{m.zero_likes:,} posts with 0 likes left out")
+        if notes:
+            out.print("; ".join(notes), highlight=False)
+
+
+def _num(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}%"
+
+
 # ------------------------------------------------------------------------------------------ report
 
 @app.command()
@@ -584,8 +664,9 @@ def report(
 
     Store: posts, users, likes, rejects, images, backbones. Model: test metrics next to the baselines,
     predicted vs actual, calibration, error by history, branch combinations, object families. Last scores:
-    the latest batch the model scored, with the posts furthest above and below. Sections without data are
-    left out; with no trained model the page shows the store only.
+    the latest batch the model scored, its inputs' drift, the posts furthest above and below with their drivers.
+    How past predictions turned out: realized error over time against the user's-mean baseline, coverage (after
+    `igcli evaluate`). Sections without data are left out; with no trained model the page shows the store only.
 
     [bold]Example:[/] igcli report --db igcli.duckdb --model latest --out report.html
     """

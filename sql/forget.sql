@@ -6,6 +6,7 @@ SELECT count(*), count(DISTINCT username) FROM posts WHERE post_id IN (SELECT po
 -- name: delete
 -- (post_features rows go in Python: the table exists only once featurize has run)
 DELETE FROM predictions WHERE post_id IN (SELECT post_id FROM igc_forget_ids);
+DELETE FROM evaluations WHERE post_id IN (SELECT post_id FROM igc_forget_ids);
 DELETE FROM posts WHERE post_id IN (SELECT post_id FROM igc_forget_ids);
 
 -- name: empty

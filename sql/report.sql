@@ -53,3 +53,6 @@ FROM predictions pr JOIN posts p USING (post_id)
 LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
 WHERE pr.model_id = $model_id AND pr.scored_at = $scored_at
 ORDER BY pr.post_id;
+
+-- name: tables
+SELECT table_name FROM information_schema.tables WHERE table_schema = 'main';

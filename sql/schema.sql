@@ -291,3 +291,60 @@ ALTER TABLE predictions ADD COLUMN IF NOT EXISTS usual_likes DOUBLE;  -- the med
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS vs_usual DOUBLE;  -- predicted / usual likes
 -- batch_id: the scoring batch (the ingest_id of score's ingest); `igcli forget --batch` removes its posts.
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS batch_id VARCHAR;  -- the scoring batch (igcli forget --batch)
+
+-- Closing the loop (igcli.commands.evaluate, igcli.model.explain), schema 4.
+-- likes_known: the post's likes were in the store when it was scored (then the prediction is reported apart from
+-- those made before the likes were known; NULL in rows scored before igcli recorded it: judged by whether the post
+-- changed after it was scored). user_mean_log_likes: the user's mean ln-likes over earlier posts when scored, the
+-- baseline `evaluate` compares with (NULL at cold start). reference_likes and effect_<group>: the drivers, x likes
+-- of each input group against the model's reference post (predicted = reference x the six effects).
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS likes_known BOOLEAN;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS user_mean_log_likes DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS reference_likes DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_user_level DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_trend DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_audience DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_timing DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_caption DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_image DOUBLE;
+
+-- One row per scoring batch (a model and its scored_at, as in predictions).
+CREATE TABLE IF NOT EXISTS score_batches (
+    model_id    VARCHAR NOT NULL,
+    scored_at   TIMESTAMP NOT NULL,
+    source_file VARCHAR NOT NULL,
+    posts       BIGINT NOT NULL,
+    PRIMARY KEY (model_id, scored_at)
+);
+
+-- Each batch's population stability index per model input against the card's training distribution.
+-- level: drift (PSI >= 0.25) | note (>= 0.1) | ok | calendar (month, weekday: never named); drift and note only
+-- where PSI is also beyond what sampling alone gives a batch of that size (noise).
+CREATE TABLE IF NOT EXISTS batch_drift (
+    model_id  VARCHAR NOT NULL,
+    scored_at TIMESTAMP NOT NULL,
+    input     VARCHAR NOT NULL,
+    psi       DOUBLE NOT NULL,
+    level     VARCHAR NOT NULL,
+    noise     DOUBLE NOT NULL,
+    PRIMARY KEY (model_id, scored_at, input)
+);
+
+-- How each stored prediction turned out, once its post's likes are known: one row per model and post, like
+-- predictions (a post scored by two models has two). blind: made before the likes were known (it counts); the
+-- others are reported apart. igcli evaluate writes new and changed rows only.
+CREATE TABLE IF NOT EXISTS evaluations (
+    model_id            VARCHAR NOT NULL,
+    post_id             VARCHAR NOT NULL,
+    username            VARCHAR NOT NULL,
+    scored_at           TIMESTAMP NOT NULL,
+    blind               BOOLEAN NOT NULL,
+    predicted_log_likes DOUBLE NOT NULL,
+    p10_log_likes       DOUBLE NOT NULL,
+    p90_log_likes       DOUBLE NOT NULL,
+    usual_log_likes     DOUBLE,
+    user_mean_log_likes DOUBLE,
+    actual_likes        BIGINT NOT NULL,
+    evaluated_at        TIMESTAMP NOT NULL,
+    PRIMARY KEY (model_id, post_id)
+);

@@ -117,7 +117,9 @@ def test_killed_worker_leaves_the_store_unchanged_and_the_rerun_resumes(
 def test_score_on_ray_gives_the_local_predictions(ray_cluster: dict, trained_store: dict, tmp_path: Path):
     from igcli.commands.score import ScoreOptions, score
 
-    preds = "SELECT post_id, model_id, predicted_log_likes, p10_likes, p90_likes FROM predictions ORDER BY post_id"
+    preds = ("SELECT post_id, model_id, predicted_log_likes, p10_likes, p90_likes, reference_likes, "
+             "effect_user_level, effect_trend, effect_audience, effect_timing, effect_caption, effect_image "
+             "FROM predictions ORDER BY post_id")
     new_posts = trained_store["sample"] / "new_posts.csv"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

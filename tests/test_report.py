@@ -434,3 +434,40 @@ def test_random_init_features_are_marked_in_red(scored, full, tmp_path: Path):
     html = Path(report(db, tmp_path, scored["exports"], name="r2.html").path).read_text(encoding="utf-8")
     row = next(r for r in html.split('data-part="backbones"')[1].split("</tr>") if "test_vit" in r)
     assert "fp-random-1234" in row and '<span class="bad" data-random-init>random init</span>' in row
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def test_past_predictions_drift_and_drivers_on_the_page(scored, tmp_path: Path):
+    """After the likes of the scored posts arrive and `igcli evaluate` runs, the page says how the predictions
+    turned out (the evaluate numbers), and the scores section shows the batch's drift and each post's drivers."""
+    from igcli.commands.evaluate import evaluate
+    from igcli.commands.ingest import ingest_posts
+
+    db = copy_db(scored, tmp_path)
+    ingest_posts(scored["sample"] / "new_posts_with_likes.csv", db=db)
+    ev = evaluate(db)
+    r = report(db, tmp_path, scored["exports"])
+    html = Path(r.path).read_text(encoding="utf-8")
+    p = Page(html)
+    assert p.sections == ["store", "model", "scores", "outcomes"] == r.sections
+    assert "outcomes" in p.figures and "drift" in p.parts
+    (m,) = ev.models
+    shown = p.metric("outcomes", "model")
+    assert float(shown["mae"]) == m.blind["mae"] and int(shown["n"]) == m.blind["n"] == scored["score"].posts
+    assert float(p.metric("outcomes", "user_mean")["mae"]) == m.with_history["user_mean"]["mae"]
+    assert "realized: MAE" in r.summary
+    assert scored["score"].drift_summary.split(" (new posts")[0] in html.replace("&#39;", "'")
+    drivers = re.findall(r"<td class=\"text\" data-drivers>([^<]*)</td>", html)
+    assert drivers and all(re.search(r"(×[\d.]+|[+−]\d+%) ", d) for d in drivers)
+    assert_self_contained(html, p)
+
+
+def test_a_store_without_the_loop_tables_reports_as_before(scored, tmp_path: Path):
+    db = copy_db(scored, tmp_path)
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE evaluations; DROP TABLE batch_drift; DROP TABLE score_batches")
+    con.close()
+    r = report(db, tmp_path, scored["exports"])
+    p = page(r)
+    assert r.sections == ["store", "model", "scores"] and "drift" not in p.parts

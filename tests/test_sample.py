@@ -46,6 +46,7 @@ def test_writes_the_layout_of_the_real_data(small: SampleSummary) -> None:
         "posts.csv",
         "new_posts.csv",
         "new_posts_truth.csv",
+        "new_posts_with_likes.csv",
         "hashtag_ranking.txt",
         "images",
     }
@@ -150,6 +151,9 @@ def test_new_posts_hide_likes_and_include_cold_start_users(small: SampleSummary)
     assert new["likes"].null_count == new.num_rows
     assert truth["post_id"].to_pylist() == new["post_id"].to_pylist()
     assert truth["likes"].null_count == 0 and min(truth["likes"].to_pylist()) >= 1
+    later = read_csv(small.out_dir / "new_posts_with_likes.csv")      # the same rows, once the likes came in
+    assert later.drop_columns(["likes"]).equals(new.drop_columns(["likes"]))
+    assert later["likes"].to_pylist() == truth["likes"].to_pylist()
     known = set(posts["username"].to_pylist())
     new_users = set(new["username"].to_pylist())
     cold = new_users - known

@@ -107,8 +107,54 @@ def test_output_file(trained_store, tmp_path: Path, suffix: str):
     table = pcsv.read_csv(out) if suffix == ".csv" else pq.read_table(out)
     assert table.column_names == ["post_id", "username", "posted_at", "predicted_likes", "p10_likes", "p90_likes",
                                   "usual_likes", "vs_usual", "cold_start", "image_used", "model_id",
-                                  "predicted_log_likes", "scored_at", "batch_id"]
+                                  "predicted_log_likes", "scored_at", "batch_id", "reference_likes",
+                                  "effect_user_level", "effect_trend", "effect_audience", "effect_timing",
+                                  "effect_caption", "effect_image"]
     assert table.num_rows == r.posts and r.out == str(out)
+    product = table["reference_likes"].to_numpy() * np.prod(
+        [table[c].to_numpy() for c in table.column_names if c.startswith("effect_")], axis=0)
+    np.testing.assert_allclose(product, table["predicted_likes"].to_numpy(), rtol=1e-5)
+
+
+def test_drivers_and_drift_are_stored_with_the_batch(trained_store, tmp_path: Path):
+    """Each row's drivers multiply to its prediction; the batch and each input's PSI are stored; a batch whose
+    captions are in another script and whose followers grew a hundredfold has both named."""
+    from igcli.model.explain import GROUPS
+
+    db = trained_store["db_copy"](tmp_path)
+    rows = csv_rows(trained_store["sample"] / "new_posts.csv")
+    # three copies: a batch large enough to judge drift (igcli.model.explain.MIN_DRIFT_POSTS)
+    batch = [{**r, "post_id": f"{r['post_id']}-{k}"} for k in range(3) for r in rows]
+    plain, shifted = tmp_path / "plain.csv", tmp_path / "shifted.csv"
+    write_csv_rows(plain, batch)
+    write_csv_rows(shifted, [{**r, "post_id": f"s-{r['post_id']}", "caption": "今日はとても良い天気です 東京",
+                              "followers": str(int(float(r["followers"] or 1000) * 100)),
+                              "observed_at": "2024-12-31 00:00:00"} for r in batch])
+    r = score(plain, db, _opts(trained_store, images_dir=trained_store["sample"]))
+    assert len(batch) >= 100 and r.posts == len(batch) and r.drift is not None
+    # the sample's new posts come from a few of its users: their audience differs from the training mix already
+    plain_drift = {d["input"]: d for d in r.drift}
+    assert plain_drift["frac_ascii"]["level"] == "ok", r.drift_summary
+    s = score(shifted, db, _opts(trained_store, images_dir=trained_store["sample"]))
+    drift = {d["input"]: d for d in s.drift}
+    assert drift["followers"]["level"] == drift["frac_ascii"]["level"] == "drift", s.drift_summary
+    assert drift["followers"]["psi"] > plain_drift["followers"]["psi"] + 1.0
+    assert s.drift_summary.startswith("drift: ") and "followers" in s.drift_summary
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        batches = con.execute("SELECT model_id, scored_at, posts FROM score_batches ORDER BY scored_at").fetchall()
+        assert [b[2] for b in batches] == [len(batch), len(batch)] and batches[0][0] == r.model_id
+        stored = con.execute("SELECT input, psi, level FROM batch_drift WHERE scored_at = ? ORDER BY input",
+                             [batches[1][1]]).fetchall()
+        assert {i: (p, lvl) for i, p, lvl in stored} == {k: (d["psi"], d["level"]) for k, d in drift.items()}
+        effects = ", ".join(f"effect_{g}" for g in GROUPS)
+        got = con.execute(f"SELECT predicted_likes, reference_likes, {effects} FROM predictions").fetchall()
+    finally:
+        con.close()
+    got = np.array(got)
+    np.testing.assert_allclose(got[:, 1] * np.prod(got[:, 2:], axis=1), got[:, 0], rtol=1e-5)
+    assert len(np.unique(got[:, 1])) == 1                                  # one reference post per model
+    assert all(e["drivers"] for e in r.above_usual + r.below_usual)
 
 
 def test_model_without_matching_ranking_is_refused(trained_store, tmp_path: Path):

@@ -4,8 +4,10 @@
     result = build_report("igcli.duckdb", model="latest", out="report.html")
 
 Order of work: the store (posts, users, likes, rejects, images, backbones) -> the model (its ``runs`` row,
-its card, ``test_part.parquet`` exported beside it) -> the latest scoring batch of that model -> one
-Jinja2 template (``igcli/templates/report.html.j2``). Each section is left out when its data is absent.
+its card, ``test_part.parquet`` exported beside it) -> the latest scoring batch of that model (with its inputs'
+drift and the drivers of the posts furthest from their usual) -> how that model's past predictions turned out
+(``evaluations``, as ``igcli evaluate`` recorded them) -> one Jinja2 template (``igcli/templates/report.html.j2``).
+Each section is left out when its data is absent.
 
 The page needs no network and no other file: figures are PNG data URIs drawn with matplotlib, thumbnails
 are small embedded JPEGs, there is no script, and a Content-Security-Policy forbids loading anything
@@ -30,9 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from igcli import store
+from igcli.commands.evaluate import summarize
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import available_sources
 from igcli.files import atomic_write, check_output
+from igcli.model.explain import GROUPS, InputDrift, describe, drift_summary
 from igcli.model.export import CARD, ONNX, TEST_PART, load_card, resolve_model_dir
 from igcli.model.metrics import metrics as compute
 from igcli.vision.decode import decode_image
@@ -85,16 +89,19 @@ def build_report(
         model_dir = _find_model(con, model, Path(exports_dir), notes)
         model_sec = _model_section(con, model_dir, notes) if model_dir else None
         scores_sec = _scores_section(con, model_sec["model_id"]) if model_sec else None
+        outcomes_sec = _outcomes_section(con, model_sec["model_id"]) if model_sec else None
     finally:
         con.close()
     if model_sec and not scores_sec:
         notes.append(f"model {model_sec['model_id']} has scored nothing in this store yet: run `igcli score`")
-    summary = _summary(store_sec, model_sec, scores_sec)
+    summary = _summary(store_sec, model_sec, scores_sec) + _outcomes_summary(outcomes_sec)
     html = render({"db": str(db), "store": store_sec, "model": model_sec, "scores": scores_sec,
-                   "notes": notes, "summary": summary, "generated_at": f"{store.utcnow():%Y-%m-%d %H:%M:%S}"})
+                   "outcomes": outcomes_sec, "notes": notes, "summary": summary,
+                   "generated_at": f"{store.utcnow():%Y-%m-%d %H:%M:%S}"})
     with atomic_write(out, "--out") as fh:
         fh.write(html.encode("utf-8"))
-    sections = [name for name, sec in (("store", store_sec), ("model", model_sec), ("scores", scores_sec)) if sec]
+    sections = [name for name, sec in (("store", store_sec), ("model", model_sec), ("scores", scores_sec),
+                                       ("outcomes", outcomes_sec)) if sec]
     return ReportResult(str(out), len(html.encode("utf-8")), sections,
                         model_sec["model_id"] if model_sec else None, summary, notes)
 
@@ -325,6 +332,8 @@ def _scores_section(con: duckdb.DuckDBPyConnection, model_id: str) -> dict | Non
     n = min(EXTREMES, len(ranked) // 2) if len(ranked) > 1 else len(ranked)
     sec["above"] = _post_views(batch, ranked[::-1][:n], key)
     sec["below"] = _post_views(batch, ranked[:n], key) if len(ranked) > 1 else []
+    sec["has_drivers"] = "effect_image" in columns and any(p["drivers"] for p in sec["above"] + sec["below"])
+    sec["drift"] = _drift_part(con, model_id, scored_at, batch.num_rows)
     return sec
 
 
@@ -340,6 +349,7 @@ def _post_view(r: dict, value: float) -> dict:
     return {"post_id": r["post_id"], "username": r["username"], "posted_at": r["posted_at"],
             "predicted": r["predicted_likes"], "p10": r["p10_likes"], "p90": r["p90_likes"],
             "actual": r["actual_likes"], "usual": r.get("usual_likes"), "value": value,
+            "drivers": describe({g: r.get(f"effect_{g}") for g in GROUPS}),
             "thumb": _thumbnail(r["image_file"], r.get("image_sha256"))}
 
 
@@ -372,6 +382,96 @@ def _summary(store_sec: dict | None, model_sec: dict | None, scores_sec: dict | 
         parts.append(f"last scores: {scores_sec['posts']:,} posts at {scores_sec['scored_at']:%Y-%m-%d %H:%M} UTC, "
                      f"median {scores_sec['median']:,.0f} likes")
     return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- the loop
+
+DRIFT_ROWS = 15
+# outcome metric -> (column label, the METRICS key whose format it takes)
+OUTCOME_COLUMNS = {"n": ("posts", "n"), "mae": ("MAE", "mae"), "within_10pct": ("±10%", "within_10pct"),
+                   "coverage_p10_p90": ("p10–p90 coverage", "coverage_p10_p90"),
+                   "pairwise": ("within-user pairwise", "within_10pct")}
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in _rows(con, "tables")}
+
+
+def _drift_part(con: duckdb.DuckDBPyConnection, model_id: str, scored_at, posts: int) -> dict | None:
+    """The latest batch's inputs by PSI against the card's training distribution (``score`` stored them)."""
+    if "batch_drift" not in _tables(con):
+        return None      # a store no igcli with drift has written to
+    rows = store.run_block(con, "evaluate", "batch_drift_rows", {"model_id": model_id, "scored_at": scored_at}
+                           ).fetchall()
+    if not rows:
+        return None
+    drift = [InputDrift(name, psi, level, noise) for name, psi, level, noise in rows]
+    # the largest PSIs of the inputs a batch of new posts does not move by construction, then of the history ones
+    shown = [d for d in drift if not d.history][:DRIFT_ROWS] + [d for d in drift if d.history][:DRIFT_ROWS // 2]
+    return {"summary": drift_summary(drift, posts), "inputs": len(drift),
+            "rows": [{"input": d.name, "psi": d.psi, "level": d.level, "history": d.history} for d in shown]}
+
+
+def _outcomes_section(con: duckdb.DuckDBPyConnection, model_id: str) -> dict | None:
+    """How the model's stored predictions turned out (``igcli evaluate`` wrote ``evaluations``)."""
+    if "evaluations" not in _tables(con):
+        return None
+    rows = store.run_block(con, "evaluate", "outcome_rows", {"model_id": model_id, "since": None}).fetchnumpy()
+    if not len(rows["model_id"]):
+        return None
+    m = summarize(rows)[0]
+    metric_rows = [("model", "model (made before the likes were known)", m.blind, True),
+                   ("with_history", "model, posts whose user had history", m.with_history["model"], False),
+                   ("user_mean", "baseline: user's mean of earlier posts (same posts)", m.with_history["user_mean"],
+                    False)]
+    if m.usual:
+        metric_rows.append(("usual", "usual_likes as the prediction", m.usual, False))
+    if m.informed:
+        metric_rows.append(("informed", "scored after the likes were known (apart)", m.informed, False))
+    keys = [k for k in OUTCOME_COLUMNS if any(k in r[2] for r in metric_rows)]
+    rows_out = [{"id": i, "label": label, "strong": strong,
+                 "cells": [{"key": k, "value": mt.get(k), "text": format_metric(mt.get(k), OUTCOME_COLUMNS[k][1])}
+                           for k in keys]} for i, label, mt, strong in metric_rows]
+    sec = {"model_id": model_id, "blind": m.blind, "informed": m.informed, "zero_likes": m.zero_likes,
+           "user_mean": m.with_history["user_mean"], "with_history": m.with_history["model"],
+           "period": m.period, "periods": m.periods, "metric_rows": rows_out,
+           "metric_labels": [OUTCOME_COLUMNS[k][0] for k in keys],
+           "figure": _outcomes_figure(m.periods, m.period) if m.periods else None}
+    return sec if m.blind["n"] or m.informed else None
+
+
+def _outcomes_summary(sec: dict | None) -> str:
+    if not sec or not sec["blind"]["n"]:
+        return ""
+    return (f"; realized: MAE {format_metric(sec['blind']['mae'], 'mae')} on {sec['blind']['n']:,} posts scored before "
+            f"their likes (user's mean {format_metric(sec['user_mean']['mae'], 'mae')} on "
+            f"{sec['user_mean']['n']:,} of them)")
+
+
+def _outcomes_figure(periods: list[dict], period: str) -> str:
+    fig, ax = _figure(6.4, 3.2)
+    x = np.arange(len(periods))             # one slot per batch or week, labelled by its start
+    ax.plot(x, [p["mae"] for p in periods], marker="o", color="#4c72b0", label="model, all posts")
+    ax.plot(x, [p["model_mae_with_history"] for p in periods], marker="o", ls="--", color="#4c72b0",
+            label="model, posts with history")
+    ax.plot(x, [p["user_mean_mae"] for p in periods], marker="s", color="#8c8c8c", label="user's mean, same posts")
+    if any(p["usual_mae"] is not None for p in periods):
+        ax.plot(x, [math.nan if p["usual_mae"] is None else p["usual_mae"] for p in periods], marker="^",
+                color="#dd8452", label="usual_likes")
+    ax.set(xlabel=f"{period} of scoring", ylabel="MAE of ln(likes)")
+    top = np.nanmax([v for p in periods for v in (p["mae"], p["user_mean_mae"], p["usual_mae"]) if v is not None])
+    ax.set_ylim(0, 1.25 * top if np.isfinite(top) and top > 0 else 1.0)
+    cover = ax.twinx()
+    cover.plot(x, [100 * p["coverage_p10_p90"] for p in periods], marker=".", ls=":", color="#55a868")
+    cover.axhline(80, color="#55a868", lw=0.8, alpha=0.5)
+    cover.set_ylim(0, 100)
+    cover.set_ylabel("% inside p10–p90 (dotted; target 80)", color="#55a868", fontsize=8)
+    ax.legend(frameon=False, fontsize=7, loc="lower left")
+    fmt = "%m-%d %H:%M" if period == "batch" else "%Y-%m-%d"
+    step = max(1, len(periods) // 12)
+    ax.set_xticks(x[::step], [p["start"].strftime(fmt) for p in periods][::step], rotation=30, fontsize=7)
+    ax.set_xlim(-0.5, len(periods) - 0.5)
+    return _data_uri(fig)
 
 
 # ---------------------------------------------------------------------------------------- figures

@@ -18,6 +18,8 @@ Files written to ``out_dir`` (which must be new or empty):
 - ``new_posts.csv``: the same columns with ``likes`` empty: January 2025 posts (after every post in
   ``posts.csv``) from a subset of users plus 3-5 cold-start users who have no row in ``posts.csv``.
 - ``new_posts_truth.csv``: post_id, likes, the generated true likes of ``new_posts.csv``.
+- ``new_posts_with_likes.csv``: ``new_posts.csv`` as scraped again once the likes came in (the same rows, with
+  those likes): ``igcli ingest`` it after scoring, then ``igcli evaluate``.
 - ``hashtag_ranking.txt``: the fixed 300-tag vocabulary, most popular first, no ``#``.
 - ``images/<post_id>.jpg``: gradients, shapes and noise (skipped with ``images=False``).
 
@@ -255,6 +257,8 @@ def generate_sample(
         if tables.new_posts.num_rows:
             con.from_arrow(tables.new_posts).write_csv(str(out_dir / "new_posts.csv"), header=True)
             con.from_arrow(tables.truth).write_csv(str(out_dir / "new_posts_truth.csv"), header=True)
+            later = tables.new_posts.set_column(COLUMNS.index("likes"), "likes", tables.truth["likes"])
+            con.from_arrow(later).write_csv(str(out_dir / "new_posts_with_likes.csv"), header=True)
     finally:
         con.close()
     (out_dir / "hashtag_ranking.txt").write_text("\n".join(HASHTAGS) + "\n", encoding="utf-8")

@@ -9,7 +9,9 @@ Order of work: read and verify the model card -> ingest the batch -> compute ima
 needs and the store lacks -> point-in-time metadata features with the card's parameters, from the stored
 per-user state plus the batch's own order (a scored post sees the earlier posts of its user, never itself
 or later ones) -> check feature names against the card
--> onnxruntime in large batches -> `predictions` rows (replaced, never duplicated) and optional file.
+-> onnxruntime in large batches -> usual_likes, the drivers and the inputs' drift (``igcli.model.explain``) ->
+`predictions` rows (replaced, never duplicated; a prediction made before the post's likes were known is kept over
+one the same model makes after) with the batch's drift rows, and optional file.
 
 What-if. Every row is an alternative: it is scored against the stored history only, never against another
 row of the file, whatever their times. The file is ingested once inside a transaction that is rolled back
@@ -36,6 +38,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from igcli import store
+from igcli.commands.evaluate import record_batch
 from igcli.commands.ingest import ENCODINGS, PROBLEMS_SHOWN, image_problems, ingest_posts
 from igcli.commands.ingest import _detect_encoding as detect_encoding
 from igcli.engines import Engine, get_engine
@@ -43,15 +46,32 @@ from igcli.errors import InputError, ModelError, StoreError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
 from igcli.files import atomic_write, check_output, open_input, spreadsheet_safe
+from igcli.model.explain import (
+    CONTENT,
+    GROUPS,
+    Recorder,
+    batch_drift,
+    describe,
+    drift_summary,
+    drivers,
+    one_call,
+)
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
 
 OUTPUT_COLUMNS = ("post_id", "model_id", "predicted_log_likes", "predicted_likes", "p10_likes", "p90_likes",
-                  "scored_at", "usual_likes", "vs_usual", "batch_id")
+                  "scored_at", "usual_likes", "vs_usual", "batch_id", "reference_likes",
+                  *(f"effect_{g}" for g in GROUPS))
+RECORD_COLUMNS = ("likes_known", "user_mean_log_likes")       # stored for `igcli evaluate`, not in --out
+# A row this batch does not write: the post's likes are known now, and the same model scored it before they were
+# (the prediction that counts in `igcli evaluate`).
+KEEP_EARLIER = ("n.likes_known AND EXISTS (SELECT 1 FROM predictions p WHERE p.post_id = n.post_id "
+                "AND p.model_id = n.model_id AND p.likes_known = false)")
 # --out: who and when first, then the median with its band, rounded as a person reads them
 FILE_COLUMNS = ("post_id", "username", "posted_at", "predicted_likes", "p10_likes", "p90_likes", "usual_likes",
-                "vs_usual", "cold_start", "image_used", "model_id", "predicted_log_likes", "scored_at", "batch_id")
+                "vs_usual", "cold_start", "image_used", "model_id", "predicted_log_likes", "scored_at", "batch_id",
+                "reference_likes", *(f"effect_{g}" for g in GROUPS))
 EXTREMES = 3                                 # posts furthest above / below their usual in the summary
 FAR_DAYS = 365                               # a post this long after its user's previous one: a typo in posted_at?
 
@@ -97,6 +117,10 @@ class ScoreResult:
     image_problems_total: int = 0
     what_if: list[dict] = field(default_factory=list)          # per user: their alternatives, best first
     date_warnings: list[str] = field(default_factory=list)     # posts dated long after their user's previous one
+    # per model input, largest PSI first (igcli.model.explain.batch_drift); None: the card has no distribution
+    drift: list[dict] | None = None
+    drift_summary: str = ""                # the inputs named as drift / notes, one line
+    kept_earlier: int = 0                  # rows not replaced: the same model scored them before their likes
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -163,11 +187,12 @@ def score(
         _check_featurized(con, db)
         model = load_model(con, opts, engine)
         timings = {"model_load_s": time.perf_counter() - t0}
+        kept = 0
         if opts.what_if:
             batch, ing = _what_if(con, Path(posts), model, opts, engine, progress, timings)
             batch_id = None
         else:
-            batch, ing, batch_id = _score_and_store(con, Path(posts), model, opts, engine, progress, timings)
+            batch, ing, batch_id, kept = _score_and_store(con, Path(posts), model, opts, engine, progress, timings)
         problems, total = image_problems(con, batch.ids)
     finally:
         con.close()
@@ -189,6 +214,8 @@ def score(
         len(batch.ids) / timings["onnxruntime_s"] if timings.get("onnxruntime_s") else 0.0, seconds, ing.rejected,
         examples, out_path, timings, above_usual, below_usual, model.note, not opts.what_if, batch_id,
         problems, total, rank_alternatives(batch) if opts.what_if else [], batch.far_dates(),
+        [d.as_json() for d in batch.drift] if batch.drift is not None else None,
+        drift_summary(batch.drift, len(batch.ids)), kept,
     )
 
 
@@ -259,6 +286,7 @@ class Batch:
     model_id: str
     scored_at: Any
     batch_id: str | None = None
+    drift: list | None = None                # igcli.model.explain.InputDrift per input (None: no distribution)
 
     @property
     def cold(self) -> np.ndarray:
@@ -288,7 +316,8 @@ class Batch:
         return {"post_id": str(t["post_id"][i]), "username": str(self.frame.username[i]),
                 "predicted_likes": round(float(t["predicted_likes"][i])),
                 "p10_likes": round(float(t["p10_likes"][i])), "p90_likes": round(float(t["p90_likes"][i])),
-                "usual_likes": round(float(t["usual_likes"][i])), "vs_usual": round(float(t["vs_usual"][i]), 3)}
+                "usual_likes": round(float(t["usual_likes"][i])), "vs_usual": round(float(t["vs_usual"][i]), 3),
+                "drivers": describe({g: float(t[f"effect_{g}"][i]) for g in GROUPS})}
 
     def file_table(self) -> pa.Table:
         """The rows of ``--out``: ``FILE_COLUMNS``, likes rounded to whole likes."""
@@ -306,6 +335,8 @@ class Batch:
             "predicted_log_likes": pa.array(np.round(t["predicted_log_likes"], 4)),
             "scored_at": pa.array([self.scored_at] * n, pa.timestamp("us")),
             "batch_id": pa.array([self.batch_id] * n, pa.string()),
+            "reference_likes": pa.array(np.rint(t["reference_likes"]).astype(np.int64)),
+            **{f"effect_{g}": pa.array(np.round(t[f"effect_{g}"], 3)) for g in GROUPS},
         }
         return pa.table({c: cols[c] for c in FILE_COLUMNS})
 
@@ -325,8 +356,16 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
     quantiles = model.predict(inputs, post_ids, con).astype(np.float64)
     ort_s = time.perf_counter() - t2
     timings["onnxruntime_s"] = timings.get("onnxruntime_s", 0.0) + ort_s
-    usual = usual_log_likes(model.card, model.pre, inputs, lambda x: model.predict(x, post_ids, con))
+    neutral = Recorder(lambda x: model.predict(x, post_ids, con))     # its pass serves the drivers
+    usual = usual_log_likes(model.card, model.pre, inputs, neutral)
     timings["usual_s"] = timings.get("usual_s", 0.0) + time.perf_counter() - t2 - ort_s
+    t3 = time.perf_counter()
+    # on an engine whose every call is a job (Ray) the drivers' passes go in one call
+    why = drivers(model.card, model.pre, inputs, _driver_runs(model.predict, post_ids, con), quantiles[:, 1],
+                  known={CONTENT: neutral.last[:, 1]},
+                  predict_all=None if engine.name == "local" else one_call(
+                      lambda x, i: model.predict(x, i, con), post_ids))
+    timings["drivers_s"] = timings.get("drivers_s", 0.0) + time.perf_counter() - t3
     table = {
         "post_id": np.asarray(frame.post_id, dtype=object),
         "predicted_log_likes": quantiles[:, 1],
@@ -335,8 +374,19 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
         "p90_likes": np.exp(quantiles[:, 2]),
         "usual_likes": np.exp(usual),
         "vs_usual": np.exp(quantiles[:, 1] - usual),
+        **why.columns(),
+        "likes_known": frame.likes >= 0,
+        "user_mean_log_likes": frame.cols["hist_mean"],
     }
-    return Batch(post_ids, frame, inputs, table, model.card["model_id"], store.utcnow())
+    return Batch(post_ids, frame, inputs, table, model.card["model_id"], store.utcnow(),
+                 drift=batch_drift(model.card, inputs))
+
+
+def _driver_runs(predict, pids: list[str], con) -> list:
+    """The model for the drivers' passes: one callable per stream the engine runs side by side (the local engine:
+    two sessions on the CPU, ``streams``), else the predictor itself."""
+    streams = predict.streams() if hasattr(predict, "streams") else [predict]
+    return [lambda x, p=p: p(x, pids, con) for p in streams]
 
 
 def _ingest(con, posts: Path, opts: ScoreOptions, progress, timings: dict[str, float]):
@@ -355,17 +405,25 @@ def _score_and_store(con, posts: Path, model: Model, opts: ScoreOptions, engine:
     batch.batch_id = ing.ingest_id
     # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id, scored_at and batch_id
     # are the same on every row
-    row_sql = (f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
+    stored = OUTPUT_COLUMNS + RECORD_COLUMNS
+    row_sql = (f"SELECT {', '.join(stored)} FROM (SELECT *, $model_id::VARCHAR AS model_id, "
                "$now::TIMESTAMP AS scored_at, $batch::VARCHAR AS batch_id FROM igc_pred)")  # our constants
+    row_params = {"model_id": batch.model_id, "now": batch.scored_at, "batch": batch.batch_id}
+    kept = 0
     with store.transaction(con):
         con.register("igc_pred", batch.table)
         try:
-            con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(OUTPUT_COLUMNS)}) {row_sql}",
-                        {"model_id": batch.model_id, "now": batch.scored_at, "batch": batch.batch_id})
+            if batch.table["likes_known"].any():   # keep what this model predicted before the likes were known
+                kept = con.execute(f"SELECT count(*) FROM ({row_sql}) n WHERE {KEEP_EARLIER}", row_params
+                                   ).fetchall()[0][0]
+            keep = f"WHERE NOT ({KEEP_EARLIER})" if kept else ""
+            con.execute(f"INSERT OR REPLACE INTO predictions ({', '.join(stored)}) SELECT * FROM ({row_sql}) n "
+                        f"{keep}", row_params)
         finally:
             con.unregister("igc_pred")
+        record_batch(con, batch.model_id, batch.scored_at, str(posts.resolve()), len(batch.ids), batch.drift)
         store.fault_point("score.before_commit")
-    return batch, ing, ing.ingest_id
+    return batch, ing, ing.ingest_id, kept
 
 
 # --------------------------------------------------------------------------------------------- what-if
@@ -440,7 +498,8 @@ def join_batches(parts: list[Batch]) -> Batch:
     frame = first.frame.concat([p.frame for p in parts[1:]])
     inputs = {k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs}
     table = {k: np.concatenate([p.table[k] for p in parts]) for k in first.table}
-    return Batch([i for p in parts for i in p.ids], frame, inputs, table, first.model_id, first.scored_at)
+    return Batch([i for p in parts for i in p.ids], frame, inputs, table, first.model_id, first.scored_at,
+                 drift=None)
 
 
 def rank_alternatives(batch: Batch) -> list[dict]:

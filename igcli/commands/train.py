@@ -501,6 +501,7 @@ def train(
                 model, pre, run, opts, sources, frame.feature_params, fingerprint, Path(opts.exports_dir),
                 plots={"y_test": sub.ln_likes[test], "pred_test": pred[:, 1], "likes_all": sub.likes,
                        "test_part": _test_part(sub, train_idx, test, pred)} if opts.plots else None,
+                train_inputs=pre.transform(sub.take(train_idx)),   # the card's training distribution (drift)
             )
             run.export_dir = str(out_dir)
             run.timings["export_s"] = time.perf_counter() - t2

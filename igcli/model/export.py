@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from igcli import __version__, ort
 from igcli.errors import ModelError
 from igcli.files import atomic_write
+from igcli.model.explain import fit_distribution
 from igcli.store import fault_point
 from igcli.util import sha256_file
 
@@ -138,10 +139,13 @@ def _image_inputs(model) -> dict | None:
 
 
 def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
-                 plots: dict | None = None) -> Path:
+                 plots: dict | None = None, train_inputs: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``exports/<model_id>/``; ``train_inputs`` (the training rows' model inputs) give the card the
+    training distribution of every input, which ``score`` checks each batch against (drift)."""
     exports_dir = Path(exports_dir)
     with export_folder(exports_dir, run.model_id) as tmp:
-        return _export_into(tmp, model, pre, run, opts, sources, feature_params, data_fp, exports_dir, plots)
+        return _export_into(tmp, model, pre, run, opts, sources, feature_params, data_fp, exports_dir, plots,
+                            train_inputs)
 
 
 @contextmanager
@@ -184,7 +188,7 @@ def export_folder(exports_dir: Path, model_id: str) -> Iterator[Path]:
 
 
 def _export_into(tmp: Path, model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str,
-                 exports_dir: Path, plots: dict | None) -> Path:
+                 exports_dir: Path, plots: dict | None, train_inputs: dict[str, np.ndarray] | None) -> Path:
     try:
         onnx_export(model, tmp / ONNX)
         parity = check_parity(model, tmp / ONNX)
@@ -218,6 +222,8 @@ def _export_into(tmp: Path, model, pre, run, opts, sources: dict, feature_params
             "parity_max_abs_diff": parity,
             "onnx_sha256": sha256_file(tmp / ONNX),
         }
+        if train_inputs is not None:
+            card["input_distribution"] = fit_distribution(card, train_inputs)
         card = json.loads(json.dumps(card, default=str))  # plain JSON types, as it will be read back
         card["card_sha256"] = card_digest(card)
         (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
