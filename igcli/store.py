@@ -24,8 +24,9 @@ from igcli.errors import StoreError, StoreLocked
 DEFAULT_DB = Path("igcli.duckdb")
 # 2: ingests.file_key and ingests.summary (an igcli of version 1 inserts into ingests by position, so it
 # must refuse this store rather than fail mid-ingest); 3: user_state.med_y / max_y / min_y (an igcli of
-# version 2 would write user_state rows without them)
-SCHEMA_VERSION = 3
+# version 2 would write user_state rows without them); 4: runs.chosen_by (an igcli of version 3 inserts into
+# runs by position)
+SCHEMA_VERSION = 4
 # user_state's order statistics from the sorted values, for the rows of a store made before version 3
 _FILL_ORDER_STATS = ("UPDATE user_state SET med_y = igc_median_sorted(sorted_y), max_y = sorted_y[-1], "
                      "min_y = sorted_y[1]")

@@ -263,6 +263,10 @@ CREATE TABLE IF NOT EXISTS runs (
     timings          JSON NOT NULL,
     export_dir       VARCHAR
 );
+-- How train published the run's model (schema 4): 'validation' (branches chosen on the validation part),
+-- 'forced' (--branches), 'ablation' (an --all-combinations member that lost on validation); NULL when nothing
+-- was exported. igcli.commands.train.chosen_model reads it.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS chosen_by VARCHAR;
 
 CREATE TABLE IF NOT EXISTS predictions (
     post_id             VARCHAR NOT NULL,
