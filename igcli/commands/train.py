@@ -31,6 +31,7 @@ import pyarrow as pa
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError
 from igcli.features.frames import Frame, available_sources, data_fingerprint, serving_batch, training_frame
+from igcli.features.schema import IMAGE_HISTORY_FEATURES
 from igcli.model.export import export_model, plot_ablation
 from igcli.model.metrics import metrics
 from igcli.model.preprocess import Preprocessor, is_history_input
@@ -61,6 +62,9 @@ class TrainOptions:
     family_depth: int | None = None
     objects_source: str | None = None       # 'precomputed' or a backbone name; None = the one covering most posts
     aesthetics_source: str | None = None
+    image_history: bool = True              # img_* inputs with aesthetics: the photo against the user's earlier ones
+    rank_loss: str = "none"                 # within-user pair term beside the quantile loss: none | logistic | diff
+    rank_weight: float = 0.0
     refit: bool = True                      # after evaluation, refit on every labelled post (the exported model)
     exports_dir: Path = Path("exports")
     export: bool = True
@@ -159,7 +163,7 @@ def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
 
 def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[str, np.ndarray] | None,
          y_val: np.ndarray | None, opts: TrainOptions, progress: Callable[[str, int, int], None] | None,
-         seed: int | None = None, epochs: int | None = None):
+         seed: int | None = None, epochs: int | None = None, groups: np.ndarray | None = None):
     """Train ``model``; returns (model, epochs run, best validation MAE, best epoch). With validation rows:
     early stopping on their MAE, restoring the best epoch. With ``epochs`` and no validation rows (the
     refit): exactly that many epochs, keeping the last."""
@@ -171,16 +175,16 @@ def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _fit_loop(model, inputs, y, val_inputs, y_val, opts, progress, seed, epochs)
+        return _fit_loop(model, inputs, y, val_inputs, y_val, opts, progress, seed, epochs, groups)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress, seed: int,
-              fixed_epochs: int | None = None):
+              fixed_epochs: int | None = None, groups: np.ndarray | None = None):
     import torch
 
-    from igcli.model.net import pinball_loss
+    from igcli.model.net import pinball_loss, within_user_pair_loss
 
     names = model.input_names
     xs = [torch.from_numpy(inputs[k]) for k in names]
@@ -195,13 +199,24 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress,
     gen = torch.Generator().manual_seed(seed)
     n = len(y)
     total = opts.epochs if validate else fixed_epochs
+    ranked = opts.rank_loss != "none" and opts.rank_weight > 0 and groups is not None
+    if ranked:
+        g = torch.from_numpy(np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].astype(np.int64))
     for epoch in range(total):
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        if ranked:
+            # batches of whole users in random order (each user's rows shuffled): same-user pairs in every batch
+            ukey = torch.rand(int(g.max()) + 1, generator=gen)[g]
+            perm = torch.from_numpy(np.lexsort((torch.rand(n, generator=gen).numpy(), ukey.numpy())))
+        else:
+            perm = torch.randperm(n, generator=gen)
         for start in range(0, n, opts.batch_size):
             idx = perm[start:start + opts.batch_size]
             extra = {"ridge_override": oof[idx]} if oof is not None else {}
-            loss = pinball_loss(model(*[x[idx] for x in xs], **extra), yt[idx])
+            out = model(*[x[idx] for x in xs], **extra)
+            loss = pinball_loss(out, yt[idx])
+            if ranked:
+                loss = loss + opts.rank_weight * within_user_pair_loss(out[:, 1], yt[idx], g[idx], opts.rank_loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -416,7 +431,8 @@ def _fit_members(sub: Frame, fit_idx: np.ndarray, val_idx: np.ndarray | None, op
     from igcli.model.net import Ensemble, build_model
 
     pre = Preprocessor.fit(sub.take(fit_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH,
-                           relative=opts.relative_history)
+                           relative=opts.relative_history,
+                           image_history=IMAGE_HISTORY_FEATURES if opts.image_history else ())
     inputs = pre.transform(sub)
     if "objects" in inputs:
         pre.objects_mean = inputs["objects"][fit_idx].mean(axis=0).tolist()
@@ -440,7 +456,7 @@ def _fit_members(sub: Frame, fit_idx: np.ndarray, val_idx: np.ndarray | None, op
             torch.manual_seed(seed)
             member.init_weights()
         member, ep, _best, best_ep = _fit(member, rows(fit_idx), y[fit_idx], *val, opts, progress, seed,
-                                          None if epochs is None else epochs[k])
+                                          None if epochs is None else epochs[k], groups=sub.username[fit_idx])
         members.append(member)
         run_epochs.append(ep)
         best_epochs.append(best_ep)
