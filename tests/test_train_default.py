@@ -163,3 +163,21 @@ def test_cli_defaults_end_with_the_verdict_and_warn_when_history_wins(trained_st
     assert last.startswith("on held-out users: MAE ") and "above their history mean (" in last
     assert "does not beat the users' own history mean" in " ".join(r.stderr.split())
     assert "not tried metadata+objects" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_within_user_pair_loss_hand_computed():
+    import torch
+
+    from igcli.model.net import RANK_TEMPERATURE, within_user_pair_loss
+
+    pred = torch.tensor([1.0, 2.0, 0.5, 9.0])
+    y = torch.tensor([1.0, 3.0, 2.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 1])
+    # pairs of user 0: (0,1) right by 1.0, (0,2) wrong by 0.5, (1,2) right by 1.5; user 1 has one post
+    want = np.mean([np.log1p(np.exp(-d / RANK_TEMPERATURE)) for d in (1.0, -0.5, 1.5)])
+    assert float(within_user_pair_loss(pred, y, groups, "logistic")) == pytest.approx(want, rel=1e-5)
+    want_diff = np.mean([abs(-1.0 - -2.0), abs(0.5 - -1.0), abs(1.5 - 1.0)])
+    assert float(within_user_pair_loss(pred, y, groups, "diff")) == pytest.approx(want_diff, rel=1e-6)
+    assert float(within_user_pair_loss(pred, y, torch.arange(4), "logistic")) == 0.0     # no same-user pair
+    with pytest.raises(InputError, match="rank_loss"):
+        train("unused.duckdb", TrainOptions(rank_loss="listwise"))
