@@ -181,3 +181,20 @@ def test_within_user_pair_loss_hand_computed():
     assert float(within_user_pair_loss(pred, y, torch.arange(4), "logistic")) == 0.0     # no same-user pair
     with pytest.raises(InputError, match="rank_loss"):
         train("unused.duckdb", TrainOptions(rank_loss="listwise"))
+
+
+def test_the_choice_reads_a_backbones_classes_before_precomputed_ones(tmp_path):
+    from igcli.commands.train import _sources_for
+
+    con = store.connect(tmp_path / "s.duckdb")
+    con.execute("INSERT INTO image_classes SELECT 'p' || i, NULL, 'precomputed', 'precomputed', false, 'file', 1, "
+                "'n02084071', 0.5 FROM range(5) t(i)")
+    con.execute("INSERT INTO image_classes SELECT NULL, 'sha' || i, 'efficientnet_lite0', 'fp:crop1', false, "
+                "'featurize', 1, 'n02084071', 0.5 FROM range(3) t(i)")
+    chosen = _sources_for(con, TrainOptions(), None)
+    assert chosen["objects"]["backbone"] == "efficientnet_lite0" and chosen["aesthetics"] is None
+    named = _sources_for(con, TrainOptions(objects_source="precomputed"), None)
+    assert named["objects"]["backbone"] == "precomputed"
+    forced = _sources_for(con, TrainOptions(), ("metadata", "objects"))          # --branches: most posts, as before
+    assert forced["objects"]["backbone"] == "precomputed"
+    con.close()

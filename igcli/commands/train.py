@@ -624,7 +624,9 @@ def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
 
 def _sources_for(con: duckdb.DuckDBPyConnection, opts: TrainOptions, forced: tuple[str, ...] | None):
     """The image sources to load: the forced branches' (an error naming the fix when one is missing), or for
-    the choice every image branch's that the store has (a named source that is missing is an error)."""
+    the choice every image branch's that the store has (a named source that is missing is an error). Unnamed,
+    the choice takes a backbone's classes before precomputed ones: `score` computes a backbone's for new posts,
+    while precomputed classes exist only for the posts of the file that was ingested."""
     if forced:
         return _choose_sources(con, opts, forced)
     avail = available_sources(con)
@@ -633,6 +635,8 @@ def _sources_for(con: duckdb.DuckDBPyConnection, opts: TrainOptions, forced: tup
         options = [s for s in avail[branch] if wanted in (None, s["backbone"])]
         if wanted and not options:
             raise FeatureMismatch(f"no stored {branch} features from {wanted}: run {FIX[branch]}")
+        if not wanted:
+            options.sort(key=lambda s: s["backbone"] == "precomputed")      # stable: most posts first otherwise
         chosen[branch] = options[0] if options else None
     return chosen
 
