@@ -129,6 +129,7 @@ def test_chosen_model_is_the_latest_published_choice(trained_store, tmp_path):
     assert chosen_model(con) == trained_store["run"].model_id                 # forced --branches, exported
     run = train(db, TrainOptions(epochs=5, ensemble=1, export=False), con=con)
     assert chosen_model(con) == trained_store["run"].model_id                 # nothing exported: not chosen
+    assert run.refit is None                                                  # and nothing to refit
     assert con.execute("SELECT chosen_by FROM runs WHERE model_id = ?", [run.model_id]).fetchall() == [(None,)]
     published = train(db, TrainOptions(epochs=5, ensemble=1, exports_dir=tmp_path / "ex"), con=con)
     assert chosen_model(con) == published.model_id

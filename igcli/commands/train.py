@@ -68,7 +68,7 @@ class TrainOptions:
     image_history: bool = True              # img_* inputs with aesthetics: the photo against the user's earlier ones
     rank_loss: str = "none"                 # within-user pair term beside the quantile loss: none | logistic | diff
     rank_weight: float = 0.0
-    refit: bool = True                      # after evaluation, refit on every labelled post (the exported model)
+    refit: bool = True                      # after evaluation, refit the exported model on every labelled post
     exports_dir: Path = Path("exports")
     export: bool = True
     plots: bool = True
@@ -686,7 +686,7 @@ def train(
             split_rows=(sub, train_idx, val_idx, test),
         )
         exported, exported_pre, fitted_ids = model, pre, sub.post_id[train_idx]
-        if opts.refit:
+        if opts.refit and opts.export:            # the refit is the exported model: nothing to refit without one
             exported, exported_pre, fitted_ids, run.refit = refit_on_frame(frame, chosen, model,
                                                                            res["best_epochs"], progress)
             run.timings["refit_s"] = run.refit["seconds"]
