@@ -11,9 +11,22 @@ import pytest
 from conftest import csv_rows, run_cli, write_csv_rows
 
 from igcli import store
-from igcli.commands.train import TrainOptions, chosen_model, held_out_user, train, train_on_frame, verdict
+from igcli.commands.featurize import featurize
+from igcli.commands.ingest import ingest_posts
+from igcli.commands.train import (
+    TrainOptions,
+    _sources_for,
+    chosen_model,
+    held_out_user,
+    train,
+    train_on_frame,
+    verdict,
+)
 from igcli.errors import InputError
 from igcli.features.frames import data_fingerprint, load_frame
+from igcli.features.images import ImageFeatureOptions
+from igcli.features.metadata import FeaturizeOptions
+from igcli.model.net import RANK_TEMPERATURE, within_user_pair_loss
 from igcli.model.preprocess import Preprocessor
 
 
@@ -145,11 +158,6 @@ def test_chosen_model_is_the_latest_published_choice(trained_store, tmp_path):
 
 def test_cli_defaults_end_with_the_verdict_and_warn_when_history_wins(trained_store, tmp_path):
     """Every post of a user has the same likes: the user's history mean is exact, so no model beats it."""
-    from igcli.commands.featurize import featurize
-    from igcli.commands.ingest import ingest_posts
-    from igcli.features.images import ImageFeatureOptions
-    from igcli.features.metadata import FeaturizeOptions
-
     rows = csv_rows(trained_store["sample"] / "posts.csv")
     level = {}
     for row in rows:
@@ -169,8 +177,6 @@ def test_cli_defaults_end_with_the_verdict_and_warn_when_history_wins(trained_st
 def test_within_user_pair_loss_hand_computed():
     import torch
 
-    from igcli.model.net import RANK_TEMPERATURE, within_user_pair_loss
-
     pred = torch.tensor([1.0, 2.0, 0.5, 9.0])
     y = torch.tensor([1.0, 3.0, 2.0, 1.0])
     groups = torch.tensor([0, 0, 0, 1])
@@ -185,8 +191,6 @@ def test_within_user_pair_loss_hand_computed():
 
 
 def test_the_choice_reads_a_backbones_classes_before_precomputed_ones(tmp_path):
-    from igcli.commands.train import _sources_for
-
     con = store.connect(tmp_path / "s.duckdb")
     con.execute("INSERT INTO image_classes SELECT 'p' || i, NULL, 'precomputed', 'precomputed', false, 'file', 1, "
                 "'n02084071', 0.5 FROM range(5) t(i)")
