@@ -337,7 +337,8 @@ def train(
         help="Models trained with different seeds and averaged in the exported graph.")] = 2,
     family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families \\[default: 7].")] = None,
     objects_source: Annotated[str | None, typer.Option(
-        help="'precomputed' or a classifier name \\[default: the source covering most posts].")] = None,
+        help="'precomputed' or a classifier name \\[default: the source covering most posts; when train chooses "
+             "the branches, a classifier's before precomputed classes].")] = None,
     aesthetics_source: Annotated[str | None, typer.Option(help="Embedding backbone \\[default: most posts].")] = None,
     exports: Annotated[Path, typer.Option(help="Where models are exported.")] = Path("exports"),
     refit: Annotated[bool, typer.Option(
@@ -416,8 +417,7 @@ def _print_choice_and_verdict(runs: list, ablation: bool) -> None:
         return
     r = min(runs, key=lambda x: x.candidates[0]["val_mae"]) if ablation else runs[0]
     if r.chosen_by == "validation" and len(r.candidates) > 1:
-        tried = ", ".join(f"{'+'.join(c['branches'])} {c['val_mae']:.3f}" if "val_mae" in c
-                          else f"{'+'.join(c['branches'])} skipped" for c in r.candidates)
+        tried = ", ".join(f"{'+'.join(c['branches'])} {c['val_mae']:.3f}" for c in r.candidates if "val_mae" in c)
         out.print(f"branches chosen on the validation part (MAE): {tried}", markup=False)
     for c in r.candidates:
         if "skipped" in c:
