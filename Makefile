@@ -16,14 +16,15 @@ $(BIN)/igcli: pyproject.toml
 venv: $(BIN)/igcli
 
 # The whole pipeline on generated data (synthetic posts and images), no network: image features from the
-# pretrained EfficientNet-Lite0 of its pip package, all seven branch combinations trained and compared, new posts
-# scored, their likes ingested once they are known and the predictions evaluated.
+# pretrained EfficientNet-Lite0 of its pip package, then `train` with its defaults (branches chosen on the
+# validation part, evaluated on held-out users, refit on every labelled post), new posts scored, their likes
+# ingested once they are known and the predictions evaluated.
 demo: venv
 	rm -rf $(DEMO) $(DB) $(DB).wal
 	$(BIN)/igcli sample $(DEMO) --posts 1500 --users 60 --seed 0
 	$(BIN)/igcli ingest $(DEMO)/posts.csv --db $(DB)
 	$(BIN)/igcli featurize --db $(DB) --hashtag-ranking $(DEMO)/hashtag_ranking.txt
-	$(BIN)/igcli train --db $(DB) --all-combinations --split random --seed 0
+	$(BIN)/igcli train --db $(DB)
 	$(BIN)/igcli score $(DEMO)/new_posts.csv --db $(DB) --out $(DEMO)/predictions.csv
 	# later, the scored posts come back with their likes: ingest them and see how the predictions turned out
 	$(BIN)/igcli ingest $(DEMO)/new_posts_with_likes.csv --db $(DB)

@@ -260,6 +260,255 @@ def subset_values(runs: list, subset: str) -> list[dict[str, float]]:
     return [r.subsets[subset] for r in runs if r.subsets.get(subset, {}).get("n")]
 
 
+# --------------------------------------------------------------------------------------- ablation
+
+MA = ("metadata", "aesthetics")
+ABLATION_HEADER = ["model", "MAE", "× history mean", "pairwise", "±10%", "p10-p90 cov.", "cold start MAE",
+                   "branches chosen", "fit s", "note"]
+
+
+@dataclass
+class Variant:
+    label: str
+    options: dict
+    columns: str | None = None          # bench-only inputs added to the frame: 'sequence' or 'caption'
+    note: str = ""
+    cold: bool = False                  # also the user split, for the cold-start MAE
+
+
+VARIANTS = (
+    Variant("defaults: `igcli train`", {}, note="branches chosen on validation; photo vs earlier photos on",
+            cold=True),
+    Variant("metadata+aesthetics, forced", {"branches": MA}, note="reference for the rows under it"),
+    Variant("  − the photo vs earlier photos (img_*)", {"branches": MA, "image_history": False}, note="kept"),
+    Variant("  + within-user pair term (RankNet, weight 0.1)", {"branches": MA, "rank_loss": "logistic",
+                                                                "rank_weight": 0.1}, note="not kept"),
+    Variant("  + within-user pair term (difference L1, weight 0.5)", {"branches": MA, "rank_loss": "diff",
+                                                                      "rank_weight": 0.5}, note="not kept"),
+    Variant("  + embedding minus the user's earlier photos' mean", {"branches": MA}, "relative_embedding",
+            "not kept; bench only"),
+    Variant("  + window of the last 5 posts (ln-likes, gaps)", {"branches": MA}, "sequence", "not kept; bench only"),
+    Variant("  + caption words (hashed tf-idf, ridge)", {"branches": MA}, "caption", "not kept; bench only"),
+)
+SEQUENCE_K = 5
+
+
+def sequence_columns(frame, known: np.ndarray, k: int = SEQUENCE_K) -> dict[str, np.ndarray]:
+    """The last ``k`` earlier liked posts of the user (strictly earlier, likes known): their ln-likes minus
+    the mean of all earlier ones, and log1p of the days since each, newest first; NaN where there are fewer."""
+    n = len(frame)
+    out = {f"seq_y{j}": np.full(n, np.nan) for j in range(1, k + 1)}
+    out.update({f"seq_gap{j}": np.full(n, np.nan) for j in range(1, k + 1)})
+    days = frame.posted_at.astype("datetime64[s]").astype("int64") / 86400.0
+    y = frame.ln_likes
+    order = np.lexsort((days, frame.username))
+    users = frame.username[order]
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[a:b]
+        for r in idx:
+            prev = idx[(days[idx] < days[r]) & known[idx] & np.isfinite(y[idx])]
+            if not len(prev):
+                continue
+            mean = y[prev].mean()
+            for j, p in enumerate(prev[np.argsort(days[prev], kind="stable")][::-1][:k], start=1):
+                out[f"seq_y{j}"][r] = y[p] - mean
+                out[f"seq_gap{j}"][r] = np.log1p(days[r] - days[p])
+    return out
+
+
+def relative_embedding(frame) -> np.ndarray:
+    """Each post's embedding minus the mean embedding of its user's strictly earlier posts with one (point in
+    time; the mean of every embedding where there is none)."""
+    emb = frame.embedding
+    ok = np.isfinite(emb).all(axis=1)
+    prev = np.full_like(emb, np.nan)
+    order = np.lexsort((frame.post_id, frame.posted_at, frame.username))
+    users, times = frame.username[order], frame.posted_at[order]
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        total, count, i = np.zeros(emb.shape[1]), 0, a
+        while i < b:
+            j = i
+            while j < b and times[j] == times[i]:
+                j += 1
+            if count:
+                prev[order[i:j]] = total / count
+            for r in order[i:j]:
+                if ok[r]:
+                    total += emb[r]
+                    count += 1
+            i = j
+    fill = np.nanmean(emb[ok], axis=0)
+    return (emb - np.where(np.isfinite(prev), prev, fill)).astype(np.float32)
+
+
+def caption_matrix(con, frame, dim: int = 2 ** 14):
+    """Signed hashed tf-idf of the caption's and hashtags' words and word pairs, rows scaled to unit length."""
+    import re
+    import zlib
+
+    import scipy.sparse as sp
+
+    text = dict(con.execute("SELECT post_id, coalesce(caption, '') || ' ' || coalesce(hashtags, '') FROM posts"
+                            ).fetchall())
+    rows, cols, vals = [], [], []
+    for i, pid in enumerate(frame.post_id):
+        words = re.findall(r"#?\w+", text.get(pid, "").lower())
+        for tok in set(words + [a + "_" + b for a, b in zip(words, words[1:], strict=False)]):
+            h = zlib.crc32(tok.encode())
+            rows.append(i)
+            cols.append(h % dim)
+            vals.append(1.0 if (h >> 20) & 1 else -1.0)
+    x = sp.csr_matrix((vals, (rows, cols)), shape=(len(frame), dim))
+    idf = np.log((1 + len(frame)) / (1 + np.asarray((x != 0).sum(0)).ravel())) + 1
+    x = x @ sp.diags(idf)
+    norm = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+    return sp.diags(1 / np.where(norm > 0, norm, 1.0)) @ x
+
+
+def caption_score(x, frame, fit_rows: np.ndarray, alpha: float = 3.0) -> np.ndarray:
+    """A ridge of the user-relative ln-likes (ln-likes minus the history mean) on the caption matrix, fitted on
+    ``fit_rows`` only: out of fold (5 folds by user) for those rows, the full fit for every other row."""
+    from scipy.sparse.linalg import lsqr
+
+    from igcli.util import stable_bucket
+
+    r = frame.ln_likes - frame.cols["hist_mean"]
+    fit = np.zeros(len(frame), dtype=bool)
+    fit[fit_rows] = True
+    fit &= np.isfinite(r)
+    fold = np.array([stable_bucket(u, 5) for u in frame.username])
+
+    def ridge(rows):
+        mean = float(np.mean(r[rows]))
+        return lsqr(x[rows], r[rows] - mean, damp=np.sqrt(alpha))[0], mean
+
+    w, b = ridge(fit)
+    out = np.asarray(x @ w).ravel() + b
+    for f in range(5):
+        wf, bf = ridge(fit & (fold != f))
+        held = fit & (fold == f)
+        out[held] = np.asarray(x[held] @ wf).ravel() + bf
+    return out
+
+
+def ablation(db: Path, seeds: list[int], log) -> tuple[list[list[str]], list[str]]:
+    """Each kept or tried quality means as a row on the warm holdout (mean ± std over ``seeds``), with the
+    EfficientNet-Lite0 classes and embeddings a store without the paper's classes has."""
+    import contextlib
+    from dataclasses import replace
+
+    import igcli.model.preprocess as preprocess
+    from igcli import store
+    from igcli.commands.train import TrainOptions, split_rows, train_on_frame, warm_holdout_features
+    from igcli.features.frames import available_sources, training_frame
+
+    @contextlib.contextmanager
+    def extra_inputs(names):
+        """Bench-only columns as metadata inputs: they exist in this process's frames only, so such a model
+        could not score (a library input is computed by both reads of igcli.features.frames)."""
+        base = preprocess.extra_numeric
+        preprocess.extra_numeric = lambda: [*base(), *[(n, "none") for n in names]]
+        try:
+            yield
+        finally:
+            preprocess.extra_numeric = base
+
+    con = store.connect(db)
+    rows_out, notes = [], []
+    try:
+        avail = available_sources(con)
+        sources = {b: next((s for s in avail[b] if s["backbone"] == BACKBONE), None)
+                   for b in ("objects", "aesthetics")}
+        frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
+        pos = {p: i for i, p in enumerate(frame.post_id)}
+        caption_x = None
+        history_rows: list[dict] = []
+        for v in VARIANTS:
+            values, cold, chosen, secs = [], [], [], []
+            for seed in seeds:
+                opts = TrainOptions(split="warm-holdout", seed=seed, export=False, refit=False, **v.options)
+                base_sf = warm_holdout_features(con, frame.feature_params, sources)
+                fr, sf, names = frame, base_sf, []
+                if v.columns == "sequence":
+                    full = sequence_columns(frame, np.isfinite(frame.ln_likes))
+                    names = list(full)
+                    fr = replace(frame, cols={**frame.cols, **full})
+
+                    def sf(ids, _base=base_sf, _names=names):
+                        out = _base(ids)
+                        known = np.isfinite(frame.ln_likes)
+                        known[[pos[p] for p in ids]] = False            # the test posts' likes are hidden
+                        hidden = sequence_columns(frame, known)
+                        for n in _names:
+                            out.cols[n] = hidden[n][[pos[p] for p in out.post_id]]
+                        return out
+                elif v.columns == "relative_embedding":
+                    # the image branch fed the photo minus the mean of the user's strictly earlier photos (the
+                    # mean of all photos for a first photo); the test rows keep it (only their columns are
+                    # recomputed as score would)
+                    fr = replace(frame, embedding=relative_embedding(frame))
+                elif v.columns == "caption":
+                    if caption_x is None:
+                        caption_x = caption_matrix(con, frame)
+                    split = split_rows(frame, opts.split, seed)
+                    lab = np.array([pos[p] for p in split.sub.post_id])
+                    score = caption_score(caption_x, frame, lab[split.train])
+                    names = ["caption_score"]
+                    fr = replace(frame, cols={**frame.cols, "caption_score": score})
+
+                    def sf(ids, _base=base_sf, _score=score):
+                        out = _base(ids)
+                        out.cols["caption_score"] = _score[[pos[p] for p in out.post_id]]
+                        return out
+                import torch
+
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                with extra_inputs(names):
+                    _m, _p, res, _rows = train_on_frame(fr, opts, None, sf)
+                secs.append(time.perf_counter() - t0)
+                hist = res["baselines"]["user_mean_earlier_posts"]
+                values.append({**res["metrics"], "ratio": res["metrics"]["mae"] / hist["mae"]})
+                chosen.append("+".join(b[0] for b in res["branches"]))
+                if v is VARIANTS[0]:
+                    history_rows.append(hist)
+                if v.cold:
+                    with extra_inputs(names):
+                        _m, _p, ures, _rows = train_on_frame(fr, replace(opts, split="user"))
+                    if "cold_start" in ures["subsets"]:
+                        cold.append(ures["subsets"]["cold_start"]["mae"])
+                log(f"ablation seed {seed} {v.label.strip():<55} MAE {values[-1]['mae']:.4f} "
+                    f"x{values[-1]['ratio']:.3f} pairwise {values[-1]['pairwise']:.3f} ({secs[-1]:.0f} s)")
+            rows_out.append(_ablation_cells(v.label, values, cold, chosen, secs, v.note))
+        rows_out.insert(0, _ablation_cells("baseline: the user's history mean (earlier posts)", history_rows, [], [],
+                                           [], "same test posts"))
+    finally:
+        con.close()
+    notes.append(f"warm holdout (a fifth of the users held out by seed, their latest third scored as `igcli score` "
+                 f"would, likes hidden); seeds {seeds[0]}..{seeds[-1]}, mean ± standard deviation over seeds; "
+                 f"objects and aesthetics from {BACKBONE} (what a store without the paper's classes has); "
+                 "export and refit off; cold start = test posts without any earlier liked post on the user split "
+                 "(unseen users); branches chosen: m = metadata, o = objects, a = aesthetics, per seed")
+    return rows_out, notes
+
+
+def _ablation_cells(label, values, cold, chosen, secs, note) -> list[str]:
+    def stat(key, pct=False):
+        xs = np.array([v[key] for v in values if v.get(key) is not None and np.isfinite(v[key])])
+        if not len(xs):
+            return ""
+        if pct:
+            return f"{xs.mean():.1%} ±{xs.std():.1%}"
+        return f"{xs.mean():.3f} ±{xs.std():.3f}"
+
+    cold_cell = f"{np.mean(cold):.3f} ±{np.std(cold):.3f}" if cold else ""
+    return [label, stat("mae"), stat("ratio"), stat("pairwise", True), stat("within_10pct", True),
+            stat("coverage_p10_p90", True), cold_cell, " ".join(chosen), f"{np.mean(secs):.0f}" if secs else "",
+            note]
+
+
 # ------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--families-only", action="store_true",
                     help="only the objects-only models (Lite0 and IRv2 classes) and their family effects")
     ap.add_argument("--json", help="write the rows here for bench/run_all.py")
+    ap.add_argument("--ablation", action="store_true",
+                    help="instead: the defaults and each quality means tried, on the warm holdout (--seeds, >= 3)")
     a = ap.parse_args(argv)
     splits = [s.strip() for s in a.splits.split(",") if s.strip()]
     bad = [s for s in splits if s not in SPLITS]
@@ -299,6 +550,18 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     t_start = time.perf_counter()
+    if a.ablation:
+        with tempfile.TemporaryDirectory(prefix="igcli-quality-") as tmp:
+            db = a.store or Path(tmp) / "quality.duckdb"
+            build_store(db, a.data, True, log)
+            rows, notes = ablation(db, list(range(max(3, a.seeds))), log)
+        notes.append(f"whole run {(time.perf_counter() - t_start) / 60:.1f} min on {os.cpu_count()} CPUs, torch 1 "
+                     "thread")
+        write_json(a.json, "quality-defaults", ABLATION_HEADER, rows, notes)
+        print_table("the defaults and the quality means, warm holdout on the dev data", ABLATION_HEADER, rows)
+        for n in notes:
+            print(n)
+        return
     with tempfile.TemporaryDirectory(prefix="igcli-quality-") as tmp:
         db = a.store or Path(tmp) / "quality.duckdb"
         built = build_store(db, a.data, not a.no_aesthetics, log)

@@ -330,37 +330,45 @@ def _metrics_table(title: str, posts: str = "test posts") -> Table:
 @app.command()
 def train(
     db: DbOpt = DEFAULT_DB,
-    branches: Annotated[str, typer.Option(help="Comma-separated: metadata,objects,aesthetics.")] = "metadata",
+    branches: Annotated[str | None, typer.Option(
+        help="Comma-separated: metadata,objects,aesthetics \\[default: chosen on the validation part among the "
+             "combinations with metadata whose features the store has].")] = None,
     all_combinations: Annotated[bool, typer.Option(
         "--all-combinations", help="Train all seven subsets of branches and print them as one table.")] = False,
     split: Annotated[str, typer.Option(
         help="random: 67/33 by post (the paper). user: by user (unseen users at test). "
              "time: each user's latest third is the test part. warm-holdout: a fifth of users held out by a "
              "stable hash; their first two thirds are history, their last third is scored as `igcli score` "
-             "would (likes hidden); training on the other users only.")] = "random",
+             "would (likes hidden); training on the other users only.")] = "warm-holdout",
     seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping on the validation part.")] = 200,
     ensemble: Annotated[int, typer.Option(
         help="Models trained with different seeds and averaged in the exported graph.")] = 2,
     family_depth: Annotated[int | None, typer.Option(help="WordNet depth of object families \\[default: 7].")] = None,
     objects_source: Annotated[str | None, typer.Option(
-        help="'precomputed' or a classifier name \\[default: the source covering most posts].")] = None,
+        help="'precomputed' or a classifier name \\[default: the source covering most posts; when train chooses "
+             "the branches, a classifier's before precomputed classes].")] = None,
     aesthetics_source: Annotated[str | None, typer.Option(help="Embedding backbone \\[default: most posts].")] = None,
     exports: Annotated[Path, typer.Option(help="Where models are exported.")] = Path("exports"),
+    refit: Annotated[bool, typer.Option(
+        "--refit/--no-refit", help="After evaluation, refit the exported model on every labelled post "
+                                   "(--no-refit exports the evaluated model).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record as one JSON object.")] = False,
 ) -> None:
-    """Train the fusion model on stored features, evaluate on a held-out part, export ONNX + model card.
+    """Train the store's best model: branches chosen on validation, evaluated on held-out users, then refit.
 
     Reports MAE / MSE of ln-likes, the share within ±10% of the true likes, Spearman and p10–p90 coverage,
     next to two baselines on the same test posts: the constant training mean and the user's mean ln-likes
-    over earlier posts. Every run is stored in the [bold]runs[/] table.
+    over earlier posts, and ends with one verdict line against that history mean. Every run is stored in the
+    [bold]runs[/] table.
 
-    [bold]Example:[/] igcli train --branches metadata,objects --split user --seed 1
+    [bold]Example:[/] igcli train    (or: igcli train --branches metadata,objects --split user --seed 1)
     """
 
-    opts = TrainOptions(branches=tuple(b.strip() for b in branches.split(",") if b.strip()), split=split,
+    opts = TrainOptions(branches=_branches_option(branches), split=split,
                         seed=seed, epochs=epochs, ensemble=ensemble, family_depth=family_depth,
-                        objects_source=objects_source, aesthetics_source=aesthetics_source, exports_dir=exports)
+                        objects_source=objects_source, aesthetics_source=aesthetics_source, exports_dir=exports,
+                        refit=refit)
     with _Bars(unit="epochs/s") as bars:
         if all_combinations:
             ab = train_all_combinations(db, opts, progress=bars)
@@ -401,6 +409,36 @@ def train(
     for r in runs:
         out.print(f"model {r.model_id} → {r.export_dir}  ({r.timings['train_s']:.1f}s, "
                   f"{r.timings['epochs']} epochs over {r.timings.get('members', 1)} ensemble members)")
+    _print_choice_and_verdict(runs, all_combinations)
+
+
+def _branches_option(branches: str | None) -> tuple[str, ...] | None:
+    """--branches as a tuple; None (not given) lets train choose on validation."""
+    if branches is None:
+        return None
+    return tuple(b.strip() for b in branches.split(",") if b.strip()) or ("",)
+
+
+def _print_choice_and_verdict(runs: list, ablation: bool) -> None:
+    """How the branches were chosen, what was exported, and the verdict line (a warning when the model does not
+    beat the users' history mean)."""
+    if not runs:
+        return
+    r = min(runs, key=lambda x: x.candidates[0]["val_mae"]) if ablation else runs[0]
+    if r.chosen_by == "validation" and len(r.candidates) > 1:
+        tried = ", ".join(f"{'+'.join(c['branches'])} {c['val_mae']:.3f}" for c in r.candidates if "val_mae" in c)
+        out.print(f"branches chosen on the validation part (MAE): {tried}", markup=False)
+    for c in r.candidates:
+        if "skipped" in c:
+            out.print(f"not tried {'+'.join(c['branches'])}: {c['skipped']}", markup=False)
+    if r.refit:
+        out.print(f"exported: refit on all {r.refit['rows']:,} labelled posts ({sum(r.refit['epochs'])} epochs, "
+                  f"{r.refit['seconds']:.1f}s); the metrics above are the evaluated model's", markup=False)
+    out.print(f"[bold]{escape(r.verdict)}[/]")
+    if not r.beats_history:
+        err.print("[yellow]warning:[/] this model does not beat the users' own history mean on the test part: "
+                  "its predictions are no better than a user's average likes (image features from `igcli "
+                  "featurize` and more posts per user help)")
 
 
 # -------------------------------------------------------------------------------------------- score

@@ -27,7 +27,8 @@ DEFAULT_DB = Path("igcli.duckdb")
 # must refuse this store rather than fail mid-ingest); 3: user_state.med_y / max_y / min_y (an igcli of
 # version 2 would write user_state rows without them); 4: predictions.likes_known and the drivers, score_batches,
 # batch_drift, evaluations (an igcli of version 3 would replace a prediction made before the likes were known with
-# one made after, and score without recording drift)
+# one made after, and score without recording drift), and runs.chosen_by (an igcli of version 3 inserts into runs
+# by position)
 SCHEMA_VERSION = 4
 # user_state's order statistics from the sorted values, for the rows of a store made before version 3
 _FILL_ORDER_STATS = ("UPDATE user_state SET med_y = igc_median_sorted(sorted_y), max_y = sorted_y[-1], "

@@ -272,6 +272,10 @@ CREATE TABLE IF NOT EXISTS runs (
     timings          JSON NOT NULL,        -- seconds per stage (JSON)
     export_dir       VARCHAR               -- where it was exported; NULL when not
 );
+-- How train published the run's model (schema 4): 'validation' (branches chosen on the validation part),
+-- 'forced' (--branches), 'ablation' (an --all-combinations member that lost on validation); NULL when nothing
+-- was exported. igcli.commands.train.chosen_model reads it.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS chosen_by VARCHAR;
 
 -- The latest score of each post by each model (`score`).
 CREATE TABLE IF NOT EXISTS predictions (

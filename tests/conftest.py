@@ -152,8 +152,9 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) ->
     ingest_posts(sample_dir / "posts.csv", db=db_path)
     featurize(db_path, FeaturizeOptions(hashtag_ranking=sample_dir / "hashtag_ranking.txt",
                                         images=ImageFeatureOptions(skip_backbones=True)))
+    # refit off: the exported graph is the evaluated model, so tests can hold it against the run's test arrays
     run = train(db_path, TrainOptions(branches=("metadata",), split="random", seed=0, epochs=150,
-                                      exports_dir=exports))
+                                      exports_dir=exports, refit=False))
 
     def db_copy(tmp: Path) -> Path:
         dst = tmp / "copy.duckdb"

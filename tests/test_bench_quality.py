@@ -73,3 +73,55 @@ def test_models_are_ordered_and_the_best_chosen_by_validation_not_test():
     assert cells["MAE"] == f"0.320 ±{np.std([0.30, 0.32, 0.34]):.3f}" and cells["val MAE"] == "0.500"
     assert dict(zip(bq.HEADER, b.cells(), strict=True))["val MAE"] == "0.300"
 
+
+def _tiny_frame():
+    from igcli.features.frames import Frame
+
+    users = np.array(["a", "a", "a", "b", "b"], dtype=object)
+    days = np.array([1, 2, 2, 1, 3])
+    posted = np.array([np.datetime64("2024-01-01") + np.timedelta64(int(d), "D") for d in days])
+    y = np.log(np.array([100.0, 200.0, 400.0, 50.0, 60.0]))
+    cols = {"hist_mean": np.array([np.nan, y[0], y[0], np.nan, y[3]])}
+    emb = np.array([[1, 0], [0, 1], [2, 2], [5, 5], [1, 1]], dtype=np.float32)
+    return Frame(np.array(["p1", "p2", "p3", "p4", "p5"], dtype=object), users, posted, y, np.exp(y), cols, {},
+                 embedding=emb)
+
+
+def test_bench_only_inputs_are_point_in_time():
+    bq = _bench()
+    f = _tiny_frame()
+    seq = bq.sequence_columns(f, np.isfinite(f.ln_likes), k=2)
+    assert np.isnan(seq["seq_y1"][0]) and np.isnan(seq["seq_y1"][3])          # first posts: nothing earlier
+    assert seq["seq_y1"][1] == 0.0 and seq["seq_y1"][2] == 0.0                 # p2, p3 (same day) see p1 only
+    assert np.isnan(seq["seq_y2"][2]) and seq["seq_gap1"][4] == np.log1p(2.0)
+    hidden = np.isfinite(f.ln_likes)
+    hidden[0] = False                                                           # p1's likes unknown
+    assert np.isnan(bq.sequence_columns(f, hidden, k=2)["seq_y1"][1])
+    rel = bq.relative_embedding(f)
+    np.testing.assert_allclose(rel[1], [0, 1] - np.array([1, 0]))              # minus p1's photo
+    np.testing.assert_allclose(rel[2], [2, 2] - np.array([1, 0]))              # p2 is the same day: not earlier
+    np.testing.assert_allclose(rel[4], [1, 1] - np.array([5, 5]))
+
+
+def test_caption_score_is_fitted_on_its_rows_only():
+    import scipy.sparse as sp
+
+    bq = _bench()
+    rng = np.random.default_rng(0)
+    n = 200
+    from igcli.features.frames import Frame
+
+    users = np.array([f"u{i % 20}" for i in range(n)], dtype=object)
+    y = rng.normal(size=n)
+    f = Frame(np.array([str(i) for i in range(n)], dtype=object), users, np.arange(n), y, np.exp(y),
+              {"hist_mean": np.zeros(n)}, {})
+    x = sp.csr_matrix(rng.normal(size=(n, 30)))
+    fit = np.arange(150)
+    base = bq.caption_score(x, f, fit)
+    moved = f.ln_likes.copy()
+    moved[150:] += 100.0                                                       # targets of rows it was not fitted on
+    from dataclasses import replace
+
+    np.testing.assert_allclose(bq.caption_score(x, replace(f, ln_likes=moved), fit), base)
+    moved[:10] += 100.0
+    assert not np.allclose(bq.caption_score(x, replace(f, ln_likes=moved), fit), base)

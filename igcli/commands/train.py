@@ -1,11 +1,15 @@
-"""Train the fusion model on stored features, evaluate honestly, record the run, export ONNX.
+"""Train the fusion model on stored features, evaluate honestly, refit, record the run, export ONNX.
 
     from igcli.commands.train import TrainOptions, train
+    run = train("igcli.duckdb")                                         # the defaults: the best the store feeds
     run = train("igcli.duckdb", TrainOptions(branches=("metadata",), split="random", seed=0))
 
 Order of work: defaults -> split (test part, then validation carved from the training part in the same
-unit) -> preprocessing fitted on the training part -> training loop with early stopping on validation
-MAE -> metrics on the test part next to two baselines -> `runs` row -> export (igcli.model.export).
+unit) -> per candidate set of branches (every combination with metadata whose features the store has, or
+the forced ``branches``): preprocessing fitted on the training part, training loop with early stopping on
+validation MAE -> the candidate with the lowest validation MAE -> its metrics on the test part next to two
+baselines, and a verdict against the users' history mean -> refit on every labelled post with the chosen
+settings (``refit``) -> `runs` row -> export (igcli.model.export).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import pyarrow as pa
 
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError
-from igcli.features.frames import available_sources, data_fingerprint, serving_batch, training_frame
+from igcli.features.frames import Frame, available_sources, data_fingerprint, serving_batch, training_frame
+from igcli.features.schema import IMAGE_HISTORY_FEATURES
 from igcli.model.export import export_model, plot_ablation
 from igcli.model.metrics import metrics
 from igcli.model.preprocess import Preprocessor, is_history_input
@@ -37,12 +42,15 @@ SPLITS = ("random", "user", "time", "warm-holdout")
 TEST_SHARE = 1 / 3
 VAL_SHARE = 0.15
 HOLDOUT_PER_MILLE = 200                      # warm-holdout: share of users held out, in 1/1000
+# The within-user pair term (igcli.model.net.within_user_pair_loss) was tried and is off by default: on the dev
+# data's warm holdout it made MAE and pairwise accuracy worse (bench_quality --ablation).
+RANK_LOSSES = ("none", "logistic", "diff")
 
 
 @dataclass
 class TrainOptions:
-    branches: tuple[str, ...] = ("metadata",)
-    split: str = "random"
+    branches: tuple[str, ...] | None = None    # None: chosen on validation among the feedable combinations
+    split: str = "warm-holdout"
     seed: int = 0
     epochs: int = 200
     patience: int = 20                      # early stop on validation MAE, restoring the best epoch
@@ -57,6 +65,10 @@ class TrainOptions:
     family_depth: int | None = None
     objects_source: str | None = None       # 'precomputed' or a backbone name; None = the one covering most posts
     aesthetics_source: str | None = None
+    image_history: bool = True              # img_* inputs with aesthetics: the photo against the user's earlier ones
+    rank_loss: str = "none"                 # within-user pair term beside the quantile loss: none | logistic | diff
+    rank_weight: float = 0.0
+    refit: bool = True                      # after evaluation, refit the exported model on every labelled post
     exports_dir: Path = Path("exports")
     export: bool = True
     plots: bool = True
@@ -82,6 +94,11 @@ class RunResult:
     test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
     val_mae: float = float("nan")              # MAE of p50 on the validation part: what picks among models
     family_effects: list[tuple[str, float]] = field(default_factory=list)
+    chosen_by: str = "forced"                  # 'validation': branches chosen on the validation part
+    candidates: list[dict] = field(default_factory=list)   # per candidate: branches, val_mae (or skipped: why)
+    refit: dict | None = None                  # the exported model's fit on every labelled post: rows, epochs
+    verdict: str = ""                          # one line: the model against the users' history mean
+    beats_history: bool = True                 # test MAE below the history-mean baseline's
     # the rows as train_on_frame split them (labelled frame, train / val / test indices into it), for
     # benchmarks that fit other models on exactly the same rows; not part of the JSON record
     split_rows: tuple | None = field(default=None, repr=False, compare=False)
@@ -148,9 +165,12 @@ def split_indices(users: np.ndarray, times: np.ndarray, how: str, seed: int,
 
 # ------------------------------------------------------------------------------------------- loop
 
-def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[str, np.ndarray],
-         y_val: np.ndarray, opts: TrainOptions, progress: Callable[[str, int, int], None] | None,
-         seed: int | None = None):
+def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[str, np.ndarray] | None,
+         y_val: np.ndarray | None, opts: TrainOptions, progress: Callable[[str, int, int], None] | None,
+         seed: int | None = None, epochs: int | None = None, groups: np.ndarray | None = None):
+    """Train ``model``; returns (model, epochs run, best validation MAE, best epoch). With validation rows:
+    early stopping on their MAE, restoring the best epoch. With ``epochs`` and no validation rows (the
+    refit): exactly that many epochs, keeping the last."""
     import torch
 
     seed = opts.seed if seed is None else seed
@@ -159,45 +179,61 @@ def _fit(model, inputs: dict[str, np.ndarray], y: np.ndarray, val_inputs: dict[s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _fit_loop(model, inputs, y, val_inputs, y_val, opts, progress, seed)
+        return _fit_loop(model, inputs, y, val_inputs, y_val, opts, progress, seed, epochs, groups)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress, seed: int):
+def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress, seed: int,
+              fixed_epochs: int | None = None, groups: np.ndarray | None = None):
     import torch
 
-    from igcli.model.net import pinball_loss
+    from igcli.model.net import pinball_loss, within_user_pair_loss
 
     names = model.input_names
     xs = [torch.from_numpy(inputs[k]) for k in names]
-    xv = [torch.from_numpy(val_inputs[k]) for k in names]
+    validate = fixed_epochs is None
+    xv = [torch.from_numpy(val_inputs[k]) for k in names] if validate else []
     yt = torch.from_numpy(y.astype(np.float32))
     # the training rows' image ridge score is its out-of-fold value (igcli.model.net.build_model)
     oof = getattr(model, "ridge_oof", None)
     oof = torch.from_numpy(oof) if oof is not None and len(oof) == len(y) else None
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    best, best_state, since, epochs = float("inf"), None, 0, 0
+    best, best_state, since, epochs, best_epoch = float("inf"), None, 0, 0, 0
     gen = torch.Generator().manual_seed(seed)
     n = len(y)
-    for epoch in range(opts.epochs):
+    total = opts.epochs if validate else fixed_epochs
+    ranked = opts.rank_loss != "none" and opts.rank_weight > 0 and groups is not None
+    if ranked:
+        g = torch.from_numpy(np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].astype(np.int64))
+    for epoch in range(total):
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        if ranked:
+            # batches of whole users in random order (each user's rows shuffled): same-user pairs in every batch
+            ukey = torch.rand(int(g.max()) + 1, generator=gen)[g]
+            perm = torch.from_numpy(np.lexsort((torch.rand(n, generator=gen).numpy(), ukey.numpy())))
+        else:
+            perm = torch.randperm(n, generator=gen)
         for start in range(0, n, opts.batch_size):
             idx = perm[start:start + opts.batch_size]
             extra = {"ridge_override": oof[idx]} if oof is not None else {}
-            loss = pinball_loss(model(*[x[idx] for x in xs], **extra), yt[idx])
+            out = model(*[x[idx] for x in xs], **extra)
+            loss = pinball_loss(out, yt[idx])
+            if ranked:
+                loss = loss + opts.rank_weight * within_user_pair_loss(out[:, 1], yt[idx], g[idx], opts.rank_loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        epochs = epoch + 1
+        if progress:
+            progress("training epochs" if validate else "refit epochs", epochs, total)
+        if not validate:
+            continue
         model.eval()
         with torch.inference_mode():
             val_mae = float(np.mean(np.abs(model(*xv)[:, 1].numpy() - y_val))) if len(y_val) else 0.0
-        epochs = epoch + 1
-        if progress:
-            progress("training epochs", epochs, opts.epochs)
         if val_mae < best - 1e-5:
-            best, since = val_mae, 0
+            best, since, best_epoch = val_mae, 0, epochs
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             since += 1
@@ -206,7 +242,7 @@ def _fit_loop(model, inputs, y, val_inputs, y_val, opts: TrainOptions, progress,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model, epochs, best
+    return model, epochs, best, best_epoch if validate else epochs
 
 
 COVERAGE_TARGET = 0.8          # p10-p90 should hold 80% of posts
@@ -334,37 +370,79 @@ def _with_test_features(sub, test: np.ndarray, score_features: Callable[[list[st
     return replace(sub, cols=cols)
 
 
-def train_on_frame(frame, opts: TrainOptions, progress=None,
-                   score_features: Callable[[list[str]], object] | None = None):
-    """Split, fit, evaluate; returns (model, preprocessor, result pieces, split indices).
+@dataclass
+class SplitRows:
+    """The labelled posts of a frame and their parts (indices into ``sub``)."""
 
-    ``score_features(post_ids) -> Frame``: for ``warm-holdout``, the features ``igcli score`` computes for the
-    held-out test posts with their likes hidden (``warm_holdout_features``); without it the stored
-    features are used and the result says so (``test_features``)."""
-    from igcli.model.net import build_model
+    sub: Frame                 # posts with likes > 0; for warm-holdout the test rows' features as score computes them
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    zero: int                  # posts with 0 likes, left out
+    test_features: str         # 'stored' or 'score'
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+
+def split_rows(frame: Frame, split: str, seed: int,
+               score_features: Callable[[list[str]], object] | None = None) -> SplitRows:
+    """The test part, then a validation part carved from the rest in the same unit (by user for
+    warm-holdout, whose held-out users are never trained on)."""
     labelled, zero = labelled_rows(frame)
     if len(labelled) < 30:
         raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
     sub = frame.take(labelled)
-    keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), opts.split, opts.seed)
-    if opts.split == "warm-holdout" and (len(test) == 0 or len(keep) == 0):
-        raise InputError("--split warm-holdout held out no posts (or every user): too few users in the store")
+    keep, test = split_indices(sub.username, sub.posted_at.astype("int64"), split, seed)
+    if split == "warm-holdout" and (len(test) == 0 or len(keep) == 0):
+        raise InputError("--split warm-holdout held out no posts (or every user): too few users in the store; "
+                         "pass --split random")
     part = sub.take(keep)
-    val_how = "user" if opts.split == "warm-holdout" else opts.split
-    tr, va = split_indices(part.username, part.posted_at.astype("int64"), val_how, opts.seed + 1, VAL_SHARE)
-    train_idx, val_idx = keep[tr], keep[va]
+    val_how = "user" if split == "warm-holdout" else split
+    tr, va = split_indices(part.username, part.posted_at.astype("int64"), val_how, seed + 1, VAL_SHARE)
     test_features = "stored"
-    if opts.split == "warm-holdout" and score_features is not None:
+    if split == "warm-holdout" and score_features is not None:
         sub = _with_test_features(sub, test, score_features)
         test_features = "score"
-    pre = Preprocessor.fit(sub.take(train_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH,
-                           relative=opts.relative_history)
+    return SplitRows(sub, keep[tr], keep[va], test, zero, test_features)
+
+
+# Where the image branches' features come from, for the messages that name the fix.
+FIX = {"objects": "`igcli ingest-classes FILE` or `igcli featurize --objects MODEL`",
+       "aesthetics": "`igcli featurize --aesthetics MODEL`"}
+
+
+def candidate_combinations(frame: Frame) -> tuple[list[tuple[str, ...]], list[dict]]:
+    """The branch sets ``train`` chooses among by default: every combination with metadata whose image
+    features ``frame`` has (without metadata a model has no user history and no anchor: on the dev data each
+    such combination had 3x the error, BENCHMARKS.md), and the ones left out with the fix."""
+    has = {"objects": frame.classes is not None and any(frame.classes),
+           "aesthetics": frame.embedding is not None and bool(np.isfinite(frame.embedding).all(axis=1).any())}
+    feedable, skipped = [], []
+    for combo in all_combinations():
+        if "metadata" not in combo:
+            continue
+        lacking = [b for b in combo if b != "metadata" and not has[b]]
+        if lacking:
+            skipped.append({"branches": list(combo), "skipped": f"no stored {lacking[0]} features: run "
+                                                                f"{FIX[lacking[0]]}"})
+        else:
+            feedable.append(combo)
+    return feedable, skipped
+
+
+def _fit_members(sub: Frame, fit_idx: np.ndarray, val_idx: np.ndarray | None, opts: TrainOptions, progress,
+                 epochs: list[int] | None = None):
+    """Preprocessing and the model's fixed layers fitted on ``fit_idx``, then ``opts.ensemble`` members trained
+    on those rows: with early stopping on ``val_idx``, or for exactly ``epochs[k]`` epochs (the refit).
+    Returns (model, preprocessor, inputs of every row of ``sub``, epochs run, best epoch per member)."""
+    import torch
+
+    from igcli.model.net import Ensemble, build_model
+
+    pre = Preprocessor.fit(sub.take(fit_idx), opts.branches, opts.family_depth or DEFAULT_FAMILY_DEPTH,
+                           relative=opts.relative_history,
+                           image_history=IMAGE_HISTORY_FEATURES if opts.image_history else ())
     inputs = pre.transform(sub)
     if "objects" in inputs:
-        pre.objects_mean = inputs["objects"][train_idx].mean(axis=0).tolist()
+        pre.objects_mean = inputs["objects"][fit_idx].mean(axis=0).tolist()
     y = sub.ln_likes
 
     def rows(ix):
@@ -373,54 +451,67 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
     names = pre.meta_names()
     anchor = names.index("hist_mean") if opts.anchor else None
     history = np.array([is_history_input(n) for n in names])   # unknown at cold start: not in the prior
-
-    import torch
-
-    from igcli.model.net import Ensemble
-
     torch.manual_seed(opts.seed)  # the initial weights depend on the seed alone, not on what ran before
-    first = build_model(opts.branches, rows(train_idx), y[train_idx], dropout=opts.dropout, hidden=opts.hidden,
-                        anchor_index=anchor, history_columns=history, groups=sub.username[train_idx])
-    timings["prepare_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    members, epochs = [], []
+    first = build_model(opts.branches, rows(fit_idx), y[fit_idx], dropout=opts.dropout, hidden=opts.hidden,
+                        anchor_index=anchor, history_columns=history, groups=sub.username[fit_idx])
+    val = (rows(val_idx), y[val_idx]) if epochs is None else (None, None)
+    members, run_epochs, best_epochs = [], [], []
     for k in range(max(1, opts.ensemble)):
         seed = opts.seed if k == 0 else opts.seed * 1000 + k
         member = first if k == 0 else copy.deepcopy(first)
         if k:
             torch.manual_seed(seed)
             member.init_weights()
-        member, ep, _best = _fit(member, rows(train_idx), y[train_idx], rows(val_idx), y[val_idx], opts, progress,
-                                seed)
+        member, ep, _best, best_ep = _fit(member, rows(fit_idx), y[fit_idx], *val, opts, progress, seed,
+                                          None if epochs is None else epochs[k], groups=sub.username[fit_idx])
         members.append(member)
-        epochs.append(ep)
-    model = Ensemble(members).eval()
+        run_epochs.append(ep)
+        best_epochs.append(best_ep)
+    return Ensemble(members).eval(), pre, inputs, run_epochs, best_epochs
+
+
+def fit_evaluate(rows: SplitRows, opts: TrainOptions, progress=None):
+    """One set of branches (``opts.branches``) on ``rows``: fit on the training part with early stopping on
+    the validation part, interval factors from the validation part, metrics on the test part next to the
+    baselines. Returns (model, preprocessor, result, test predictions)."""
+    import torch
+
+    sub, train_idx, val_idx, test = rows.sub, rows.train, rows.val, rows.test
+    timings: dict[str, float] = {}
+    t1 = time.perf_counter()
+    model, pre, inputs, epochs, best_epochs = _fit_members(sub, train_idx, val_idx, opts, progress)
     timings["train_s"] = time.perf_counter() - t1
     timings["epochs"] = int(sum(epochs))            # over all members (train_s / epochs = time per epoch)
-    timings["members"] = len(members)
+    timings["members"] = len(epochs)
+    y = sub.ln_likes
+
+    def part(ix):
+        return {k: v[ix] for k, v in inputs.items()}
+
     cold_val = ~np.isfinite(sub.cols["hist_mean"][val_idx])
-    val_pred = predict(model, rows(val_idx))        # the median does not depend on the interval factors below
+    val_pred = predict(model, part(val_idx))        # the median does not depend on the interval factors below
     c_warm, c_cold = segment_scales(val_pred, y[val_idx], cold_val)
     model.interval_scale.copy_(torch.tensor([c_warm, c_cold]))
     timings["interval_scale"] = c_warm
     timings["interval_scale_cold"] = c_cold
-    best_val = float(np.mean(np.abs(val_pred[:, 1] - y[val_idx]))) if len(val_idx) else 0.0
-    pred = predict(model, rows(test))
+    val_mae = float(np.mean(np.abs(val_pred[:, 1] - y[val_idx]))) if len(val_idx) else 0.0
+    pred = predict(model, part(test))
     yt = y[test]
     ut = sub.username[test]
+    train_mean = float(np.mean(y[train_idx]))
     result = {
         "metrics": metrics(pred[:, 1], yt, pred[:, 0], pred[:, 2], users=ut),
         "baselines": {
-            "constant_train_mean": metrics(np.full(len(yt), float(np.mean(y[train_idx]))), yt, users=ut),
-            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), float(np.mean(y[train_idx]))), yt,
-                                               users=ut),
+            "constant_train_mean": metrics(np.full(len(yt), train_mean), yt, users=ut),
+            "user_mean_earlier_posts": metrics(_user_baseline(sub.take(test), train_mean), yt, users=ut),
         },
-        "test_features": test_features,
+        "test_features": rows.test_features,
         "subsets": {},
         "n": (len(train_idx), len(val_idx), len(test)),
-        "zero": zero,
+        "zero": rows.zero,
         "timings": timings,
-        "val_mae": best_val,
+        "val_mae": val_mae,
+        "best_epochs": best_epochs,
     }
     hist_known = np.isfinite(sub.cols["hist_mean"][test])
     for name, mask in (("with_history", hist_known), ("cold_start", ~hist_known)):
@@ -428,7 +519,83 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
             result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2],
                                               users=ut[mask])
     result["family_effects"] = _family_effects(model, pre, inputs, test) if "objects" in opts.branches else []
-    return model, pre, result, (sub, train_idx, val_idx, test, pred)
+    return model, pre, result, pred
+
+
+def train_on_frame(frame, opts: TrainOptions, progress=None,
+                   score_features: Callable[[list[str]], object] | None = None):
+    """Split, fit, choose, evaluate; returns (model, preprocessor, result, (sub, train, val, test, test
+    predictions)).
+
+    ``opts.branches`` None: one model per ``candidate_combinations`` of ``frame`` on the same split, and the one
+    with the lowest validation MAE is kept (``result["chosen_by"] == "validation"``; the test part plays no
+    part in the choice); else that set alone (``"forced"``). ``result["candidates"]`` lists each with its
+    validation MAE, and the ones the frame cannot feed with the fix.
+
+    ``score_features(post_ids) -> Frame``: for ``warm-holdout``, the features ``igcli score`` computes for the
+    held-out test posts with their likes hidden (``warm_holdout_features``); without it the stored
+    features are used and the result says so (``test_features``)."""
+    t0 = time.perf_counter()
+    rows = split_rows(frame, opts.split, opts.seed, score_features)
+    prepare_s = time.perf_counter() - t0
+    if opts.branches:
+        combos, tried, chosen_by = [tuple(opts.branches)], [], "forced"
+    else:
+        combos, tried = candidate_combinations(frame)
+        chosen_by = "validation"
+    best = None
+    for combo in combos:
+        model, pre, res, pred = fit_evaluate(rows, replace(opts, branches=combo), progress)
+        tried.append({"branches": list(combo), "val_mae": res["val_mae"], "epochs": res["timings"]["epochs"],
+                      "train_s": res["timings"]["train_s"]})
+        if best is None or res["val_mae"] < best[2]["val_mae"]:        # ties keep the smaller set, tried first
+            best = (model, pre, res, pred, combo)
+    model, pre, res, pred, combo = best
+    res["timings"]["prepare_s"] = prepare_s
+    res["timings"]["selection_s"] = sum(t.get("train_s", 0.0) for t in tried)
+    res.update(branches=combo, chosen_by=chosen_by,
+               candidates=sorted(tried, key=lambda t: (t.get("val_mae", np.inf), len(t["branches"]))))
+    return model, pre, res, (rows.sub, rows.train, rows.val, rows.test, pred)
+
+
+def refit_on_frame(frame: Frame, opts: TrainOptions, evaluated, best_epochs: list[int], progress=None):
+    """The model to export: ``opts`` (the chosen branches) fitted on every labelled post of ``frame`` (stored,
+    point-in-time features), each ensemble member for its best epoch count in the evaluation, with the
+    evaluation's interval factors (no part is left to calibrate them on). Returns (model, preprocessor,
+    post ids it was fitted on, the card's refit record)."""
+    labelled, _zero = labelled_rows(frame)
+    sub = frame.take(labelled)
+    everything = np.arange(len(sub))
+    epochs = [max(1, e) for e in best_epochs]
+    t0 = time.perf_counter()
+    model, pre, _inputs, run_epochs, _ = _fit_members(sub, everything, None, opts, progress, epochs=epochs)
+    model.interval_scale.copy_(evaluated.interval_scale)
+    info = {"rows": len(sub), "users": len(set(sub.username.tolist())), "epochs": run_epochs,
+            "members": len(run_epochs), "seconds": time.perf_counter() - t0,
+            "how": "every labelled post, the chosen branches and settings; each member trained for the epoch "
+                   "count early stopping chose in the evaluation; p10-p90 factors from the evaluation's "
+                   "validation part; its own error is not measured (no post is left out): the metrics are the "
+                   "evaluated model's"}
+    return model, pre, sub.post_id, info
+
+
+VERDICT_WHERE = {"warm-holdout": "on held-out users", "user": "on unseen users",
+                 "time": "on each user's latest posts", "random": "on randomly held-out posts"}
+
+
+def verdict(split: str, m: dict[str, float], history: dict[str, float]) -> tuple[str, bool]:
+    """One line: the test MAE against the users' history mean (their mean ln-likes over earlier posts) and
+    the within-user pairwise accuracy; and whether the model beats that mean."""
+    base, mae = history["mae"], m["mae"]
+    rel = (base - mae) / base if base else 0.0
+    beats = bool(mae < base)
+    side = "below" if beats else "above"
+    line = f"{VERDICT_WHERE.get(split, 'on the test part')}: MAE {abs(rel):.1%} {side} their history mean " \
+           f"({mae:.3f} against {base:.3f})"
+    pairwise = m.get("pairwise")
+    if pairwise is not None and np.isfinite(pairwise):
+        line += f", right order for {pairwise:.0%} of same-user pairs"
+    return line, beats
 
 
 def warm_holdout_features(con: duckdb.DuckDBPyConnection, feature_params: dict, sources: dict):
@@ -459,24 +626,48 @@ def _model_id(branches: tuple[str, ...], split: str, seed: int) -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{short}-{split}-s{seed}-{secrets.token_hex(2)}"
 
 
+def _sources_for(con: duckdb.DuckDBPyConnection, opts: TrainOptions, forced: tuple[str, ...] | None):
+    """The image sources to load: the forced branches' (an error naming the fix when one is missing), or for
+    the choice every image branch's that the store has (a named source that is missing is an error). Unnamed,
+    the choice takes a backbone's classes before precomputed ones: `score` computes a backbone's for new posts,
+    while precomputed classes exist only for the posts of the file that was ingested."""
+    if forced:
+        return choose_sources(con, opts, forced)
+    avail = available_sources(con)
+    chosen: dict[str, dict | None] = {}
+    for branch, wanted in (("objects", opts.objects_source), ("aesthetics", opts.aesthetics_source)):
+        options = [s for s in avail[branch] if wanted in (None, s["backbone"])]
+        if wanted and not options:
+            raise FeatureMismatch(f"no stored {branch} features from {wanted}: run {FIX[branch]}")
+        if not wanted:
+            options.sort(key=lambda s: s["backbone"] == "precomputed")      # stable: most posts first otherwise
+        chosen[branch] = options[0] if options else None
+    return chosen
+
+
 def train(
     db: Path | str = store.DEFAULT_DB,
     opts: TrainOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> RunResult:
-    """Train one model on the store's features and record the run (and export it, unless told not to)."""
+    """Train the store's model and record the run (and export it, unless told not to): the branches chosen on
+    validation (or ``opts.branches``), evaluated on the test part, then refit on every labelled post."""
 
     opts = opts or TrainOptions()
-    branches = tuple(b for b in ("metadata", "objects", "aesthetics") if b in opts.branches)
-    if not branches or len(branches) != len(set(opts.branches)):
-        raise InputError("--branches takes a comma-separated subset of metadata,objects,aesthetics")
+    forced = None
+    if opts.branches:
+        forced = tuple(b for b in ("metadata", "objects", "aesthetics") if b in opts.branches)
+        if not forced or len(forced) != len(set(opts.branches)):
+            raise InputError("--branches takes a comma-separated subset of metadata,objects,aesthetics")
     if opts.split not in SPLITS:
         raise InputError(f"unknown --split {opts.split!r}: choose from {', '.join(SPLITS)}")
-    opts.branches = branches
+    if opts.rank_loss not in RANK_LOSSES:
+        raise InputError(f"unknown rank_loss {opts.rank_loss!r}: choose from {', '.join(RANK_LOSSES)}")
+    opts = replace(opts, branches=forced)
     with store.opened(db, con) as con:
         t0 = time.perf_counter()
-        sources = choose_sources(con, opts, branches)
+        sources = _sources_for(con, opts, forced)
         frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
         score_features = None
@@ -484,39 +675,65 @@ def train(
             score_features = warm_holdout_features(con, frame.feature_params, sources)
         model, pre, res, (sub, train_idx, val_idx, test, pred) = train_on_frame(frame, opts, progress,
                                                                                 score_features)
+        branches = res["branches"]
+        chosen = replace(opts, branches=branches)
+        used = {b: (sources[b] if b in branches else None) for b in ("objects", "aesthetics")}
         res["timings"]["load_s"] = load_s
-        random_init = any(s and s.get("random_init") for s in sources.values())
+        random_init = any(s and s.get("random_init") for s in used.values())
         leaky = bool(frame.feature_params.get("leaky_user_stats"))
-        model_id = _model_id(branches, opts.split, opts.seed)
+        line, beats = verdict(opts.split, res["metrics"], res["baselines"]["user_mean_earlier_posts"])
         run = RunResult(
-            model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
-            res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
-            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test), val_mae=res["val_mae"],
+            _model_id(branches, opts.split, opts.seed), branches, opts.split, opts.seed, *res["n"], res["zero"],
+            res["metrics"], res["baselines"], res["subsets"], res["timings"], random_init, leaky,
+            test_features=res["test_features"], family_effects=res["family_effects"], chosen_by=res["chosen_by"],
+            candidates=res["candidates"], verdict=line, beats_history=beats,
+            split_rows=(sub, train_idx, val_idx, test), val_mae=res["val_mae"],
         )
-        fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
+        exported, exported_pre, fitted_ids = model, pre, sub.post_id[train_idx]
+        if opts.refit and opts.export:            # the refit is the exported model: nothing to refit without one
+            exported, exported_pre, fitted_ids, run.refit = refit_on_frame(frame, chosen, model,
+                                                                           res["best_epochs"], progress)
+            run.timings["refit_s"] = run.refit["seconds"]
+            run.timings["refit_epochs"] = int(sum(run.refit["epochs"]))
+        fingerprint = data_fingerprint(con, fitted_ids.tolist())
         store.fault_point("train.before_export")
         if opts.export:
             t2 = time.perf_counter()
             out_dir = export_model(
-                model, pre, run, opts, sources, frame.feature_params, fingerprint, Path(opts.exports_dir),
+                exported, exported_pre, run, chosen, used, frame.feature_params, fingerprint,
+                Path(opts.exports_dir),
                 plots={"y_test": sub.ln_likes[test], "pred_test": pred[:, 1], "likes_all": sub.likes,
                        "test_part": _test_part(sub, train_idx, test, pred)} if opts.plots else None,
-                train_inputs=pre.transform(sub.take(train_idx)),   # the card's training distribution (drift)
+                train_inputs=exported_pre.transform(sub.take(train_idx)),   # the card's training distribution (drift)
             )
             run.export_dir = str(out_dir)
             run.timings["export_s"] = time.perf_counter() - t2
-        _record_run(con, run, opts, sources, fingerprint, pre)
+        _record_run(con, run, chosen, used, fingerprint, exported_pre)
     return run
 
 
 def _record_run(con, run: RunResult, opts: TrainOptions, sources, fingerprint: str, pre) -> None:
+    """The ``runs`` row; ``chosen_by`` only on an exported model (``chosen_model`` returns the latest)."""
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-    con.execute(
-        """INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [run.model_id, store.utcnow(), json.dumps(config, default=list), run.split, run.seed, ",".join(run.branches),
-         fingerprint, json.dumps(pre.meta_names()), json.dumps(sources, default=str), json.dumps(run.metrics),
-         json.dumps(run.baselines), run.metrics["mae"], json.dumps(run.timings), run.export_dir],
-    )
+    store.run_block(con, "train", "insert_run", {
+        "model_id": run.model_id, "created_at": store.utcnow(), "config": json.dumps(config, default=list),
+        "split": run.split, "seed": run.seed, "branches": ",".join(run.branches), "fingerprint": fingerprint,
+        "feature_names": json.dumps(pre.meta_names()), "backbones": json.dumps(sources, default=str),
+        "metrics": json.dumps(run.metrics), "baselines": json.dumps(run.baselines), "test_mae": run.metrics["mae"],
+        "timings": json.dumps(run.timings), "export_dir": run.export_dir,
+        "chosen_by": run.chosen_by if run.export_dir else None})
+
+
+def chosen_model(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The id of the model ``train`` published as this store's best: the latest exported run whose branches
+    were chosen on validation, or forced with ``--branches`` (an ``--all-combinations`` ablation publishes its
+    member with the lowest validation MAE). None when there is none (or the store predates the record)."""
+    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'runs' "
+                      "AND column_name = 'chosen_by'").fetchall()[0][0]
+    if not has:
+        return None
+    row = store.run_block(con, "train", "chosen_model").fetchall()
+    return row[0][0] if row else None
 
 
 def all_combinations(available: tuple[str, ...] = ("metadata", "objects", "aesthetics")) -> list[tuple[str, ...]]:
@@ -536,7 +753,8 @@ def train_all_combinations(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Ablation:
     """The paper's Table 1: one model per non-empty subset of branches, on the same split and seed.
-    Subsets whose image features are not in the store are listed as skipped, with the fix."""
+    Subsets whose image features are not in the store are listed as skipped, with the fix. The run with the
+    lowest validation MAE becomes the store's chosen model."""
 
     opts = opts or TrainOptions()
     runs, skipped = [], []
@@ -546,8 +764,14 @@ def train_all_combinations(
                 runs.append(train(db, replace(opts, branches=combo), progress, con=con))
             except FeatureMismatch as err:
                 skipped.append((combo, str(err)))
+        exported = [r for r in runs if r.export_dir]
+        if exported:
+            best = min(exported, key=lambda r: r.candidates[0]["val_mae"])
+            for r in exported:
+                r.chosen_by = "validation" if r is best else "ablation"
+            store.run_block(con, "train", "mark_chosen", {"chosen": best.model_id,
+                                                          "ids": [r.model_id for r in exported]})
     result = Ablation(runs, skipped)
-    exported = [r for r in runs if r.export_dir]
     if exported and opts.plots:
         chart = Path(exported[-1].export_dir) / "ablation.png"
         plot_ablation([{"branches": r.branches, "mae": r.metrics["mae"]} for r in runs], chart)

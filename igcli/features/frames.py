@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from igcli.errors import FeatureMismatch, ModelError
 from igcli.features.metadata import FeaturizeOptions, compute_batch
-from igcli.features.schema import CATEGORICAL, NUMERIC, QUALITY, extra_numeric
-from igcli.store import float_column, temp_table
+from igcli.features.schema import CATEGORICAL, IMAGE_HISTORY_FEATURES, NUMERIC, QUALITY, extra_numeric
+from igcli.store import float_column, run_block, temp_table
 from igcli.vision.backbones import Fingerprint
 
 
@@ -357,10 +357,89 @@ def load_frame(
             if nm is not None:
                 nima[order[pid]] = nm
         frame.embedding, frame.nima_mean = emb, nima
+        frame.cols.update(image_history_columns(con, frame, aesthetics))
     if post_ids is not None:
         con.execute("DROP TABLE IF EXISTS igc_ids; DROP TABLE IF EXISTS igc_frame_rids; "
                     "DROP TABLE IF EXISTS igc_frame_posts")
     return frame
+
+
+IMAGE_KERNEL_TEMPERATURE = 0.05     # cosine similarity: 0.05 apart weighs e times less
+IMAGE_SHRINK = 2.0                  # img_perf shrunk by n / (n + 2) toward 0 (the history mean)
+
+
+def _unit_rows(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit length with 0 where missing, which rows exist)."""
+    ok = np.isfinite(emb).all(axis=1)
+    z = np.where(ok[:, None], emb, 0.0).astype(np.float32)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    return np.where(norm > 0, z / np.where(norm > 0, norm, 1.0), 0.0), ok
+
+
+def image_history_columns(con: duckdb.DuckDBPyConnection, frame: Frame, source: dict) -> dict[str, np.ndarray]:
+    """``IMAGE_HISTORY_FEATURES`` of the frame's posts: how the user's earlier liked posts (strictly earlier
+    ``posted_at``, likes > 0 in the store now) with a photo of ``source`` did, weighted by how alike the photos
+    are. The same function for both reads: a scored post sees the stored likes of its user's earlier posts,
+    and none of a post whose likes are unknown (a batch's, or a warm-holdout test post's, hidden)."""
+    n = len(frame)
+    out = {c: np.full(n, np.nan) for c in IMAGE_HISTORY_FEATURES}
+    if not n:
+        return out
+    temp_table(con, "igc_photo_users", {"username": ("VARCHAR", sorted(set(frame.username.tolist())))})
+    params = {"backbone": source["backbone"], "weights_fp": source["weights_fp"]}
+    pool = run_block(con, "frames", "photo_history_posts", params).fetchnumpy()
+    pid = np.asarray(pool["post_id"], dtype=object)
+    pos = {p: i for i, p in enumerate(frame.post_id)}
+    emb = np.full((len(pid), frame.embedding.shape[1]), np.nan, np.float32)
+    in_frame = np.array([p in pos for p in pid], dtype=bool)
+    emb[in_frame] = frame.embedding[[pos[p] for p in pid[in_frame]]]
+    fetch = pid[~in_frame & np.asarray(pool["has_embedding"], dtype=bool)]
+    if len(fetch):
+        temp_table(con, "igc_photo_ids", {"post_id": ("VARCHAR", fetch.tolist())})
+        where = {p: i for i, p in enumerate(pid)}
+        for p, vec in run_block(con, "frames", "photo_history_embeddings", params).fetchall():
+            emb[where[p]] = vec
+        con.execute("DROP TABLE IF EXISTS igc_photo_ids")
+    con.execute("DROP TABLE IF EXISTS igc_photo_users")
+    likes = float_column(pool["likes"])
+    y = np.where(likes > 0, np.log(np.where(likes > 0, likes, 1.0)), np.nan)
+    unit, has = _unit_rows(emb)
+    mine, mine_ok = _unit_rows(frame.embedding)
+    users = np.asarray(pool["username"], dtype=object)
+    times = np.asarray(pool["posted_at"])
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    span = {u: (int(a), int(b)) for u, a, b in zip(users[starts].tolist(), starts, ends, strict=True)}
+    rows_of: dict[str, list[int]] = {}
+    for r, u in enumerate(frame.username.tolist()):
+        rows_of.setdefault(u, []).append(r)
+    for u, all_rows in rows_of.items():
+        for c in range(0, len(all_rows), 512):        # (rows, user's posts) blocks stay small for prolific users
+            _image_history_block(out, frame, np.asarray(all_rows[c:c + 512]), span[u], times, y, unit, has, mine,
+                                 mine_ok)
+    return out
+
+
+def _image_history_block(out, frame, rows, span, times, y, unit, has, mine, mine_ok) -> None:
+    a, b = span
+    liked = np.isfinite(y[a:b])
+    earlier = times[a:b][None, :] < frame.posted_at[rows][:, None]                 # (k, m)
+    seen = earlier & liked[None, :]
+    n_seen = seen.sum(axis=1)
+    mean = np.where(n_seen > 0, (seen * np.nan_to_num(y[a:b])).sum(axis=1) / np.maximum(n_seen, 1), np.nan)
+    use = seen & has[a:b][None, :] & mine_ok[rows][:, None]
+    k = use.sum(axis=1)
+    if not k.any():
+        return
+    sim = mine[rows] @ unit[a:b].T                                                   # (k, m) cosine
+    sim_max = np.where(k > 0, np.where(use, sim, -np.inf).max(axis=1), 0.0)
+    w = np.where(use, np.exp(np.minimum(sim - sim_max[:, None], 0.0) / IMAGE_KERNEL_TEMPERATURE), 0.0)
+    kernel = (w * np.nan_to_num(y[a:b])).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12)
+    top = np.nan_to_num(y[a:b])[np.argmax(np.where(use, sim, -np.inf), axis=1)]
+    got = k > 0
+    out["img_perf"][rows[got]] = ((kernel - mean) * k / (k + IMAGE_SHRINK))[got]
+    out["img_top1"][rows[got]] = (top - mean)[got]
+    out["img_sim_max"][rows[got]] = sim_max[got]
 
 
 def data_fingerprint(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> str:

@@ -28,6 +28,13 @@ DYNAMICS_FEATURES = ("h_last1", "h_max", "h_min", "h_slope", "days_since_last_li
 CAPTION_FEATURES = ("n_emoji", "n_question", "n_exclaim", "n_words", "n_lines", "frac_upper", "frac_ascii",
                     "cta", "has_url")
 
+# The photo against the user's earlier liked photos (point in time; computed by the two reads of
+# igcli.features.frames from the stored embeddings of the aesthetics source, inputs of models with that branch):
+# img_perf = kernel-weighted mean of the earlier posts' ln-likes minus the history mean (weights
+# exp(cosine similarity / 0.05), shrunk by n / (n + 2)), img_top1 = the most similar earlier post's ln-likes minus
+# the history mean, img_sim_max = that similarity. NaN without an earlier liked post with a photo.
+IMAGE_HISTORY_FEATURES = ("img_perf", "img_top1", "img_sim_max")
+
 # (name, transform) of each numeric input of the metadata branch, in order.
 NUMERIC = HISTORY_FEATURES + PAPER_FEATURES
 QUALITY = tuple((q, "log1p" if q in ("sharpness", "colorfulness") else "none")
@@ -42,7 +49,7 @@ EXTRA_NUMERIC = tuple((n, "log1p" if n in _LOG1P_EXTRA else "none") for n in DYN
 # What "this post's content" means for usual_likes: inputs set to their training mean.
 CONTENT_COLUMNS = frozenset({"caption_len", "n_hashtags", "n_mentions", "hashtag_weight", "tag_perf", "tag_perf_n",
                              "tag_novel_frac", "has_image_quality"} | {q for q, _ in QUALITY}
-                            | set(CAPTION_FEATURES))
+                            | set(CAPTION_FEATURES) | set(IMAGE_HISTORY_FEATURES))
 
 
 def extra_numeric() -> list[tuple[str, str]]:

@@ -214,6 +214,16 @@ def _export_into(tmp: Path, model, pre, run, opts, sources: dict, feature_params
             "data_fingerprint": data_fp,
             "counts": {"train": run.n_train, "val": run.n_val, "test": run.n_test,
                        "zero_likes_excluded": run.zero_likes_excluded},
+            # how train chose this model's branches, what it measured, and what it exported (igcli.commands.train)
+            "chosen_by": run.chosen_by,
+            "candidates": run.candidates,
+            "evaluation": {"rows": {"train": run.n_train, "val": run.n_val, "test": run.n_test},
+                           "epochs": run.timings.get("epochs"), "members": run.timings.get("members"),
+                           "verdict": run.verdict, "beats_history_mean": run.beats_history,
+                           "model": "fitted on the training part, early stopping on the validation part; "
+                                    "`metrics` are its test-part metrics"},
+            "refit": run.refit,
+            "exported": "refit" if run.refit else "evaluated",
             "metrics": run.metrics,
             "baselines": run.baselines,
             "subsets": run.subsets,

@@ -346,3 +346,22 @@ def pinball_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     q = torch.tensor(QUANTILES, dtype=pred.dtype, device=pred.device)   # (3,)
     diff = y[:, None] - pred                                             # (B, 3)
     return torch.maximum(q * diff, (q - 1) * diff).mean()
+
+
+RANK_TEMPERATURE = 0.1      # ln-likes: a pair ordered right by 0.1 costs log(1 + e^-1) in the logistic term
+
+
+def within_user_pair_loss(pred: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, kind: str = "logistic"
+                          ) -> torch.Tensor:
+    """Mean over the batch's pairs of posts by the same user with different ``y``: ``logistic`` = softplus of
+    the wrongly ordered predicted difference (RankNet), ``diff`` = |predicted difference - true difference|.
+    0 when the batch has no such pair."""
+    same = (groups[:, None] == groups[None, :]) & (y[:, None] != y[None, :])          # (B, B)
+    same = torch.triu(same, diagonal=1)
+    if not bool(same.any()):
+        return pred.sum() * 0.0
+    dp = (pred[:, None] - pred[None, :])[same]
+    dy = (y[:, None] - y[None, :])[same]
+    if kind == "diff":
+        return (dp - dy).abs().mean()
+    return nn.functional.softplus(-torch.sign(dy) * dp / RANK_TEMPERATURE).mean()

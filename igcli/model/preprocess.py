@@ -16,7 +16,15 @@ import numpy as np
 
 from igcli.errors import FeatureMismatch
 from igcli.features.frames import Frame
-from igcli.features.schema import CATEGORICAL, FLAGS, NUMERIC, QUALITY, content_columns, extra_numeric
+from igcli.features.schema import (
+    CATEGORICAL,
+    FLAGS,
+    IMAGE_HISTORY_FEATURES,
+    NUMERIC,
+    QUALITY,
+    content_columns,
+    extra_numeric,
+)
 from igcli.vision.families import DEFAULT_FAMILY_DEPTH, family_table
 
 OTHER_FAMILY = "other"
@@ -54,7 +62,7 @@ def _relative_bases(cols: dict) -> list[str]:
 
 
 # Inputs unknown (or meaningless) for a post whose user has no liked history: left out of the cold-start prior.
-_HISTORY_PREFIXES = ("hist_", "days_since_", "rel_", "h_", "tag_perf", "tag_novel")
+_HISTORY_PREFIXES = ("hist_", "days_since_", "rel_", "h_", "tag_perf", "tag_novel", "img_")
 _HISTORY_NAMES = {"n_posts_before", "posts_last30d", "no_history", "hist_std_missing"}
 
 
@@ -83,8 +91,11 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, frame: Frame, branches: tuple[str, ...], family_depth: int = DEFAULT_FAMILY_DEPTH,
-            min_family_count: int = 5, relative: bool = True) -> Preprocessor:
+            min_family_count: int = 5, relative: bool = True,
+            image_history: tuple[str, ...] = IMAGE_HISTORY_FEATURES) -> Preprocessor:
         numeric = list(NUMERIC) + list(QUALITY) + [(c, tf) for c, tf in extra_numeric() if c in frame.cols]
+        if "aesthetics" in branches:     # the photo against the user's earlier photos (igcli.features.frames)
+            numeric += [(c, "none") for c in image_history if c in frame.cols]
         cats = {c: sorted({int(v) for v in frame.cols[c] if not np.isnan(v)}) for c in CATEGORICAL}
         fams: list[str] = []
         if "objects" in branches and frame.classes is not None:
