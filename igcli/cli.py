@@ -434,11 +434,11 @@ def _print_choice_and_verdict(runs: list, ablation: bool) -> None:
     if r.refit:
         out.print(f"exported: refit on all {r.refit['rows']:,} labelled posts ({sum(r.refit['epochs'])} epochs, "
                   f"{r.refit['seconds']:.1f}s); the metrics above are the evaluated model's", markup=False)
-    out.print(f"[bold]{escape(r.verdict)}[/]")
+    out.print(out.styled(r.verdict, "bold"))
     if not r.beats_history:
-        err.print("[yellow]warning:[/] this model does not beat the users' own history mean on the test part: "
-                  "its predictions are no better than a user's average likes (image features from `igcli "
-                  "featurize` and more posts per user help)")
+        err.print(err.styled("warning:", "yellow"), "this model does not beat the users' own history mean on the "
+                  "test part: its predictions are no better than a user's average likes (image features from "
+                  "`igcli featurize` and more posts per user help)", highlight=False)
 
 
 # -------------------------------------------------------------------------------------------- score
