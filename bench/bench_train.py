@@ -12,9 +12,10 @@ untimed. By default the images are not read (the ingest points at an empty folde
 
 Timed: ``igcli.commands.train.train(db, TrainOptions(branches=("metadata",), split=..., export=False))`` in a fresh
 child process per run (early stopping decides the epochs; ``--epochs`` caps them); peak RSS is the
-child's own ``ru_maxrss``. Each split runs with torch's default thread count and with 1 thread
-(``--threads``): the model is small (batches of 512 rows), and on a shared machine intra-op threads can cost
-more than they give.
+child's own high-water mark (VmHWM at exit, ``_common.run_child``). Each split runs with torch's default thread
+count and with 1 thread (``--threads``): the model is small, and on a shared machine intra-op threads can cost
+more than they give. The note's patience and batch size are read from ``TrainOptions``, the trainer's own
+defaults.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEV_DATA, median, print_table, run_child, shown, write_json  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 import torch
 if int(sys.argv[4]):
@@ -43,8 +44,7 @@ t0 = time.perf_counter()
 r = train(sys.argv[1], TrainOptions(branches=("metadata",), split=sys.argv[2], epochs=int(sys.argv[3]),
                                    export=False, plots=False))
 print(json.dumps({"seconds": time.perf_counter() - t0, "timings": r.timings, "n": [r.n_train, r.n_val, r.n_test],
-                  "mae": r.metrics["mae"], "first_use": first_use, "threads": torch.get_num_threads(),
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "mae": r.metrics["mae"], "first_use": first_use, "threads": torch.get_num_threads()}))
 """
 
 def setup(tmp: Path, a: argparse.Namespace) -> tuple[Path, str]:
@@ -93,7 +93,7 @@ def main() -> None:
     a = ap.parse_args()
 
     header = ["split", "torch threads", "train / val / test", "epochs", "train() s (median)", "fit s",
-              "s / epoch", "test MAE", "torch import s", "peak RSS MiB"]
+              "s / epoch", "test MAE", "torch import s", "child peak RSS MiB"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="igcli-bench-train-") as tmp:
         db, what = setup(Path(tmp), a)
@@ -102,8 +102,8 @@ def main() -> None:
             for split in a.splits.split(","):
                 runs = []
                 for _ in range(a.repeats):
-                    _, _, out = run_child(["-c", CHILD, str(db), split, str(a.epochs), str(n_threads)])
-                    runs.append(json.loads(out.strip().splitlines()[-1]))
+                    _, peak, out = run_child(["-c", CHILD, str(db), split, str(a.epochs), str(n_threads)])
+                    runs.append({**json.loads(out.strip().splitlines()[-1]), "peak_mib": peak})
                 total = median([r["seconds"] for r in runs])
                 fit = median([r["timings"]["train_s"] for r in runs])
                 epochs = median([r["timings"]["epochs"] for r in runs])
@@ -112,13 +112,19 @@ def main() -> None:
                 label = f"{runs[0]['threads']}" + (" (process default; train() fits on 1)" if not n_threads else "")
                 rows.append([split, label, f"{n[0]:,} / {n[1]:,} / {n[2]:,}", f"{epochs:g}", f"{total:.1f}",
                              f"{fit:.1f}", f"{per_epoch:.3f}", f"{median([r['mae'] for r in runs]):.3f}",
-                             f"{median([r['first_use'] for r in runs]):.1f}", round(max(r["rss"] for r in runs))])
+                             f"{median([r['first_use'] for r in runs]):.1f}", round(max(r["peak_mib"] for r in runs))])
                 print(f"  {split}, {label} threads: {total:.1f} s, {epochs:g} epochs", flush=True)
+    from igcli.commands.train import TrainOptions
+
+    defaults = TrainOptions()          # what each child's train() runs with, besides the split and the epoch cap
     notes = [
         f"median of {a.repeats} runs per row, each train() in a fresh child process (export off); "
         f"metadata branch only; {what}",
         "train() s: the whole call (load features, split, fit, evaluate, record the run); fit s: the training "
-        f"loop alone (early stopping, patience 25, at most {a.epochs} epochs, batch 512); s / epoch = fit s / epochs",
+        f"loop alone (early stopping on the validation MAE, patience {defaults.patience}, at most {a.epochs} epochs, "
+        f"batches of {defaults.batch_size}, AdamW lr {defaults.lr:g}, ensemble of {defaults.ensemble}); "
+        "s / epoch = fit s / epochs (epochs summed over the ensemble's members)",
+        "child peak RSS: the largest of the runs' own high-water marks (VmHWM of the child process at exit)",
         "torch import s: `import torch` plus the first optimizer, which imports torch._dynamo; timed before "
         "train() so that it does not land in the first run's fit s",
         f"machine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",

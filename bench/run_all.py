@@ -38,6 +38,7 @@ QUICK_ARGS = {
     "train": ["--generated", "2000", "--epochs", "5", "--repeats", "1"],
     "quality": ["--no-aesthetics", "--splits", "random"],
     "store": ["--sizes", "20000,50000", "--score", "2000", "--repeats", "1"],
+    "frames": ["--posts", "20000", "--repeats", "1"],
 }
 TIMEOUT_S = {"full": 3600, "quick": 600}
 STDERR_LINES = 25

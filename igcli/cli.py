@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from igcli.commands.features import FramesOptions, export_frame
 from igcli.commands.featurize import featurize as run_featurize
 from igcli.commands.forget import forget as run_forget
 from igcli.commands.ingest import ingest_classes, ingest_posts
@@ -28,6 +27,7 @@ from igcli.commands.score import score as run_score
 from igcli.commands.status import store_status
 from igcli.commands.train import TrainOptions, train_all_combinations
 from igcli.commands.train import train as run_train
+from igcli.console import TerminalConsole
 from igcli.engines import get_engine
 from igcli.errors import IgcliError
 from igcli.features.images import ImageFeatureOptions
@@ -44,9 +44,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80-column default. User text is
+# printed as it is, never as markup, and cannot act on the terminal (igcli.console).
+out = TerminalConsole(width=None if sys.stdout.isatty() else 140)
+err = TerminalConsole(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB store file.", show_default=True)]
 DEFAULT_DB = Path("igcli.duckdb")
@@ -284,7 +285,7 @@ def featurize(
               "tag frequency in older posts of the store")
     t.add_row("user snapshots", ", ".join(f"{k} {v:,}" for k, v in sorted(r.snapshot_choices.items())))
     if r.leaky_user_stats:
-        t.add_row("[red]user stats[/]", "[red]LEAKY (all posts of the user): benchmark only[/]")
+        t.add_row(out.styled("user stats", "red"), out.styled("LEAKY (all posts of the user): benchmark only", "red"))
     if r.images is not None:
         t.add_row("image quality computed / failed", f"{r.images.quality_computed:,} / {r.images.quality_failed:,}")
         for b in r.images.backbones:
@@ -304,7 +305,7 @@ def featurize(
     t.add_row("seconds", f"{r.seconds:.2f}")
     out.print(t)
     for m in r.messages:
-        err.print(f"[yellow]note:[/] {m}", highlight=False)
+        err.print(err.styled("note:", "yellow"), m, highlight=False)
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -517,6 +518,57 @@ def forget_cmd(
         out.print(f"  not in the store: {', '.join(r.unknown)}", markup=False)
 
 
+# ---------------------------------------------------------------------------------------- features
+
+@app.command()
+def features(
+    out_file: Annotated[Path, typer.Option(
+        "--out", help="The file to write: .parquet, .csv or .arrow (Arrow IPC), by suffix.")],
+    db: DbOpt = DEFAULT_DB,
+    entities: Annotated[Path | None, typer.Option(
+        help="User features as of any time: a CSV or Parquet with username, as_of; each row is answered with "
+             "what the store knew strictly before as_of.")] = None,
+    posts: Annotated[Path | None, typer.Option(
+        help="Serving frame of these posts (CSV or Parquet), ingested as `igcli score` ingests them.")] = None,
+    ids: Annotated[Path | None, typer.Option(
+        help="Serving frame of stored posts: one post_id per line, or a CSV with a post_id column.")] = None,
+    model: Annotated[str, typer.Option(
+        help="Serving frame: the model whose feature parameters and image sources apply ('latest', an id or a "
+             "directory).")] = "latest",
+    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    images: Annotated[Path | None, typer.Option(help="--posts: folder image paths are relative to.")] = None,
+    columns: Annotated[str | None, typer.Option(
+        help="Comma-separated columns to write, in this order \\[default: all].", show_default=False)] = None,
+    objects_source: Annotated[str | None, typer.Option(
+        help="Training frame: 'precomputed' or a classifier name \\[default: the source covering most posts].",
+        show_default=False)] = None,
+    aesthetics_source: Annotated[str | None, typer.Option(
+        help="Training frame: embedding backbone \\[default: the one covering most posts].", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Write a point-in-time feature frame for your own tools (pandas, polars, DuckDB, a notebook).
+
+    Without --entities, --posts or --ids: the [bold]training frame[/], one row per labelled post with every
+    input the model can use as of that post's time and its label ln_likes, exactly what `igcli train` loads.
+    With --posts or --ids: the [bold]serving frame[/], exactly what `igcli score` feeds the model. With
+    --entities: [bold]user features as of any time[/] (history level, trend, counts, audience snapshot).
+
+    [bold]Example:[/] igcli features --out train.parquet --columns post_id,username,posted_at,hist_mean,ln_likes
+    """
+
+    opts = FramesOptions(entities=entities, posts=posts, ids=ids, model=model, exports_dir=exports, images_dir=images,
+                         columns=tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None,
+                         objects_source=objects_source, aesthetics_source=aesthetics_source)
+    with _Bars() as bars:
+        r = export_frame(out_file, db, opts, progress=bars)
+    if as_json:
+        out.print_json(json.dumps(r.__dict__, default=str))
+        return
+    out.print(f"wrote the {r.frame} frame, {r.rows:,} rows × {len(r.columns)} columns, to {r.path} in "
+              f"{r.seconds:.2f}s", highlight=False, markup=False)
+
+
 # ------------------------------------------------------------------------------------------ report
 
 @app.command()
@@ -540,7 +592,7 @@ def report(
 
     r = build_report(db, model=model, exports_dir=exports, out=out_file)
     for note in r.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+        err.print(err.styled("note:", "yellow"), note, highlight=False)
     out.print(f"wrote {r.path} ({r.bytes / 1024:,.0f} KiB: {', '.join(r.sections) or 'no section'})", highlight=False)
     out.print(r.summary, highlight=False, markup=False, soft_wrap=True)
 
@@ -576,7 +628,7 @@ def main() -> None:
         app()
     except IgcliError as e:
 
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(err.styled("error:", "red"), str(e), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: nothing from the unfinished step was committed")

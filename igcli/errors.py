@@ -39,3 +39,8 @@ class WeightsMismatch(IgcliError):
 
 class EngineError(IgcliError):
     """The Ray engine is not installed, cannot reach its cluster, or its job failed (the store is unchanged)."""
+
+
+class OutputError(InputError):
+    """An output path the user named (``--out``, ``--exports``) cannot be written: a missing folder, a folder
+    name, no permission. An ``InputError``, as any bad option value is."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ SCHEMA_VERSION = 3
 _FILL_ORDER_STATS = ("UPDATE user_state SET med_y = igc_median_sorted(sorted_y), max_y = sorted_y[-1], "
                      "min_y = sorted_y[1]")
 SCHEMA_FILES = ("schema",)
+# A DuckDB database file: bytes 8..12 of its main header
+DUCKDB_MAGIC, DUCKDB_MAGIC_END = b"DUCK", 12
 
 _PKG_DIR = Path(__file__).resolve().parent
 
@@ -66,6 +69,9 @@ def _translate(err: Exception, path: Path) -> Exception:
             f"cannot write the store {path}: {msg}. Pass --db with a writable path, or use a "
             "read-only command"
         )
+    if any(w in msg.lower() for w in ("could not read", "not a valid", "corrupt", "checksum")):  # damaged
+        return StoreError(f"cannot open the store {path}: {msg}. The file looks damaged: restore a copy of it, "
+                          "or pass another --db")
     return StoreError(f"cannot open the store {path}: {msg}. Pass --db with a path in a writable folder")
 
 
@@ -78,6 +84,7 @@ def connect(path: Path | str = DEFAULT_DB, read_only: bool = False, create: bool
                          f"`igcli ingest POSTS --db {path}`")
     if not read_only and not path.parent.exists():
         raise StoreError(f"the folder {path.parent} does not exist: create it or pass another --db")
+    _check_store_file(path, read_only)
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except (duckdb.IOException, duckdb.Error) as err:
@@ -91,6 +98,38 @@ def connect(path: Path | str = DEFAULT_DB, read_only: bool = False, create: bool
             con.close()
             raise _translate(err, path) from err
     return con
+
+
+def _check_store_file(path: Path, read_only: bool) -> None:
+    """A store is a DuckDB database file, or a path to make one at (absent, or an empty file). Anything else
+    is refused before DuckDB sees it: DuckDB would open a CSV or Parquet file given as ``--db`` as a view in
+    an in-memory database, and everything written to it would be lost at exit."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise StoreError(f"cannot open the store {path}: {err.strerror}; pass another --db") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"--db {path} is a folder: pass a store file name, e.g. {path / DEFAULT_DB}")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"--db {path} is not a regular file (a pipe, socket or device): pass a store file")
+    if st.st_size == 0:
+        if read_only:
+            raise StoreError(f"{path} is empty, not a store yet: run `igcli ingest POSTS --db {path}` first")
+        os.unlink(path)    # nothing to lose; DuckDB refuses an existing empty file and makes the store anew
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            head = os.read(fd, DUCKDB_MAGIC_END)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise StoreError(f"cannot read the store {path}: {err.strerror}; pass another --db") from None
+    if head[DUCKDB_MAGIC_END - len(DUCKDB_MAGIC):] != DUCKDB_MAGIC:
+        raise StoreError(f"--db {path} is not a DuckDB store (its first bytes are not DuckDB's); nothing was "
+                         "written to it: pass the store file, or a new name to create one")
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -234,7 +273,11 @@ def float_column(values):
     """A numeric column of ``fetchnumpy`` as float64 with NULL as NaN (a column with NULLs comes back as a
     masked array)."""
 
-    return np.ma.filled(np.ma.asarray(values).astype(np.float64), np.nan)
+    out = np.ma.getdata(values).astype(np.float64)       # one copy (astype, then filled, made two)
+    mask = np.ma.getmask(values)
+    if mask is not np.ma.nomask:
+        out[mask] = np.nan
+    return out
 
 
 def fault_point(name: str) -> None:
@@ -244,3 +287,48 @@ def fault_point(name: str) -> None:
     if os.environ.get("IGCLI_FAULT") == name:
         print(f"IGCLI_FAULT reached {name}", file=sys.stderr, flush=True)
         time.sleep(600)
+
+
+def schema_comments() -> dict[str, dict]:
+    """What ``sql/schema.sql`` says about each table and column: ``{table: {"about": text, "columns": {column:
+    text}}}``. A table's text is the comment block right above its ``CREATE TABLE``; a column's is the comment on
+    its line in ``CREATE TABLE`` (else in ``ALTER TABLE ... ADD COLUMN``) and on the comment-only lines right after
+    it."""
+    tables: dict[str, dict] = {}
+    block: list[str] = []
+    table = column = None
+    for raw in load_sql("schema").splitlines():
+        line = raw.strip()
+        code, _, note = line.partition("--")
+        code, note = code.strip(), note.strip()
+        if not line:
+            block, column = [], None
+            continue
+        if not code:                                   # a comment-only line
+            if column is not None and raw.startswith((" ", "\t")):
+                tables[column[0]]["columns"][column[1]] += " " + note
+            else:
+                block.append(note)
+                column = None
+            continue
+        if m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", code, re.I):
+            table = m.group(1)
+            tables[table] = {"about": " ".join(block), "columns": {}}
+            block, column = [], None
+        elif m := re.match(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", code, re.I):
+            columns = tables[m.group(1)]["columns"]
+            if columns.get(m.group(2)):          # declared in CREATE TABLE too: the note there says what it is
+                column = None
+            else:
+                columns[m.group(2)] = note
+                column = (m.group(1), m.group(2))
+            block = []
+        elif table is not None and (m := re.match(r"(\w+)\s+[A-Z]", code)) and not re.match(
+                r"(PRIMARY|UNIQUE|FOREIGN|CHECK)\b", code, re.I):
+            tables[table]["columns"][m.group(1)] = note
+            column = (table, m.group(1))
+        else:
+            column = None
+        if code.endswith(";"):
+            table = None
+    return tables

@@ -277,7 +277,7 @@ LEFT JOIN fz_taghist g USING (post_id);
 -- The paper's leaky variant (benchmark only; always a full computation): every liked post of the user,
 -- the post itself included.
 CREATE OR REPLACE TEMP TABLE fz_hist_leaky AS
-SELECT p.post_id, a.n, igc_mean(a.n, a.s1) AS mean, a.median, igc_std(a.n, a.s1, a.s2) AS std,
+SELECT p.post_id, coalesce(a.n, 0) AS n, igc_mean(a.n, a.s1) AS mean, a.median, igc_std(a.n, a.s1, a.s2) AS std,
        igc_mean(a.n, a.s1) AS last5, igc_mean(a.n, a.s1) AS last10, igc_mean(a.n, a.s1) AS decayed
 FROM fz_posts p
 LEFT JOIN (SELECT username, count(*) AS n, sum(yq::HUGEINT) AS s1, sum(yq::HUGEINT * yq) AS s2,

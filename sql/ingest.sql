@@ -19,6 +19,14 @@
 
 -- name: macros
 CREATE OR REPLACE TEMP MACRO igc_blank(s) AS (s IS NULL OR trim(s) = '');
+-- An identifier (post_id, username) as stored: without zero-width, invisible or bidi control characters (two
+-- ids that print alike are one id; a name cannot display reversed), NFC-normalised (a decomposed é is the
+-- precomposed one), trimmed; NULL when nothing is left. ASCII text (strlen, in bytes, equals length) skips it.
+CREATE OR REPLACE TEMP MACRO igc_ident(s) AS (nullif(trim(
+    CASE WHEN strlen(s) = length(s) THEN s
+         ELSE nfc_normalize(regexp_replace(s,
+             '[\x{00AD}\x{034F}\x{061C}\x{180E}\x{200B}-\x{200F}\x{202A}-\x{202E}\x{2060}-\x{2064}\x{2066}-\x{206F}\x{FEFF}]',
+             '', 'g')) END), ''));
 -- Newlines inside one value; counted only where there is one (most values have none).
 CREATE OR REPLACE TEMP MACRO igc_nl(s) AS (
     CASE WHEN contains(s, chr(10)) THEN strlen(s) - strlen(replace(s, chr(10), '')) ELSE 0 END);
@@ -89,8 +97,9 @@ CREATE OR REPLACE TEMP TABLE staged_w AS
 WITH s AS (
     SELECT
         nl,
-        nullif(trim(post_id), '') AS post_id,
-        nullif(trim(username), '') AS username,
+        igc_ident(post_id) AS post_id,
+        igc_ident(username) AS username,
+        post_id AS raw_post_id, username AS raw_username,
         igc_ts(posted_at) AS posted_at_ts,
         caption, hashtags AS raw_hashtags, mentions AS raw_mentions,
         igc_count(likes) AS likes_d,
@@ -148,6 +157,9 @@ SELECT
              THEN {'column_name': NULL::VARCHAR, 'value': NULL::VARCHAR, 'reason': 'value contains a NUL byte'} END
     ], lambda x: x IS NOT NULL) END AS errs,
     CASE WHEN posted_at_ts BETWEEN TIMESTAMP '1970-01-01' AND TIMESTAMP '2010-10-06' THEN raw_posted_at END AS warn_value,
+    -- the file's text of an identifier igc_ident changed (beyond trimming), for its warning
+    CASE WHEN c.post_id IS DISTINCT FROM nullif(trim(raw_post_id), '') THEN raw_post_id END AS raw_post_id,
+    CASE WHEN c.username IS DISTINCT FROM nullif(trim(raw_username), '') THEN raw_username END AS raw_username,
     igc_bigint(likes_d) AS likes,
     -- `$wide` (the store holds no posts, so every usable row is new): the stored text too, so the rows are
     -- written from here and the file is read once
@@ -216,10 +228,18 @@ JOIN posts p ON p.post_id = s.post_id
 JOIN igc_lines l ON l.rn = s.rn;
 
 CREATE OR REPLACE TEMP TABLE row_warnings AS
-SELECT rn, l.line, 'posted_at' AS column_name, warn_value AS value,
-       'date before Instagram existed (2010-10-06), loaded as given: a missing-date placeholder?' AS message
-FROM staged JOIN igc_lines l USING (rn)
-WHERE warn_value IS NOT NULL AND errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
+SELECT rn, l.line, w.column_name, w.value, w.message
+FROM (SELECT rn, unnest([
+          CASE WHEN warn_value IS NOT NULL THEN {'column_name': 'posted_at', 'value': warn_value, 'message':
+              'date before Instagram existed (2010-10-06), loaded as given: a missing-date placeholder?'} END,
+          CASE WHEN raw_post_id IS NOT NULL THEN {'column_name': 'post_id', 'value': raw_post_id, 'message':
+              'identifier normalised: Unicode NFC, zero-width / bidi control characters removed'} END,
+          CASE WHEN raw_username IS NOT NULL THEN {'column_name': 'username', 'value': raw_username, 'message':
+              'identifier normalised: Unicode NFC, zero-width / bidi control characters removed'} END]) AS w
+      FROM staged
+      WHERE (warn_value IS NOT NULL OR raw_post_id IS NOT NULL OR raw_username IS NOT NULL) AND errs IS NULL
+        AND rn NOT IN (SELECT rn FROM row_errors)) JOIN igc_lines l USING (rn)
+WHERE w IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW good AS
 SELECT * FROM staged WHERE errs IS NULL AND rn NOT IN (SELECT rn FROM row_errors);
@@ -252,7 +272,7 @@ SELECT rn, l.line, posted_at, likes, image_path FROM igc_plan($has_image) JOIN i
 INSERT INTO posts
 SELECT *, igc_content(true, true, true, true, posted_at, caption, hashtags, mentions, image_ref), hash(post_id)
 FROM (
-    SELECT trim(s.post_id) AS post_id, trim(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
+    SELECT igc_ident(s.post_id) AS post_id, igc_ident(s.username), igc_ts(s.posted_at) AS posted_at, s.caption AS caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
            igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
            igc_bigint(igc_count(s.likes)), nullif(trim(s.image), '') AS image_ref, k.image_path,
@@ -297,7 +317,7 @@ UPDATE posts SET
         CASE WHEN $has_caption OR $has_mentions THEN u.mentions ELSE posts.mentions END,
         CASE WHEN $has_image THEN u.image_ref ELSE posts.image_ref END)
 FROM (
-    SELECT trim(s.post_id) AS post_id, c.posted_at, s.caption,
+    SELECT igc_ident(s.post_id) AS post_id, c.posted_at, s.caption,
            igc_hashtags($has_hashtags, s.hashtags, s.caption) AS hashtags,
            igc_mentions($has_mentions, s.mentions, s.caption) AS mentions,
            c.likes, nullif(trim(s.image), '') AS image_ref, c.image_path, c.line

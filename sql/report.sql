@@ -48,7 +48,7 @@ WHERE table_schema = 'main' AND table_name = 'predictions' ORDER BY ordinal_posi
 SELECT max(scored_at) FROM predictions WHERE model_id = $model_id;
 
 -- name: batch_rows
-SELECT pr.*, p.username, p.posted_at, p.likes AS actual_likes, i.path AS image_file
+SELECT pr.*, p.username, p.posted_at, p.likes AS actual_likes, i.path AS image_file, i.sha256 AS image_sha256
 FROM predictions pr JOIN posts p USING (post_id)
 LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
 WHERE pr.model_id = $model_id AND pr.scored_at = $scored_at

@@ -58,3 +58,18 @@ def test_lightgbm_rows_skip_an_empty_cold_start_subset():
     frame.cols["hist_mean"][250:260] = np.nan
     out = bq.lightgbm_run(frame, idx[:200], idx[200:250], idx[250:], with_objects=False, seed=0)
     assert out["cold_start"]["n"] == 10
+
+
+def test_models_are_ordered_and_the_best_chosen_by_validation_not_test():
+    """A model with the lower test MAE but the higher validation MAE ranks second; the cells show the mean
+    over seeds with the MAE's standard deviation over seeds, and the validation MAE."""
+    bq = _bench()
+    a = bq.Row("random", "a", [{"mae": 0.30, "n": 10}, {"mae": 0.32, "n": 10}, {"mae": 0.34, "n": 10}],
+               val_mae=[0.5, 0.5, 0.5])
+    b = bq.Row("random", "b", [{"mae": 0.40, "n": 10}] * 3, val_mae=[0.2, 0.3, 0.4])
+    unvalidated = bq.Row("random", "c", [{"mae": 0.01, "n": 10}])
+    assert [r.model for r in bq.by_validation([a, unvalidated, b])] == ["b", "a", "c"]
+    cells = dict(zip(bq.HEADER, a.cells(), strict=True))
+    assert cells["MAE"] == f"0.320 ±{np.std([0.30, 0.32, 0.34]):.3f}" and cells["val MAE"] == "0.500"
+    assert dict(zip(bq.HEADER, b.cells(), strict=True))["val MAE"] == "0.300"
+

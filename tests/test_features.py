@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pit_reference as ref
 import pytest
 from conftest import execute, query
 
@@ -452,24 +452,6 @@ def test_batch_from_state_equals_full_computation(tmp_path: Path, db: Path, rank
 
 # ------------------------------------------------------------------ history dynamics and caption cues
 
-CTA = re.compile(r"(?i)\b(?:tag|comment|link in bio|follow|giveaway|win|swipe|click|shop|discount|code|double tap"
-                 r"|let me know|dm)\b")
-
-
-def brute_caption(c: str) -> dict:
-    """Caption cues recomputed in Python (captions of these tests use plain ASCII whitespace)."""
-    letters = [ch for ch in c if ch.isalpha()]
-    return {
-        "n_emoji": sum(0x1F300 <= ord(ch) <= 0x1FAFF or 0x2600 <= ord(ch) <= 0x27BF for ch in c),
-        "n_question": c.count("?"), "n_exclaim": c.count("!"),
-        "n_words": len(re.findall(r"[^\t\n\f\r ]+", c)),
-        "n_lines": c.count("\n") + 1 if c else 0,
-        "frac_upper": sum(ch.isupper() for ch in letters) / len(letters) if letters else None,
-        "frac_ascii": sum(ord(ch) < 128 for ch in c) / len(c) if c else None,
-        "cta": bool(CTA.search(c)), "has_url": bool(re.search(r"(?i)https?://|www\.", c)),
-    }
-
-
 def brute_dynamics(posts: list[tuple], pid: str) -> dict:
     """The dynamics features of one post from its user's posts (post_id, user, time, likes, tags) by brute force."""
     me = next(p for p in posts if p[0] == pid)
@@ -513,7 +495,7 @@ def test_dynamics_and_caption_cues_match_brute_force(tmp_path: Path, db: Path, m
     posts = [(pid, u, t, lk, sorted({x.lstrip("#").lower() for x in tags.split()})) for pid, u, t, lk, tags, _ in rows]
     assert len(posts) > 80
     for pid, *_ in posts:
-        want = brute_dynamics(posts, pid) | brute_caption(captions[pid] or "")
+        want = brute_dynamics(posts, pid) | ref.caption_cues(captions[pid])
         assert set(want) == set(DYNAMICS_FEATURES) | set(CAPTION_FEATURES)
         for k, v in want.items():
             got = f[pid][k]

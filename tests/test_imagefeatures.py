@@ -527,8 +527,8 @@ def test_int8_rows_carry_an_int8_fingerprint(con):
 
 
 def test_lite0_on_dev_images_agrees_with_the_papers_classes(dev_data: Path, tmp_path: Path):
-    """200 real posts: EfficientNet-Lite0's top-1 lies in the paper's Inception-ResNet-v2 top-5 far more
-    often than chance (5 / 1000)."""
+    """200 real posts: EfficientNet-Lite0's top-1 lies in the paper's Inception-ResNet-v2 top-5 for about half
+    of them (chance: 5 / 1000)."""
     import csv
 
     with open(dev_data / "posts.csv", newline="", encoding="utf-8") as fh:
@@ -557,7 +557,10 @@ def test_lite0_on_dev_images_agrees_with_the_papers_classes(dev_data: Path, tmp_
     both = [pid for pid in ours if pid in paper]
     assert len(both) >= 150
     agree = sum(ours[pid] in paper[pid] for pid in both) / len(both)
-    assert agree > 0.25, agree  # chance is 0.5%; the issue measured 41.5% on 200 images
+    # chance is 0.5%; these 200 images gave 99 agreeing (49.5%) when this bound was set: it allows ten images
+    # of near-ties flipping with another onnxruntime build, not a weaker model (bench_quality's note measures
+    # the share on every dev image)
+    assert agree >= 0.45, agree
 
 
 def test_batch_and_decode_threads_default_by_device(monkeypatch):

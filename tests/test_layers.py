@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "igcli"
 
 # Top first: each layer may import itself and the layers after it.
 LAYERS = (
-    ("igcli.__main__", "igcli.cli"),
+    ("igcli.__main__", "igcli.cli", "igcli.api"),
     ("igcli.commands",),
     ("igcli.engines",),
     ("igcli.model",),

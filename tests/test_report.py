@@ -200,6 +200,38 @@ def test_exported_test_part_reproduces_the_run_metrics(scored):
     assert math.isclose(base["mae"], baselines["user_mean_earlier_posts"]["mae"], rel_tol=1e-12)
 
 
+def test_calibration_table_matches_an_independent_computation(scored, full):
+    """The per-decile calibration table, recomputed in plain Python from the exported test arrays: deciles cut
+    at the 10%..90% quantiles of the predicted median (linear interpolation; a post on a cut goes up), and in
+    each the posts, the share inside p10..p90 and the MAE."""
+    import pyarrow.parquet as pq
+
+    from igcli.model.export import TEST_PART
+
+    rows = pq.read_table(Path(scored["run"].export_dir) / TEST_PART).to_pylist()
+    mids = sorted(r["p50"] for r in rows)
+
+    def quantile(q: float) -> float:
+        h = (len(mids) - 1) * q
+        lo = math.floor(h)
+        return mids[lo] if lo + 1 == len(mids) else mids[lo] + (h - lo) * (mids[lo + 1] - mids[lo])
+
+    cuts = [quantile(k / 10) for k in range(1, 10)]
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(sum(r["p50"] >= c for c in cuts), []).append(r)
+    want = []
+    for d in sorted(groups):
+        g = groups[d]
+        inside = sum(r["p10"] <= r["actual_log_likes"] <= r["p90"] for r in g) / len(g)
+        mae = sum(abs(r["p50"] - r["actual_log_likes"]) for r in g) / len(g)
+        want.append((str(d + 1), f"{len(g):,}", f"{100 * inside:.1f}%", f"{mae:.3f}"))
+    part = full["html"].split('data-part="calibration"')[1].split("</table>")[0]
+    got = re.findall(r"<tr><td>(\d+)</td><td>[^<]*</td><td>([\d,]+)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", part)
+    assert got == want and len(want) == 10
+    assert sum(len(g) for g in groups.values()) == run_row(scored["db"], scored["run"].model_id)[0]["n"]
+
+
 def test_history_buckets_cover_every_test_post(scored, full):
     html = full["html"]
     metrics, _ = run_row(scored["db"], scored["run"].model_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from conftest import csv_rows, write_csv_rows
+from conftest import csv_rows, missing, write_csv_rows
 
 from igcli.commands.score import ScoreOptions, score
 from igcli.errors import FeatureMismatch, ModelError
@@ -270,8 +270,8 @@ def test_score_path_rebuilds_the_training_inputs_and_predictions(trained_store):
 
 
 def test_ingest_score_and_featurize_do_not_import_pandas(trained_store, tmp_path: Path):
-    """pyarrow's pa.array / pa.table / to_numpy import pandas on their first call where it is installed
-    (0.45-0.55 s of a process here): ingest, score and an incremental featurize keep it out. Run in a fresh
+    """pyarrow's pa.array / pa.table / to_numpy import pandas on their first call where it is installed:
+    ingest, score and an incremental featurize keep it out. Run in a fresh
     interpreter, on posts without images (the image backbones are heavier work of their own)."""
     import importlib.util
     import json
@@ -279,7 +279,7 @@ def test_ingest_score_and_featurize_do_not_import_pandas(trained_store, tmp_path
     import sys
 
     if importlib.util.find_spec("pandas") is None:
-        pytest.skip("pandas is not installed: nothing could import it")
+        missing("pandas is not installed, so this test could not fail: pip install 'igcli[dev,ray]' (ray brings it)")
     db = trained_store["db_copy"](tmp_path)
     batch = tmp_path / "new.csv"
     rows = csv_rows(trained_store["sample"] / "new_posts.csv")

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from igcli import store
 from igcli.errors import InputError
+from igcli.files import InputFile, open_input
 from igcli.util import sha256_file
 from igcli.vision.decode import ImageProbe, probe_many, resolve_image
 
@@ -52,6 +53,9 @@ COLUMNS = (
 )
 PROBLEMS_SHOWN = 10              # posts whose image is not used, named one line each, then a count
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# Columns of a file: more is refused with the fix named (a CSV of ~1,000 columns would otherwise reach DuckDB's
+# expression depth limit as a raw parser error; the real data has 11).
+MAX_COLUMNS = 256
 # DuckDB's memory while a file loads: beyond it the staged rows and hash tables spill to `<store>.tmp`,
 # so a file ten times larger needs disk, not memory (about this much plus ~0.3 GB). Measured: at 1GB a 1M-row
 # first load peaked at ~0.8 GiB and 10M rows at ~1.2 GiB; at 512MB, 0.64 and 0.77 GiB for a few % more CPU
@@ -62,7 +66,7 @@ WRITE_SLICE = 1_000_000
 ENCODINGS = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "latin-1": "latin-1"}  # DuckDB name -> Python codec
 # The rules a file is loaded by: an earlier ingest of the same file is reused (module docstring) only when it
 # was made under the same version. Bump it when ingest would store or reject a file's rows differently.
-REUSE_VERSION = 1
+REUSE_VERSION = 2   # 2: post_id / username NFC-normalised, zero-width and bidi controls removed
 FUTURE_DATE = "date more than a year in the future"   # the one reject that depends on when the file is read
 
 _CSV_ERRORS = {
@@ -117,8 +121,9 @@ def _detect_encoding(path: Path, encoding: str | None) -> str:
     return "utf-8"
 
 
-def _read_header(path: Path, encoding: str) -> list[str]:
-    with open(path, encoding=ENCODINGS[encoding], newline="") as fh:
+def _read_header(path: Path, encoding: str, name: str | None = None) -> list[str]:
+    """The lower-cased column names of ``path`` (read through ``name``, its ``InputFile.name``, when given)."""
+    with open(name or path, encoding=ENCODINGS[encoding], newline="") as fh:
         try:
             header = next(csv.reader(fh))
         except StopIteration:
@@ -135,6 +140,9 @@ def _map_columns(path: Path, header: list[str]) -> tuple[list[str], list[str]]:
     """Our name for each position (unknown columns become ``extra_<i>``), and the ignored names."""
     if not any(header):
         raise InputError(f"{path} has no usable header: the first line must name the columns")
+    if len(header) > MAX_COLUMNS:
+        raise InputError(f"{path} has {len(header):,} columns, more than the {MAX_COLUMNS} igcli reads: keep the "
+                         f"columns it uses ({', '.join(COLUMNS)}) and drop the others")
     seen: set[str] = set()
     for name in header:
         if name and name in seen:
@@ -176,11 +184,12 @@ def image_problems(con: duckdb.DuckDBPyConnection, post_ids: list[str]) -> tuple
     return [f"{pid}: image {ref!r} not used ({why})" for pid, ref, why, _ in rows], total
 
 
-
-def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None):
-    """Define the source macros over the CSV file; returns (params, names, ignored)."""
-    enc = _detect_encoding(path, encoding)
-    header = _read_header(path, enc)
+def _csv_source(con: duckdb.DuckDBPyConnection, src: InputFile, encoding: str | None):
+    """Define the source macros over the CSV file (read through its open descriptor: a name would be taken
+    as a glob pattern); returns (params, names, ignored)."""
+    path = src.path
+    enc = _detect_encoding(src.name, encoding)
+    header = _read_header(path, enc, src.name)
     names, ignored = _map_columns(path, header)
     # Every name below is ours (COLUMNS or extra_<i>); the path and types travel as macro arguments.
     cols = _canonical(set(names))
@@ -205,12 +214,13 @@ def _csv_source(con: duckdb.DuckDBPyConnection, path: Path, encoding: str | None
         f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
             SELECT row_number() OVER () AS rn, {cols} FROM {reader.format("ignore_errors = true")}"""
     )
-    params = {"path": str(path), "columns": {n: "VARCHAR" for n in names}, "encoding": enc,
+    params = {"path": src.name, "columns": {n: "VARCHAR" for n in names}, "encoding": enc,
               "max_line": MAX_LINE_BYTES, "header_lines": 1}
     return params, names, ignored
 
 
-def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width: int) -> list[tuple[int, str]]:
+def _csv_rejects(con: duckdb.DuckDBPyConnection, src: InputFile, params: dict, width: int
+                 ) -> list[tuple[int, str]]:
     """Records DuckDB's parser refused, as (physical line, reason); shifts the lines of the rows after them."""
     rejected = con.execute(
         """SELECT line, min(line_byte_position), first(error_type ORDER BY column_idx),
@@ -220,10 +230,10 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width
     ).fetchall()
     if not rejected:
         return []
-    lines = _lines_at(path, [r[1] or 0 for r in rejected])
+    lines = _lines_at(src.name, [r[1] or 0 for r in rejected])
     bad_encoding = [i for i, r in enumerate(rejected) if r[2] == "INVALID ENCODING"]
     if bad_encoding:
-        raise InputError(f"{path} is not valid {params['encoding']} (first bad bytes on line "
+        raise InputError(f"{src.path} is not valid {params['encoding']} (first bad bytes on line "
                          f"{lines[bad_encoding[0]]}): if it is Latin-1 / Windows-1252, pass --encoding latin-1")
     out: list[tuple[int, str]] = []
     shifts: dict[int, int] = {}
@@ -250,7 +260,7 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, path: Path, params: dict, width
     return out
 
 
-def _lines_at(path: Path, positions: list[int]) -> list[int]:
+def _lines_at(path: Path | str, positions: list[int]) -> list[int]:
     """The 1-based line of each byte offset (sorted ascending), reading the file once in blocks."""
     out, line, done = [], 1, 0
     todo = iter(positions)
@@ -271,9 +281,11 @@ def _lines_at(path: Path, positions: list[int]) -> list[int]:
 
 # ------------------------------------------------------------------------------------------ Parquet
 
-def _parquet_source(con: duckdb.DuckDBPyConnection, path: Path):
+def _parquet_source(con: duckdb.DuckDBPyConnection, src: InputFile):
+    path = src.path
     try:
-        table = pq.read_table(path)
+        with open(src.name, "rb") as fh:    # the open file, read whole: a name could be taken for a dataset
+            table = pq.read_table(fh)
     except (pa.ArrowException, OSError) as err:
         raise InputError(f"{path} cannot be read as Parquet: {err}") from None
     header = [c.strip().lower() for c in table.column_names]
@@ -299,7 +311,7 @@ def _parquet_source(con: duckdb.DuckDBPyConnection, path: Path):
                     SELECT rn, rn AS line, {cols_sql} FROM (SELECT row_number() OVER () AS rn, * FROM igc_parquet)""")
     con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
                     SELECT row_number() OVER () AS rn, {cols_sql} FROM igc_parquet""")
-    return {"path": str(path), "columns": {}, "encoding": "", "max_line": 0, "header_lines": 0}, kept, ignored
+    return {"path": src.name, "columns": {}, "encoding": "", "max_line": 0, "header_lines": 0}, kept, ignored
 
 
 def _stage_view(con: duckdb.DuckDBPyConnection) -> int:
@@ -386,18 +398,20 @@ def ingest_posts(
     file again right after its last ingest reuses that outcome unless ``recheck`` (module docstring)."""
     t0 = time.perf_counter()
     source = Path(source)
-    if not source.is_file():
-        raise InputError(f"no such file: {source}")
     images_dir = Path(images_dir) if images_dir else source.parent
-    if not images_dir.is_dir():
-        raise InputError(f"images folder {images_dir} does not exist: pass --images DIR")
-    with store.opened(db, con) as con:
-        return _ingest_posts(con, source, images_dir, encoding, progress, keep_ids, recheck, t0)
+    with open_input(source, "posts file") as src:
+        if not images_dir.is_dir():
+            raise InputError(f"images folder {images_dir} does not exist: pass --images DIR")
+        with store.opened(db, con) as con:
+            return _ingest_posts(con, src, images_dir, encoding, progress, keep_ids, recheck, t0)
 
 
-def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path, encoding: str | None,
+def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_dir: Path, encoding: str | None,
                   progress: Callable[[str, int, int], None] | None, keep_ids: bool, recheck: bool,
                   t0: float) -> IngestResult:
+    """The file is read through ``src_file``'s descriptor only, and refused (the transaction rolled back)
+    when it was written to between its first read and its last."""
+    source = src_file.path
     now = store.utcnow()
     result = IngestResult(source=str(source.resolve()), ingest_id=uuid.uuid4().hex[:12])
     order, memory = con.execute(
@@ -411,22 +425,23 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path
         con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
         store.run_block(con, "ingest", "macros")
         if is_csv:
-            src, names, ignored = _csv_source(con, source, encoding)
+            src, names, ignored = _csv_source(con, src_file, encoding)
         else:
-            src, names, ignored = _parquet_source(con, source)
+            src, names, ignored = _parquet_source(con, src_file)
         result.ignored_columns = ignored
         result.hints = column_hints([n for n in names if not n.startswith("extra_")] + ignored)
         present = set(names)
         flags = {f"has_{c}": c in present for c in ("caption", "hashtags", "mentions", "image")}
         full = {"full": flags["has_caption"] and flags["has_image"]}  # compares every stored value
         hashing = ThreadPoolExecutor(1)
-        sha = hashing.submit(sha256_file, source)  # hashlib releases the GIL: it overlaps the load
+        sha = hashing.submit(sha256_file, src_file.name)  # hashlib releases the GIL: it overlaps the load
         with store.transaction(con):
             con.execute("DROP TABLE IF EXISTS igc_rej; DROP TABLE IF EXISTS igc_scan")
             store.run_block(con, "ingest", "backfill")
             if not con.execute("SELECT count(*) FROM key_hash WHERE hash_of_igcli = hash('igcli')").fetchall()[0][0]:
                 store.run_block(con, "ingest", "rekey")
             if not (recheck or keep_ids) and _reuse(con, result, sha, images_dir, encoding, now):
+                src_file.check_unchanged()
                 return result
             # an empty store has nothing to compare with: stage every value and read the file once
             wide = {"wide": not con.execute("SELECT count(*) FROM (SELECT 1 FROM posts LIMIT 1)").fetchall()[0][0]}
@@ -437,7 +452,7 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path
             rowid_base = _stage_view(con)
             store.run_block(con, "ingest", "lines", src)
             store.run_block(con, "ingest", "match", {**flags, **full})
-            csv_rejects = _csv_rejects(con, source, src, len(names)) if is_csv else []
+            csv_rejects = _csv_rejects(con, src_file, src, len(names)) if is_csv else []
             store.run_block(con, "ingest", "row_errors")
             _image_keys(con, images_dir, progress)
             store.run_block(con, "ingest", "plan")
@@ -496,6 +511,7 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, source: Path, images_dir: Path
             if keep_ids:
                 result.post_ids = [r[0] for r in con.execute(
                     "SELECT post_id FROM igc_plan(?)", [flags["has_image"]]).fetchall()]
+            src_file.check_unchanged()   # after the last read: what was stored is what the file held
             store.fault_point("ingest.before_commit")
     finally:
         if hashing:
@@ -614,24 +630,24 @@ def ingest_classes(
     """
     t0 = time.perf_counter()
     source = Path(source)
-    if not source.is_file():
-        raise InputError(f"no such file: {source}")
-    header = _read_header(source, _detect_encoding(source, None))
-    missing = [c for c in ("post_id", "rank", "wnid", "prob") if c not in header]
-    if missing:
-        raise InputError(f"{source} lacks column(s) {', '.join(missing)} (expected post_id, rank, wnid, prob)")
-    sha = sha256_file(source)
-    with store.opened(db, con) as con:
+    with open_input(source, "classes file") as src, store.opened(db, con) as con:
+        header = _read_header(source, _detect_encoding(src.name, None), src.name)
+        missing = [c for c in ("post_id", "rank", "wnid", "prob") if c not in header]
+        if missing:
+            raise InputError(f"{source} lacks column(s) {', '.join(missing)} (expected post_id, rank, wnid, prob)")
+        sha = sha256_file(src.name)
+        store.run_block(con, "ingest", "macros")
         try:
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE cls_in AS
-                   SELECT trim(post_id) AS post_id, TRY_CAST(rank AS INTEGER) AS rank, trim(wnid) AS wnid,
+                   SELECT igc_ident(post_id) AS post_id, TRY_CAST(rank AS INTEGER) AS rank, trim(wnid) AS wnid,
                           TRY_CAST(prob AS DOUBLE) AS prob
                    FROM read_csv(?, header = true, all_varchar = true, delim = ',', quote = '"')""",
-                [str(source)],
+                [src.name],
             )
         except duckdb.Error as err:
             raise InputError(f"{source} cannot be read as CSV: {str(err).splitlines()[0]}") from None
+        src.check_unchanged()       # the rows read are the bytes hashed
         with store.transaction(con):
             ok = """post_id IS NOT NULL AND rank IS NOT NULL AND regexp_full_match(wnid, 'n[0-9]{8}')
                     AND prob BETWEEN 0 AND 1"""

@@ -20,7 +20,6 @@ import base64
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +32,10 @@ import pyarrow.parquet as pq
 from igcli import store
 from igcli.errors import InputError, ModelError
 from igcli.features.frames import available_sources
+from igcli.files import atomic_write, check_output
 from igcli.model.export import CARD, ONNX, TEST_PART, load_card, resolve_model_dir
 from igcli.model.metrics import metrics as compute
-from igcli.vision.decode import open_rgb
+from igcli.vision.decode import decode_image
 
 TEMPLATE = "report.html.j2"
 THUMB_PX = 72
@@ -77,8 +77,7 @@ def build_report(
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out {out}: use a file name ending in .html")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: the folder {out.parent} does not exist; create it or pass another path")
+    check_output(out, "--out")
     notes: list[str] = []
     con = store.connect(db, read_only=True)
     try:
@@ -93,12 +92,8 @@ def build_report(
     summary = _summary(store_sec, model_sec, scores_sec)
     html = render({"db": str(db), "store": store_sec, "model": model_sec, "scores": scores_sec,
                    "notes": notes, "summary": summary, "generated_at": f"{store.utcnow():%Y-%m-%d %H:%M:%S}"})
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, out)
-    except OSError as err:
-        raise InputError(f"cannot write {out}: {err.strerror}") from None
+    with atomic_write(out, "--out") as fh:
+        fh.write(html.encode("utf-8"))
     sections = [name for name, sec in (("store", store_sec), ("model", model_sec), ("scores", scores_sec)) if sec]
     return ReportResult(str(out), len(html.encode("utf-8")), sections,
                         model_sec["model_id"] if model_sec else None, summary, notes)
@@ -345,19 +340,23 @@ def _post_view(r: dict, value: float) -> dict:
     return {"post_id": r["post_id"], "username": r["username"], "posted_at": r["posted_at"],
             "predicted": r["predicted_likes"], "p10": r["p10_likes"], "p90": r["p90_likes"],
             "actual": r["actual_likes"], "usual": r.get("usual_likes"), "value": value,
-            "thumb": _thumbnail(r["image_file"])}
+            "thumb": _thumbnail(r["image_file"], r.get("image_sha256"))}
 
 
-def _thumbnail(path: str | None) -> str | None:
-    """A small JPEG data URI of the post's image; None when it cannot be read now."""
+def _thumbnail(path: str | None, sha256: str | None = None) -> str | None:
+    """A small JPEG data URI of the post's image; None when it cannot be read now. The file is read under the
+    image-open policy (no FIFO, link, bomb or outsized file) and, as featurize does, must still be the
+    ingested image (its sha256): a file swapped in since is left out, never decoded."""
     if not path:
         return None
+    im, _ = decode_image(path, sha256, lambda img: img, THUMB_PX)
+    if im is None:
+        return None
     try:
-        im = open_rgb(path, THUMB_PX)     # the image-open policy: no FIFO, link, bomb or outsized file
         im.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=75)
-    except Exception:  # any decoder failure (the file changed since ingest) leaves the thumbnail out
+    except Exception:  # an image Pillow decodes but cannot write as a JPEG is left out too
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

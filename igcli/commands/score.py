@@ -42,6 +42,7 @@ from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError, StoreError
 from igcli.features.frames import serving_batch
 from igcli.features.images import ImageFeatureOptions, compute_image_features
+from igcli.files import atomic_write, check_output, open_input, spreadsheet_safe
 from igcli.model.export import load_card, resolve_model_dir
 from igcli.model.preprocess import Preprocessor
 from igcli.vision.backbones import Fingerprint
@@ -121,7 +122,7 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
     return usual
 
 
-def _ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
+def ensure_image_features(con, card: dict, opts: ScoreOptions, engine: Engine, progress) -> None:
     """Run the weight-free quality features, and the card's backbones, for images that lack them."""
     backbones = card.get("backbones") or {}
     obj, aes = backbones.get("objects"), backbones.get("aesthetics")
@@ -153,6 +154,8 @@ def score(
 ) -> ScoreResult:
     """Score the posts of a CSV or Parquet file; see the module docstring."""
     opts = opts or ScoreOptions()
+    if opts.out:
+        check_out(Path(opts.out), Path(posts))
     engine = get_engine(opts.engine, opts.ray)   # the local / Ray choice, once
     t0 = time.perf_counter()
     con = store.connect(db, create=False)
@@ -312,7 +315,7 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
     """Image features, point-in-time features and the model's quantiles (and usual likes) of the stored posts
     ``ids``; nothing is written but image feature rows (a cache keyed by content)."""
     t1 = time.perf_counter()
-    _ensure_image_features(con, model.card, opts, engine, progress)
+    ensure_image_features(con, model.card, opts, engine, progress)
     with store.transaction(con):
         frame = serving_batch(con, model.card, ids)
     timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t1
@@ -412,19 +415,21 @@ def what_if_rounds(rows: list[tuple[str, str, tuple[str, ...]]]) -> list[list[st
 def write_rows(source: Path, lines: list[int], dest: Path) -> Path:
     """A copy of ``source`` with its header and the records starting at ``lines`` (its physical line numbers,
     as ``posts.source_line`` records them; a Parquet file's row numbers), for one what-if round."""
-    if source.suffix.lower() in (".parquet", ".pq"):
-        table = pq.read_table(source)
-        pq.write_table(table.take(pa.array([line - 1 for line in lines], pa.int64())), dest)
-        return dest
-    encoding = ENCODINGS[detect_encoding(source, None)]
-    wanted = set(lines)
-    with open(source, encoding=encoding, newline="") as src, open(dest, "w", encoding="utf-8", newline="") as out:
-        reader, writer = csv.reader(src), csv.writer(out)
-        start = 1
-        for i, record in enumerate(reader):
-            if i == 0 or start in wanted:
-                writer.writerow(record)
-            start = reader.line_num + 1
+    with open_input(source, "posts file") as src:      # read literally, as ingest reads it
+        if source.suffix.lower() in (".parquet", ".pq"):
+            table = pq.read_table(src.name)
+            pq.write_table(table.take(pa.array([line - 1 for line in lines], pa.int64())), dest)
+            return dest
+        encoding = ENCODINGS[detect_encoding(Path(src.name), None)]
+        wanted = set(lines)
+        with open(src.name, encoding=encoding, newline="") as fh, open(dest, "w", encoding="utf-8",
+                                                                       newline="") as out:
+            reader, writer = csv.reader(fh), csv.writer(out)
+            start = 1
+            for i, record in enumerate(reader):
+                if i == 0 or start in wanted:
+                    writer.writerow(record)
+                start = reader.line_num + 1
     return dest
 
 
@@ -448,18 +453,22 @@ def rank_alternatives(batch: Batch) -> list[dict]:
             for u, rows in sorted(by_user.items())]
 
 
-def write_predictions(table: pa.Table, path: Path) -> str:
-    """CSV or Parquet by extension, written to a temporary name then renamed."""
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+def check_out(path: Path, posts: Path | None = None) -> None:
+    """Refuse, before anything is scored, an ``--out`` that cannot be written or would replace ``posts``."""
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise InputError(f"--out {path}: use a .csv or .parquet file name")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if suffix == ".csv":
-            pcsv.write_csv(table, tmp)
+    check_output(path, "--out")
+    if posts is not None and path.exists() and posts.exists() and os.path.samefile(path, posts):
+        raise InputError(f"--out {path} is the posts file being scored: pass another file name")
+
+
+def write_predictions(table: pa.Table, path: Path) -> str:
+    """CSV or Parquet by extension, written whole or not at all (``igcli.files.atomic_write``). In a CSV,
+    text a spreadsheet would run as a formula (a post_id ``=HYPERLINK(...)``) starts with ``'``."""
+    check_out(path)
+    with atomic_write(path, "--out") as fh:
+        if path.suffix.lower() == ".csv":
+            pcsv.write_csv(spreadsheet_safe(table), fh)
         else:
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror}") from None
+            pq.write_table(table, fh)
     return str(path)

@@ -80,6 +80,7 @@ class RunResult:
     leaky_features: bool
     export_dir: str | None = None
     test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
+    val_mae: float = float("nan")              # MAE of p50 on the validation part: what picks among models
     family_effects: list[tuple[str, float]] = field(default_factory=list)
     # the rows as train_on_frame split them (labelled frame, train / val / test indices into it), for
     # benchmarks that fit other models on exactly the same rows; not part of the JSON record
@@ -256,7 +257,9 @@ def predict(model, inputs: dict[str, np.ndarray], batch: int = 65536) -> np.ndar
 
 # ---------------------------------------------------------------------------------------- sources
 
-def _choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
+def choose_sources(con: duckdb.DuckDBPyConnection, opts: TrainOptions, branches: tuple[str, ...]):
+    """The stored image source of each image branch in ``branches`` (``opts.*_source``, else the one covering
+    most posts); also what ``igcli features`` exports with the training frame."""
     avail = available_sources(con)
     chosen: dict[str, dict | None] = {"objects": None, "aesthetics": None}
     for branch, wanted, fix in (
@@ -308,7 +311,8 @@ def _family_effects(model, pre, inputs: dict[str, np.ndarray], rows: np.ndarray,
 
 # ------------------------------------------------------------------------------------------ train
 
-def _labelled(frame) -> tuple[np.ndarray, int]:
+def labelled_rows(frame) -> tuple[np.ndarray, int]:
+    """The rows train fits and evaluates on (likes > 0), and how many posts with 0 likes are left out."""
     has_likes = frame.likes >= 0
     zero = int(np.sum(frame.likes == 0))
     return np.flatnonzero(has_likes & (frame.likes > 0)), zero
@@ -341,7 +345,7 @@ def train_on_frame(frame, opts: TrainOptions, progress=None,
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    labelled, zero = _labelled(frame)
+    labelled, zero = labelled_rows(frame)
     if len(labelled) < 30:
         raise InputError(f"only {len(labelled)} posts with likes > 0: need at least 30 to train")
     sub = frame.take(labelled)
@@ -472,7 +476,7 @@ def train(
     opts.branches = branches
     with store.opened(db, con) as con:
         t0 = time.perf_counter()
-        sources = _choose_sources(con, opts, branches)
+        sources = choose_sources(con, opts, branches)
         frame = training_frame(con, None, sources["objects"], sources["aesthetics"])
         load_s = time.perf_counter() - t0
         score_features = None
@@ -487,7 +491,7 @@ def train(
         run = RunResult(
             model_id, branches, opts.split, opts.seed, *res["n"], res["zero"], res["metrics"], res["baselines"],
             res["subsets"], res["timings"], random_init, leaky, test_features=res["test_features"],
-            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test),
+            family_effects=res["family_effects"], split_rows=(sub, train_idx, val_idx, test), val_mae=res["val_mae"],
         )
         fingerprint = data_fingerprint(con, sub.post_id[train_idx].tolist())
         store.fault_point("train.before_export")

@@ -7,15 +7,19 @@
   ``train``'s warm-holdout test part, scored as ``score`` would).
 
 Both return a ``Frame`` (metadata, weight-free image quality, object classes, aesthetics embeddings).
+``Frame.to_arrow`` / ``Frame.from_arrow`` turn one into a pyarrow table and back without changing a value, so a
+frame written out (``igcli features``) goes through a model card's preprocessing as the one ``score`` read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from igcli.errors import FeatureMismatch, ModelError
 from igcli.features.metadata import FeaturizeOptions, compute_batch
@@ -65,6 +69,135 @@ class Frame:
             self.embedding[idx] if self.embedding is not None else None,
             self.nima_mean[idx] if self.nima_mean is not None else None,
         )
+
+    def to_arrow(self) -> pa.Table:
+        """One row per post: ``post_id``, ``username``, ``posted_at``, ``likes`` (int64), ``ln_likes``, every
+        column of ``cols`` (float64: the values the model's fixed transforms read), then where loaded
+        ``objects`` (list of {wnid, prob}), ``embedding`` (fixed-size list of float32) and ``nima_mean``.
+        Missing values are nulls; ``feature_params`` travels in the schema metadata (``FEATURE_PARAMS_KEY``).
+        Built from numpy buffers and DuckDB, not ``pa.array``, which imports pandas (``igcli.store.temp_table``)."""
+        n = len(self)
+        strings = _strings_to_arrow({"post_id": self.post_id, "username": self.username})
+        names = ["post_id", "username", "posted_at", "likes", "ln_likes", *self.cols]
+        arrays = [strings.column("post_id"), strings.column("username"),
+                  _primitive(np.asarray(self.posted_at).astype("datetime64[us]").view(np.int64), pa.timestamp("us")),
+                  _primitive(self.likes.astype(np.int64), pa.int64(), self.likes >= 0),
+                  _floats(self.ln_likes)]
+        arrays += [_floats(v) for v in self.cols.values()]
+        if self.classes is not None:
+            names.append("objects")
+            arrays.append(_classes_to_arrow(self.classes))
+        if self.embedding is not None:
+            emb = np.ascontiguousarray(self.embedding, dtype=np.float32)
+            dim = emb.shape[1] if emb.ndim == 2 else 0
+            present = np.isfinite(emb).all(axis=1) if dim else np.zeros(n, dtype=bool)
+            names.append("embedding")
+            arrays.append(pa.FixedSizeListArray.from_arrays(_primitive(emb.reshape(-1), pa.float32()), dim,
+                                                            mask=_mask_array(~present)))
+            names.append("nima_mean")
+            arrays.append(_floats(self.nima_mean if self.nima_mean is not None else np.full(n, np.nan)))
+        meta = {FEATURE_PARAMS_KEY: json.dumps(self.feature_params, default=str)}
+        return pa.Table.from_arrays(arrays, names=names, metadata=meta)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> Frame:
+        """The ``Frame`` a table of ``to_arrow`` holds (read back from Parquet or Arrow IPC too): the same values,
+        null as NaN (``likes``: -1), ready for ``Preprocessor.transform``."""
+        lists = [c for c in ("objects", "embedding") if c in table.column_names]
+        con = duckdb.connect()
+        try:
+            con.register("igc_frame", table.drop_columns(lists))
+            tbl = con.sql("SELECT * FROM igc_frame").fetchnumpy()
+        finally:
+            con.close()
+        fixed = {"post_id", "username", "posted_at", "likes", "ln_likes", "nima_mean"}
+        missing = sorted((fixed - {"nima_mean"}) - set(tbl))
+        if missing:
+            raise FeatureMismatch(f"the table lacks the frame columns {', '.join(missing)}: export it with them "
+                                  "(leave --columns out)")
+        likes = float_column(tbl["likes"])
+        raw = (table.schema.metadata or {}).get(FEATURE_PARAMS_KEY.encode())
+        frame = cls(np.asarray(tbl["post_id"], dtype=object), np.asarray(tbl["username"], dtype=object),
+                    np.ma.getdata(tbl["posted_at"]).astype("datetime64[us]"), float_column(tbl["ln_likes"]),
+                    np.where(np.isnan(likes), -1, likes),
+                    {k: float_column(v) for k, v in tbl.items() if k not in fixed},
+                    json.loads(raw) if raw else {})
+        if "objects" in lists:
+            frame.classes = [[(c["wnid"], float(c["prob"])) for c in row or []]
+                             for row in table.column("objects").to_pylist()]
+        if "embedding" in lists:
+            frame.embedding = _fixed_lists_to_numpy(table.column("embedding").combine_chunks())
+            frame.nima_mean = float_column(tbl["nima_mean"]) if "nima_mean" in tbl else np.full(len(frame), np.nan)
+        return frame
+
+
+FEATURE_PARAMS_KEY = "igcli.feature_params"
+
+
+def _strings_to_arrow(columns: dict[str, np.ndarray]) -> pa.Table:
+    """Object arrays of Python strings as Arrow string columns, scanned by DuckDB."""
+    con = duckdb.connect()
+    try:
+        con.register("igc_strings", columns)
+        return con.sql(f"SELECT {', '.join(columns)} FROM igc_strings").to_arrow_table()  # the caller's names
+    finally:
+        con.close()
+
+
+def _mask_array(null: np.ndarray) -> pa.Array | None:
+    """A boolean Arrow array from a numpy mask (True = null), or None when nothing is null."""
+    if not null.any():
+        return None
+    return pa.Array.from_buffers(pa.bool_(), len(null), [None, pa.py_buffer(np.packbits(null, bitorder="little"))])
+
+
+def _primitive(values: np.ndarray, typ: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
+    """A fixed-width Arrow array over ``values``' bytes; ``valid`` False rows are null."""
+    values = np.ascontiguousarray(values)
+    bitmap = None
+    if valid is not None and not valid.all():
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(typ, len(values), [bitmap, pa.py_buffer(values)])
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    values = np.asarray(values, dtype=np.float64)
+    return _primitive(values, pa.float64(), ~np.isnan(values))
+
+
+def _classes_to_arrow(classes: list[list[tuple[str, float]]]) -> pa.Array:
+    """list<struct<wnid, prob>>: each post's classes in rank order (an empty list for none)."""
+    offsets = np.zeros(len(classes) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(row) for row in classes])
+    wnids = np.empty(int(offsets[-1]), dtype=object)
+    wnids[:] = [w for row in classes for w, _ in row]
+    probs = np.array([p for row in classes for _, p in row], dtype=np.float64)
+    struct = pa.StructArray.from_arrays([_strings_to_arrow({"wnid": wnids}).column("wnid").combine_chunks(),
+                                         _primitive(probs, pa.float64())], names=["wnid", "prob"])
+    return pa.ListArray.from_arrays(_primitive(offsets, pa.int32()), struct)
+
+
+def _fixed_lists_to_numpy(arr: pa.FixedSizeListArray) -> np.ndarray:
+    """(N, D) float32 of a fixed-size list column of floats, NaN rows (and values) where it is null. Read from
+    the buffers: pyarrow's ``fill_null`` and ``to_numpy`` import pandas."""
+    dim = arr.type.list_size
+    values = arr.values.slice(arr.offset * dim, len(arr) * dim)
+    dtype = {pa.float32(): np.float32, pa.float64(): np.float64}.get(values.type)
+    if dtype is None:
+        raise FeatureMismatch(f"the embedding column holds {values.type}, not floats: export it again")
+    flat = np.frombuffer(values.buffers()[1], dtype=dtype, count=values.offset + len(values))[values.offset:]
+    out = flat.astype(np.float32).reshape(len(arr), dim)
+    if values.null_count:
+        out.reshape(-1)[~_valid(values)] = np.nan
+    if arr.null_count:
+        out[~_valid(arr)] = np.nan
+    return out
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    """The validity bitmap of an array with nulls, as booleans."""
+    bits = np.frombuffer(arr.buffers()[0], np.uint8)
+    return np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")[arr.offset:].astype(bool)
 
 
 def _register_ids(con: duckdb.DuckDBPyConnection, post_ids: list[str] | None, features_table: str) -> str:
@@ -151,8 +284,7 @@ def load_frame(
     num_cols = ", ".join(f"f.{c}" for c in [c for c, _ in NUMERIC] + extra)
     tbl = con.sql(
         f"""SELECT f.post_id, f.username, f.posted_at, f.likes, f.ln_likes, {num_cols},
-                   f.no_history, f.month, f.weekday, f.hour_group, {q_cols},
-                   f.hashtag_source, f.half_life_days, f.leaky_user_stats
+                   f.no_history, f.month, f.weekday, f.hour_group, {q_cols}
             FROM {features_table} f JOIN ({ids_sql}) ids USING (post_id)
             JOIN {posts_sql} p USING (post_id)
             LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
@@ -173,11 +305,14 @@ def load_frame(
     cols["no_history"] = num("no_history")
     params = {}
     if n:
-        values = {k: np.ma.asarray(tbl[k]).tolist() for k in ("hashtag_source", "half_life_days", "leaky_user_stats")}
-        params = {k: v[0] for k, v in values.items()}
-        for k, v in values.items():
-            if len(set(v)) > 1:
+        # the distinct parameter values, not one per row: fetched with every row they took 2.5 s of CPU at 1M posts
+        keys = ("hashtag_source", "half_life_days", "leaky_user_stats")
+        found = con.execute(f"SELECT DISTINCT {', '.join(keys)} FROM {features_table} f "
+                            f"JOIN ({ids_sql}) ids USING (post_id)").fetchall()
+        for i, k in enumerate(keys):
+            if len({row[i] for row in found}) > 1:
                 raise FeatureMismatch(f"stored features mix several {k} values: rerun `igcli featurize`")
+        params = dict(zip(keys, found[0], strict=True))
     likes = num("likes")
     frame = Frame(
         np.asarray(tbl["post_id"], dtype=object),
@@ -187,7 +322,8 @@ def load_frame(
         np.where(np.isnan(likes), -1, likes),
         cols, params,
     )
-    order = {pid: i for i, pid in enumerate(frame.post_id)}
+    # row of each post id, for the image rows (a dict of every id: 1.5 s at 1M posts, so only when needed)
+    order = {pid: i for i, pid in enumerate(frame.post_id)} if objects is not None or aesthetics is not None else {}
     if objects is not None:
         frame.classes = [[] for _ in range(n)]
         if objects["backbone"] == "precomputed":

@@ -33,7 +33,7 @@ import numpy as np
 
 from igcli import store
 from igcli.errors import FeatureMismatch, InputError, WeightsMissing
-from igcli.util import sha256_file
+from igcli.util import sha256_stream
 from igcli.vision.backbones import (
     ROLES,
     BackboneRequest,
@@ -43,7 +43,7 @@ from igcli.vision.backbones import (
     resolve_device,
     resolve_weights,
 )
-from igcli.vision.decode import CHANGED
+from igcli.vision.decode import CHANGED, open_file
 from igcli.vision.quality import quality_features_many
 from igcli.vision.runtime import group_requests, row_fingerprint
 
@@ -251,9 +251,13 @@ def compute_quality(
 
 
 def content_changed(path: str, sha256: str) -> str | None:
-    """Why the file at ``path`` can no longer stand for the ingested content ``sha256``, or None."""
+    """Why the file at ``path`` can no longer stand for the ingested content ``sha256``, or None. Read under the
+    image-open policy (``open_file``): a FIFO swapped in since the ingest is refused, not waited on."""
     try:
-        digest = sha256_file(path)
+        with open_file(path) as fh:
+            digest = sha256_stream(fh)
+    except InputError as err:       # not a regular file, or over the byte limit
+        return str(err)
     except OSError as err:
         return f"cannot read image file: {err.strerror or err}"
     return None if digest == sha256 else CHANGED

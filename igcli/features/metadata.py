@@ -34,7 +34,9 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
    earlier liked posts, else from the state ``s.*``), selected in ``assemble``;
 3. its name in ``HISTORY_FEATURES`` (or ``DYNAMICS_FEATURES``) below; a store whose ``post_features`` lacks
    a column of ``DYNAMICS_FEATURES`` / ``CAPTION_FEATURES`` is recomputed by the next featurize
-   (``_current``); for other new columns, ``featurize --rebuild``.
+   (``_current``); for other new columns, ``featurize --rebuild``;
+4. its definition, written plainly, in ``tests/pit_reference.py``: ``tests/test_point_in_time.py`` compares
+   every column of ``post_features`` with that brute force and fails on a column it does not know.
 """
 
 from __future__ import annotations

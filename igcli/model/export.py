@@ -4,6 +4,10 @@
 (each test post's actual and predicted ln-likes, as the metrics saw them); ``exports/latest`` names
 the newest model. The directory is written under a temporary name and renamed only after the ONNX checker
 and the torch-vs-onnxruntime parity check pass, so a failed or killed export never leaves a half model.
+Exports running at once into one folder each get their own temporary folder (``O_EXCL``-style ``mkdir`` of a
+random name) and hold a shared ``flock`` on the exports folder while they write; the folders a killed export
+left are removed only by an export that gets that lock alone, so one run never deletes another's work in
+progress.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +30,7 @@ import pyarrow.parquet as pq
 
 from igcli import __version__, ort
 from igcli.errors import ModelError
+from igcli.files import atomic_write
 from igcli.store import fault_point
 from igcli.util import sha256_file
 
@@ -31,6 +39,12 @@ PARITY_BATCHES = (1, 7, 1024)
 RTOL, ATOL = 1e-4, 1e-5
 CARD = "model_card.json"
 ONNX = "model.onnx"
+TMP_PREFIX = ".tmp-"
+
+try:
+    import fcntl
+except ImportError:        # not POSIX: no lock, and no stale folder is ever removed
+    fcntl = None
 
 
 def card_digest(card: dict) -> str:
@@ -126,15 +140,51 @@ def _image_inputs(model) -> dict | None:
 def export_model(model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str, exports_dir: Path,
                  plots: dict | None = None) -> Path:
     exports_dir = Path(exports_dir)
+    with export_folder(exports_dir, run.model_id) as tmp:
+        return _export_into(tmp, model, pre, run, opts, sources, feature_params, data_fp, exports_dir, plots)
+
+
+@contextmanager
+def export_folder(exports_dir: Path, model_id: str) -> Iterator[Path]:
+    """A new folder in ``exports_dir`` to write one export into, with the folder's lock held shared for the
+    block (module docstring). Folders of killed exports are removed first when no other export runs."""
     try:
         exports_dir.mkdir(parents=True, exist_ok=True)
-        for stale in exports_dir.glob(".tmp-*"):  # left by an export that was killed before publishing
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = exports_dir / f".tmp-{run.model_id}"
-        tmp.mkdir()
+        lock = (os.open(exports_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+                if fcntl is not None else None)
     except OSError as err:
         raise ModelError(f"cannot write to the exports directory {exports_dir}: {err.strerror}; "
                          "pass --exports DIR with a writable folder") from None
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)   # alone: no export is in progress
+                for stale in exports_dir.glob(f"{TMP_PREFIX}*"):
+                    if stale.is_dir() and not stale.is_symlink():
+                        shutil.rmtree(stale, ignore_errors=True)
+            except BlockingIOError:
+                pass                                              # another export runs: its folder stays
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        for _ in range(16):
+            tmp = exports_dir / f"{TMP_PREFIX}{model_id}-{secrets.token_hex(4)}"
+            try:
+                tmp.mkdir()          # fails on any existing name, a planted link included
+                break
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise ModelError(f"cannot write to the exports directory {exports_dir}: {err.strerror}; "
+                                 "pass --exports DIR with a writable folder") from None
+        else:
+            raise ModelError(f"cannot make a temporary folder in {exports_dir}: remove its {TMP_PREFIX}* folders")
+        yield tmp
+    finally:
+        if lock is not None:
+            os.close(lock)           # releases the lock
+
+
+def _export_into(tmp: Path, model, pre, run, opts, sources: dict, feature_params: dict, data_fp: str,
+                 exports_dir: Path, plots: dict | None) -> Path:
     try:
         onnx_export(model, tmp / ONNX)
         parity = check_parity(model, tmp / ONNX)
@@ -175,10 +225,13 @@ def export_model(model, pre, run, opts, sources: dict, feature_params: dict, dat
             write_plots(tmp, plots)
         final = exports_dir / run.model_id
         fault_point("export.before_publish")
-        os.replace(tmp, final)
-        latest_tmp = exports_dir / ".latest.tmp"
-        latest_tmp.write_text(run.model_id + "\n", encoding="utf-8")
-        os.replace(latest_tmp, exports_dir / "latest")
+        try:
+            os.replace(tmp, final)
+        except OSError as err:
+            raise ModelError(f"cannot publish the export {final}: {err.strerror}; remove what is at that path "
+                             "or pass another --exports") from None
+        with atomic_write(exports_dir / "latest", "--exports") as fh:
+            fh.write((run.model_id + "\n").encode("utf-8"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -231,8 +284,11 @@ def plot_ablation(rows: list[dict], path: Path) -> None:
     ax.set(title="test MAE of ln(likes) by branches", ylabel="MAE")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "--exports") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def resolve_model_dir(model: str | Path, exports_dir: Path = Path("exports")) -> Path:

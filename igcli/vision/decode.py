@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from igcli.errors import InputError
-from igcli.util import sha256_file
+from igcli.util import sha256_stream
 
 # Raster formats worth opening. Pillow would also open EPS (by running Ghostscript), PSD, ICNS and a
 # dozen more; nobody posts those, and the fewer parsers untrusted files reach, the better. MPO (multi-
@@ -44,6 +44,8 @@ MAX_PIXELS = 89_478_485
 # Bytes of one image file: a posted photo is a few MB; a larger file is refused before it is read into memory.
 MAX_BYTES = 64 * 1024 * 1024
 CHANGED = "the file changed since it was ingested: run igcli ingest again"
+# The images-table key of a refused reference (resolve_image): never the start of an absolute path.
+UNSAFE_KEY = "unsafe_path:"
 
 
 class ImageTooLarge(InputError):
@@ -91,14 +93,14 @@ def read_image_bytes(path: str | Path) -> bytes:
 
 
 @contextmanager
-def open_image(source: str | Path | BinaryIO, draft: tuple[str | None, Any] | None = None
+def open_image(source: str | Path | BinaryIO, draft: tuple[str | None, Any] | None = None, name: str | None = None
                ) -> Iterator[tuple[Any, tuple[int, int]]]:
     """(a loaded Pillow image, its size in the file): one of ``IMAGE_FORMATS``, at most ``MAX_PIXELS``. With
     ``draft`` = (mode, size), a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that stays at or above
     ``size`` (a pair, or a function of the file's size; mode None: the file's own). A path is opened with
-    ``open_file``. Decoder failures propagate."""
+    ``open_file``; ``name`` names an open file in messages. Decoder failures propagate."""
 
-    name = str(source) if isinstance(source, str | Path) else "image"
+    name = str(source) if isinstance(source, str | Path) else name or "image"
     with (open_file(source) if isinstance(source, str | Path) else nullcontext(source)) as fh, \
             Image.open(fh, formats=IMAGE_FORMATS) as img:
         size = img.size
@@ -126,12 +128,14 @@ def resolve_image(ref: str, images_dir: Path | str) -> tuple[str, str | None]:
     """Resolve ``ref`` against ``images_dir``; returns (key, refusal reason or None).
 
     The key is the absolute resolved path. A reference that leaves ``images_dir`` (``..``, an absolute
-    path elsewhere, a symlink pointing out) is refused, keyed by its raw text.
+    path elsewhere, a symlink pointing out) is refused, keyed by its raw text after ``UNSAFE_KEY``: no
+    resolved path starts so, so a refusal never replaces the row of a file that another folder's posts use
+    (nor do the refused posts point at it).
     """
     base = _real_dir(str(images_dir))
     resolved = os.path.realpath(os.path.join(base, ref))  # follows symlinks: a link out is caught here
     if resolved != base and not resolved.startswith(base.rstrip(os.sep) + os.sep):
-        return ref, f"image path {ref!r} leaves the images folder {base}"
+        return UNSAFE_KEY + ref, f"image path {ref!r} leaves the images folder {base}"
     return resolved, None
 
 
@@ -142,7 +146,9 @@ def _real_dir(path: str) -> str:
 
 def probe_image(path: str) -> ImageProbe:
     """Hash and fully decode one file under the policy. Never raises for a bad image: the reason goes in
-    ``error``. The file is hashed as a stream and decoded from its path, so a large file is never held whole."""
+    ``error``. The file is opened once (``open_file``: a FIFO or a link swapped in after the ``stat`` is
+    refused, not waited on or followed), hashed as a stream and decoded from the same descriptor, so the
+    hash is of the bytes decoded and a large file is never held whole."""
 
     try:
         st = os.stat(path)
@@ -156,21 +162,33 @@ def probe_image(path: str) -> ImageProbe:
         return ImageProbe(path, "corrupt", f"image file is {st.st_size / 2**20:.0f} MiB, over the "
                           f"{MAX_BYTES / 2**20:.0f} MiB limit", byte_size=st.st_size, mtime_ns=st.st_mtime_ns)
     try:
-        common = {"sha256": sha256_file(path), "byte_size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    except OSError as err:
-        return ImageProbe(path, "missing", f"cannot read image file: {err.strerror}")
-    if not st.st_size:
-        return ImageProbe(path, "corrupt", "image file is empty (0 bytes)", **common)
-    try:
-        # a full decode checks every byte; a JPEG at 1/8 scale does it cheaply
-        with open_image(path, draft=("RGB", (1, 1))) as (_, (width, height)):
-            pass
-    except ImageTooLarge as err:
-        return ImageProbe(path, "corrupt", str(err), **common)
-    except UnidentifiedImageError:
-        return ImageProbe(path, "corrupt", "not an image Pillow can read", **common)
-    except (OSError, SyntaxError, ValueError, EOFError, InputError, Image.DecompressionBombError) as err:
-        return ImageProbe(path, "corrupt", f"image does not decode: {err}", **common)
+        fh = open_file(path)
+    except ImageTooLarge as err:      # grew since the stat
+        return ImageProbe(path, "corrupt", str(err), byte_size=st.st_size, mtime_ns=st.st_mtime_ns)
+    except ImageUnreadable as err:    # swapped for a FIFO or a device since the stat
+        return ImageProbe(path, "not_a_file", str(err))
+    except OSError as err:            # ELOOP: swapped for a link since it was resolved
+        return ImageProbe(path, "not_a_file", f"cannot open image file: {err.strerror}")
+    with fh:
+        try:
+            st = os.fstat(fh.fileno())
+            digest = sha256_stream(fh)
+            fh.seek(0)
+        except OSError as err:
+            return ImageProbe(path, "missing", f"cannot read image file: {err.strerror}")
+        common = {"sha256": digest, "byte_size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if not st.st_size:
+            return ImageProbe(path, "corrupt", "image file is empty (0 bytes)", **common)
+        try:
+            # a full decode checks every byte; a JPEG at 1/8 scale does it cheaply
+            with open_image(fh, draft=("RGB", (1, 1)), name=path) as (_, (width, height)):
+                pass
+        except ImageTooLarge as err:
+            return ImageProbe(path, "corrupt", str(err), **common)
+        except UnidentifiedImageError:
+            return ImageProbe(path, "corrupt", "not an image Pillow can read", **common)
+        except (OSError, SyntaxError, ValueError, EOFError, InputError, Image.DecompressionBombError) as err:
+            return ImageProbe(path, "corrupt", f"image does not decode: {err}", **common)
     return ImageProbe(path, "ok", None, width=width, height=height, **common)
 
 
