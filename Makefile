@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DB ?= igcli.duckdb
 DEMO ?= demo-data
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench gpu-check clean
 
 $(BIN)/igcli: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/run_all.py
+
+# On a lent GPU machine (bench/gpu_check.sh; the wheels it needs come from bench/gpu_wheels.sh, run here first).
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(DEMO) $(DB) $(DB).wal .pytest_cache
