@@ -275,7 +275,7 @@ CREATE TABLE IF NOT EXISTS runs (
 -- How train published the run's model (schema 4): 'validation' (branches chosen on the validation part),
 -- 'forced' (--branches), 'ablation' (an --all-combinations member that lost on validation); NULL when nothing
 -- was exported. igcli.commands.train.chosen_model reads it.
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS chosen_by VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS chosen_by VARCHAR;  -- how the run's model was published: validation | forced | ablation; NULL when not exported
 
 -- The latest score of each post by each model (`score`).
 CREATE TABLE IF NOT EXISTS predictions (
@@ -302,22 +302,22 @@ ALTER TABLE predictions ADD COLUMN IF NOT EXISTS batch_id VARCHAR;  -- the scori
 -- changed after it was scored). user_mean_log_likes: the user's mean ln-likes over earlier posts when scored, the
 -- baseline `evaluate` compares with (NULL at cold start). reference_likes and effect_<group>: the drivers, x likes
 -- of each input group against the model's reference post (predicted = reference x the six effects).
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS likes_known BOOLEAN;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS user_mean_log_likes DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS reference_likes DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_user_level DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_trend DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_audience DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_timing DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_caption DOUBLE;
-ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_image DOUBLE;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS likes_known BOOLEAN;  -- the post's likes were in the store when it was scored
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS user_mean_log_likes DOUBLE;  -- the user's mean ln-likes of earlier posts when scored
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS reference_likes DOUBLE;  -- the model's reference post: the drivers multiply from it
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_user_level DOUBLE;  -- x likes from the user's level
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_trend DOUBLE;  -- x likes from the recent trend
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_audience DOUBLE;  -- x likes from followers, following, posts
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_timing DOUBLE;  -- x likes from the timing
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_caption DOUBLE;  -- x likes from the caption and hashtags
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS effect_image DOUBLE;  -- x likes from the image
 
 -- One row per scoring batch (a model and its scored_at, as in predictions).
 CREATE TABLE IF NOT EXISTS score_batches (
-    model_id    VARCHAR NOT NULL,
-    scored_at   TIMESTAMP NOT NULL,
-    source_file VARCHAR NOT NULL,
-    posts       BIGINT NOT NULL,
+    model_id    VARCHAR NOT NULL,  -- the model that scored
+    scored_at   TIMESTAMP NOT NULL,  -- when (as in predictions)
+    source_file VARCHAR NOT NULL,  -- the scored file
+    posts       BIGINT NOT NULL,  -- posts scored
     PRIMARY KEY (model_id, scored_at)
 );
 
@@ -325,12 +325,12 @@ CREATE TABLE IF NOT EXISTS score_batches (
 -- level: drift (PSI >= 0.25) | note (>= 0.1) | ok | calendar (month, weekday: never named); drift and note only
 -- where PSI is also beyond what sampling alone gives a batch of that size (noise).
 CREATE TABLE IF NOT EXISTS batch_drift (
-    model_id  VARCHAR NOT NULL,
-    scored_at TIMESTAMP NOT NULL,
-    input     VARCHAR NOT NULL,
-    psi       DOUBLE NOT NULL,
-    level     VARCHAR NOT NULL,
-    noise     DOUBLE NOT NULL,
+    model_id  VARCHAR NOT NULL,  -- the model
+    scored_at TIMESTAMP NOT NULL,  -- the batch (score_batches)
+    input     VARCHAR NOT NULL,  -- the model input
+    psi       DOUBLE NOT NULL,  -- population stability index against training
+    level     VARCHAR NOT NULL,  -- drift | note | ok | calendar
+    noise     DOUBLE NOT NULL,  -- PSI sampling alone gives a batch this size
     PRIMARY KEY (model_id, scored_at, input)
 );
 
@@ -338,17 +338,17 @@ CREATE TABLE IF NOT EXISTS batch_drift (
 -- predictions (a post scored by two models has two). blind: made before the likes were known (it counts); the
 -- others are reported apart. igcli evaluate writes new and changed rows only.
 CREATE TABLE IF NOT EXISTS evaluations (
-    model_id            VARCHAR NOT NULL,
-    post_id             VARCHAR NOT NULL,
-    username            VARCHAR NOT NULL,
-    scored_at           TIMESTAMP NOT NULL,
-    blind               BOOLEAN NOT NULL,
-    predicted_log_likes DOUBLE NOT NULL,
-    p10_log_likes       DOUBLE NOT NULL,
-    p90_log_likes       DOUBLE NOT NULL,
-    usual_log_likes     DOUBLE,
-    user_mean_log_likes DOUBLE,
-    actual_likes        BIGINT NOT NULL,
-    evaluated_at        TIMESTAMP NOT NULL,
+    model_id            VARCHAR NOT NULL,  -- the model
+    post_id             VARCHAR NOT NULL,  -- the post
+    username            VARCHAR NOT NULL,  -- its user
+    scored_at           TIMESTAMP NOT NULL,  -- when it was scored
+    blind               BOOLEAN NOT NULL,  -- predicted before the likes were known (it counts)
+    predicted_log_likes DOUBLE NOT NULL,  -- the prediction, ln(likes)
+    p10_log_likes       DOUBLE NOT NULL,  -- its p10
+    p90_log_likes       DOUBLE NOT NULL,  -- its p90
+    usual_log_likes     DOUBLE,  -- usual likes, ln
+    user_mean_log_likes DOUBLE,  -- the user's history mean, ln
+    actual_likes        BIGINT NOT NULL,  -- the likes that came
+    evaluated_at        TIMESTAMP NOT NULL,  -- when evaluate wrote the row
     PRIMARY KEY (model_id, post_id)
 );

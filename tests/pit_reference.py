@@ -1,12 +1,12 @@
 """An independent, plain-Python statement of every point-in-time feature of ``post_features``.
 
 Nothing here uses igcli's feature engine, its SQL or its regular expressions: each feature is written the way
-README.md defines it, one post at a time, by looping over the raw posts of the store (the inputs the engine
+igcli/README.md defines it, one post at a time, by looping over the raw posts of the store (the inputs the engine
 reads: ``posts`` and ``user_snapshots``, and the hashtag ranking file). It is slow on purpose (quadratic) and
 meant for a few hundred posts. Tests compare every column the engine writes with this (``FEATURES``: a column
 of ``post_features`` missing here fails the comparison, so a new feature needs its statement here too).
 
-Definitions (README, "Point in time"): a post's history is the same user's posts STRICTLY BEFORE it (posts at
+Definitions (igcli/README.md, "Point in time"): a post's history is the same user's posts STRICTLY BEFORE it (posts at
 the same timestamp never see each other); "liked" means likes > 0 and its value is ln(likes); the order of
 earlier posts is (time, post_id).
 """

@@ -155,7 +155,7 @@ def test_drivers_of_the_trained_model_add_up_and_stay_near_shapley(model_inputs)
     exact = shapley(card, pre, inputs, predict)
     gap = np.max(np.abs(np.stack([two.effects[g] - exact.effects[g] for g in GROUPS])))
     spread = np.max(np.abs(np.stack([exact.effects[g] for g in GROUPS])))
-    assert gap < 0.05 * spread, (gap, spread)   # measured on this model: see the README's drivers section
+    assert gap < 0.05 * spread, (gap, spread)   # measured on this model: see igcli/README.md's drivers section
     # the user's level carries most of a prediction of this sample (its planted user baselines)
     share = np.mean(np.abs(two.effects["user_level"])) / np.mean(sum(np.abs(e) for e in two.effects.values()))
     assert share > 0.3

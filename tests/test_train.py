@@ -390,7 +390,7 @@ def test_exported_interval_covers_80_percent_of_the_validation_posts_and_the_tes
 def test_exported_graph_holds_the_image_pca_and_ridge_of_the_training_rows(trained_store, tmp_path):
     """The aesthetics branch's constants, read from the exported ONNX graph, equal an independent fit on the
     training rows' embeddings: standardisation, the top 32 principal directions (an SVD, up to sign) and the
-    ridge (alpha 3000, README) of the standardised target, solved as least squares."""
+    ridge (alpha 3000, igcli/README.md) of the standardised target, solved as least squares."""
     from dataclasses import replace as dc_replace
 
     from igcli import store

@@ -207,4 +207,5 @@ def test_extremes_are_above_and_below_their_usual(trained_store, tmp_path: Path)
     db = trained_store["db_copy"](tmp_path)
     r = score(trained_store["sample"] / "new_posts.csv", db, ScoreOptions(exports_dir=trained_store["exports"]))
     assert all(e["vs_usual"] > 1 for e in r.above_usual) and all(e["vs_usual"] < 1 for e in r.below_usual)
-    assert r.model_note.startswith("latest")               # train chose none in this store: said so
+    assert r.model_note == "chosen by train as best for this store"     # and named so in the summary
+    assert r.model_id == trained_store["run"].model_id

@@ -41,6 +41,7 @@ from igcli import store
 from igcli.commands.evaluate import record_batch
 from igcli.commands.ingest import ENCODINGS, PROBLEMS_SHOWN, image_problems, ingest_posts
 from igcli.commands.ingest import _detect_encoding as detect_encoding
+from igcli.commands.train import chosen_model
 from igcli.engines import Engine, get_engine
 from igcli.errors import InputError, ModelError, StoreError
 from igcli.features.frames import serving_batch
@@ -254,17 +255,6 @@ def choose_model(con: duckdb.DuckDBPyConnection, model: str, exports_dir: Path) 
         if (path / "model_card.json").is_file():
             return resolve_model_dir(path, exports_dir), "chosen by train as best for this store"
     return resolve_model_dir("latest", exports_dir), "latest (train has chosen none for this store)"
-
-
-def chosen_model(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The id of the model ``igcli train`` chose as best for this store: the newest run marked chosen, else
-    (a store trained before train chose) None."""
-    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
-                                      "WHERE table_name = 'runs'").fetchall()}
-    if "chosen" not in cols:
-        return None
-    row = con.execute("SELECT model_id FROM runs WHERE chosen ORDER BY created_at DESC LIMIT 1").fetchall()
-    return row[0][0] if row else None
 
 
 def _check_featurized(con: duckdb.DuckDBPyConnection, db: Path | str) -> None:
