@@ -392,15 +392,17 @@ def train(
     out.print(t)
     for combo, why in skipped:
         out.print(f"skipped {'+'.join(combo)}: {why}", markup=False)
-    for r in runs:
-        if r.family_effects:
-            ft = Table(title=f"object families, learned contribution to ln-likes ({'+'.join(r.branches)})")
-            ft.add_column("family")
-            ft.add_column("Δ ln-likes", justify="right")
-            for fam, eff in r.family_effects:
-                ft.add_row(fam, f"{eff:+.3f}")
-            out.print(ft)
-            break
+    # the families of the model this train published (the one `score` and the report use), with their test posts
+    with_families = sorted((r for r in runs if r.family_effects),
+                           key=lambda r: r.chosen_by not in ("validation", "forced"))
+    if with_families:
+        r = with_families[0]
+        ft = Table(title=f"object families of {r.model_id}, learned contribution to ln-likes")
+        for c in ("family", "Δ ln-likes", "test posts"):
+            ft.add_column(c, justify="left" if c == "family" else "right")
+        for fam, eff in r.family_effects:
+            ft.add_row(fam, f"{eff:+.3f}", f"{r.family_posts.get(fam, 0):,}")
+        out.print(ft)
     if first:
         parts = [f"{label}: MAE {m['mae']:.3f} ({m['n']:,})" for key, label in
                  (("with_history", "test posts with history"), ("cold_start", "cold start"))

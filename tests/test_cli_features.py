@@ -82,7 +82,7 @@ def test_training_frame_keeps_the_rows_train_keeps(trained_store, tmp_path: Path
     write_csv_rows(tmp_path / "extra.csv", extra)
     ingest_posts(tmp_path / "extra.csv", db=db, images_dir=trained_store["sample"])
     featurize(db, FeaturizeOptions(images=ImageFeatureOptions(skip_backbones=True)))
-    run = train(db, TrainOptions(epochs=1, ensemble=1, export=False))
+    run = train(db, TrainOptions(split="random", epochs=1, ensemble=1, export=False))  # stored rows, no holdout
     sub = run.split_rows[0]
     frame = Frame.from_arrow(training_table(db))
     assert digest(frame) == digest(sub) and len(frame) == len(csv_rows(trained_store["sample"] / "posts.csv"))

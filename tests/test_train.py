@@ -530,8 +530,8 @@ def test_held_out_coverage_is_near_80_percent(tmp_path):
     con = store.connect(db, read_only=True)
     frame = load_frame(con)
     con.close()
-    _, _, res, (_sub, _tr, val_idx, test, _p) = train_on_frame(frame, TrainOptions(epochs=8, ensemble=1,
-                                                                                      export=False))
+    _, _, res, (_sub, _tr, val_idx, test, _p) = train_on_frame(frame, TrainOptions(split="random", epochs=8,
+                                                                                      ensemble=1, export=False))
     band = 3 * (0.16 / len(val_idx)) ** 0.5 + 3 * (0.16 / len(test)) ** 0.5
     assert len(val_idx) > 250 and band < 0.12
     assert abs(res["metrics"]["coverage_p10_p90"] - 0.8) <= band, (res["metrics"]["coverage_p10_p90"], band)

@@ -67,6 +67,7 @@ def _forget(con: duckdb.DuckDBPyConnection, post_ids: list[str], batch: str | No
                                   "(SELECT post_id FROM igc_forget_ids)").fetchall()[0][0]
         snapshots = 0
         if ingest:
+            store.run_block(con, "forget", "delete_batch", {"batch": batch})
             source, started = ingest[0]
             snapshots = con.execute("SELECT count(*) FROM user_snapshots WHERE source_file = ? AND observed_at = ?",
                                     [source, started]).fetchall()[0][0]

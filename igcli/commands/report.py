@@ -214,7 +214,8 @@ def _model_section(con: duckdb.DuckDBPyConnection, model_dir: Path, notes: list[
         "random_init": bool(card.get("random_init_inputs")), "leaky": bool(card.get("leaky_user_stats")),
         "metric_keys": keys, "metric_rows": rows, "metrics": metrics, "baselines": baselines,
         "ablation": _ablation(con, model_id, split, seed, fingerprint) if fingerprint else None,
-        "families": [{"family": f, "effect": e, "ratio": math.exp(e)} for f, e in card.get("family_effects") or []],
+        "families": [{"family": f, "effect": e, "ratio": math.exp(e), "posts": (card.get("family_posts") or {}).get(f)}
+                     for f, e in card.get("family_effects") or []],
     }
     sec["ablation_keys"] = _metric_keys([r["metrics"] for r in sec["ablation"]]) if sec["ablation"] else []
     sec["families_figure"] = _families_figure(sec["families"]) if sec["families"] else None

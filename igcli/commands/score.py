@@ -325,8 +325,9 @@ class Batch:
             "predicted_log_likes": pa.array(np.round(t["predicted_log_likes"], 4)),
             "scored_at": pa.array([self.scored_at] * n, pa.timestamp("us")),
             "batch_id": pa.array([self.batch_id] * n, pa.string()),
-            "reference_likes": pa.array(np.rint(t["reference_likes"]).astype(np.int64)),
-            **{f"effect_{g}": pa.array(np.round(t[f"effect_{g}"], 3)) for g in GROUPS},
+            # the drivers at full precision: they multiply to the stored (unrounded) prediction
+            "reference_likes": pa.array(t["reference_likes"]),
+            **{f"effect_{g}": pa.array(t[f"effect_{g}"]) for g in GROUPS},
         }
         return pa.table({c: cols[c] for c in FILE_COLUMNS})
 

@@ -94,6 +94,7 @@ class RunResult:
     test_features: str = "stored"              # 'score': held-out posts featurized as `igcli score` would
     val_mae: float = float("nan")              # MAE of p50 on the validation part: what picks among models
     family_effects: list[tuple[str, float]] = field(default_factory=list)
+    family_posts: dict[str, int] = field(default_factory=dict)   # test posts showing each family (objects > 0)
     chosen_by: str = "forced"                  # 'validation': branches chosen on the validation part
     candidates: list[dict] = field(default_factory=list)   # per candidate: branches, val_mae (or skipped: why)
     refit: dict | None = None                  # the exported model's fit on every labelled post: rows, epochs
@@ -519,6 +520,8 @@ def fit_evaluate(rows: SplitRows, opts: TrainOptions, progress=None):
             result["subsets"][name] = metrics(pred[mask, 1], yt[mask], pred[mask, 0], pred[mask, 2],
                                               users=ut[mask])
     result["family_effects"] = _family_effects(model, pre, inputs, test) if "objects" in opts.branches else []
+    result["family_posts"] = ({fam: int(np.sum(inputs["objects"][test, j] > 0)) for j, fam in enumerate(pre.families)}
+                              if result["family_effects"] else {})
     return model, pre, result, pred
 
 
@@ -685,7 +688,8 @@ def train(
         run = RunResult(
             _model_id(branches, opts.split, opts.seed), branches, opts.split, opts.seed, *res["n"], res["zero"],
             res["metrics"], res["baselines"], res["subsets"], res["timings"], random_init, leaky,
-            test_features=res["test_features"], family_effects=res["family_effects"], chosen_by=res["chosen_by"],
+            test_features=res["test_features"], family_effects=res["family_effects"],
+            family_posts=res.get("family_posts", {}), chosen_by=res["chosen_by"],
             candidates=res["candidates"], verdict=line, beats_history=beats,
             split_rows=(sub, train_idx, val_idx, test), val_mae=res["val_mae"],
         )

@@ -228,6 +228,7 @@ def _export_into(tmp: Path, model, pre, run, opts, sources: dict, feature_params
             "baselines": run.baselines,
             "subsets": run.subsets,
             "family_effects": run.family_effects,
+            "family_posts": run.family_posts,
             "opset": OPSET,
             "parity_max_abs_diff": parity,
             "onnx_sha256": sha256_file(tmp / ONNX),
