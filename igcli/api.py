@@ -79,7 +79,7 @@ class Store:
         return train(self.path, TrainOptions(branches=tuple(branches), split=split, seed=seed,
                                              exports_dir=self.exports, **options))
 
-    def score(self, posts: Path | str, model: str = "latest", out: Path | str | None = None,
+    def score(self, posts: Path | str, model: str = "best", out: Path | str | None = None,
               **options: Any) -> ScoreResult:
         """``igcli score POSTS``: ingest a batch and write its predictions (``options``: ``ScoreOptions`` fields)."""
         return score(posts, self.path, ScoreOptions(model=model, exports_dir=self.exports,
@@ -98,7 +98,7 @@ class Store:
                                      columns=columns)
 
     def serving_frame(self, posts: Path | str | None = None, ids: Sequence[str] | None = None,
-                      model: str = "latest", columns: Sequence[str] | None = None,
+                      model: str = "best", columns: Sequence[str] | None = None,
                       images: Path | str | None = None) -> pa.Table:
         """What ``score`` feeds ``model`` for the posts of a file (ingested as ``score`` ingests it) or for
         stored post ``ids``."""

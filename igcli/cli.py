@@ -578,8 +578,8 @@ def features(
     ids: Annotated[Path | None, typer.Option(
         help="Serving frame of stored posts: one post_id per line, or a CSV with a post_id column.")] = None,
     model: Annotated[str, typer.Option(
-        help="Serving frame: the model whose feature parameters and image sources apply ('latest', an id or a "
-             "directory).")] = "latest",
+        help="Serving frame: the model whose feature parameters and image sources apply ('best' as score takes "
+             "it, 'latest', an id or a directory).")] = "best",
     exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
     images: Annotated[Path | None, typer.Option(help="--posts: folder image paths are relative to.")] = None,
     columns: Annotated[str | None, typer.Option(

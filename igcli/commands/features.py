@@ -40,13 +40,13 @@ import pyarrow.parquet as pq
 
 from igcli import store
 from igcli.commands.ingest import ingest_posts
-from igcli.commands.score import ScoreOptions, ensure_image_features
+from igcli.commands.score import ScoreOptions, choose_model, ensure_image_features
 from igcli.commands.train import TrainOptions, choose_sources, labelled_rows
 from igcli.engines import get_engine
 from igcli.errors import FeatureMismatch, InputError
 from igcli.features.frames import available_sources, serving_batch, training_frame
 from igcli.features.metadata import DEFAULT_HALF_LIFE_DAYS
-from igcli.model.export import load_card, resolve_model_dir
+from igcli.model.export import load_card
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "arrow", ".ipc": "arrow",
            ".feather": "arrow"}
@@ -61,7 +61,7 @@ class FramesOptions:
     entities: Path | None = None             # CSV / Parquet with username, as_of
     posts: Path | None = None                # a batch to read as score would (ingested first)
     ids: Path | None = None                  # post ids already stored, one per line or a post_id column
-    model: str = "latest"                    # serving: whose card's feature parameters and image sources
+    model: str = "best"                      # serving: whose card's feature parameters and image sources
     exports_dir: Path = Path("exports")
     images_dir: Path | None = None           # serving --posts: image paths are relative to it
     columns: tuple[str, ...] | None = None   # chosen and ordered; None = all
@@ -104,7 +104,7 @@ def training_table(db: Path | str = store.DEFAULT_DB, con: duckdb.DuckDBPyConnec
 
 
 def serving_table(db: Path | str = store.DEFAULT_DB, posts: Path | str | None = None,
-                  ids: Sequence[str] | None = None, model: str = "latest", exports_dir: Path | str = "exports",
+                  ids: Sequence[str] | None = None, model: str = "best", exports_dir: Path | str = "exports",
                   images_dir: Path | str | None = None, columns: Sequence[str] | None = None,
                   con: duckdb.DuckDBPyConnection | None = None,
                   progress: Callable[[str, int, int], None] | None = None) -> pa.Table:
@@ -112,10 +112,9 @@ def serving_table(db: Path | str = store.DEFAULT_DB, posts: Path | str | None = 
     store and their image features computed, as ``score`` does) or the stored posts ``ids``, in time order."""
     if (posts is None) == (ids is None):
         raise InputError("name the posts of the serving frame: a file of posts (--posts) or stored ids (--ids)")
-    model_dir = resolve_model_dir(model, Path(exports_dir))
-    card = load_card(model_dir)
     opts = ScoreOptions(model=model, exports_dir=Path(exports_dir), images_dir=Path(images_dir) if images_dir else None)
     with store.opened(db, con) as con:
+        card = load_card(choose_model(con, model, Path(exports_dir))[0])     # the model `score` would use
         if posts is not None:
             ing = ingest_posts(posts, con=con, images_dir=opts.images_dir, keep_ids=True, progress=progress)
             ids = ing.post_ids
