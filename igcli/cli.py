@@ -748,7 +748,6 @@ def main() -> None:
     try:
         app()
     except IgcliError as e:
-
         err.print(err.styled("error:", "red"), str(e), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

@@ -256,7 +256,6 @@ def _test_part_views(model_dir: Path, metrics: dict, notes: list[str]) -> dict:
     views: dict = {"pva_figure": None, "calibration": None, "history": None}
     path = model_dir / TEST_PART
     if path.is_file():
-
         t = pq.read_table(path)
         y = t.column("actual_log_likes").to_numpy()
         p10, p50, p90 = (t.column(c).to_numpy() for c in ("p10", "p50", "p90"))

@@ -260,7 +260,6 @@ TEST_PART = "test_part.parquet"
 
 def write_plots(out: Path, data: dict) -> None:
     if "test_part" in data:
-
         cols = {k: (v.tolist() if v.dtype == object else v) for k, v in data["test_part"].items()}
         pq.write_table(pa.table(cols), out / TEST_PART)
     import matplotlib

@@ -404,7 +404,6 @@ def cached_pretrained_file(name: str) -> Path | None:
             if isinstance(found, str) and os.path.isfile(found):
                 return Path(found)
     if cfg.url:
-
         import torch
 
         candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
