@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from igcli import store
 from igcli.commands.ingest import ingest_posts
-from igcli.commands.score import ScoreOptions, choose_model, ensure_image_features
+from igcli.commands.score import ScoreOptions, choose_model, serving_frame
 from igcli.commands.train import TrainOptions, choose_sources, labelled_rows
 from igcli.engines import get_engine
 from igcli.errors import FeatureMismatch, InputError
@@ -123,9 +123,7 @@ def serving_table(db: Path | str = store.DEFAULT_DB, posts: Path | str | None = 
         else:
             ids = list(dict.fromkeys(ids))
             _check_stored(con, ids)
-        ensure_image_features(con, card, opts, get_engine(opts.engine, opts.ray), progress)
-        with store.transaction(con):
-            frame = serving_batch(con, card, list(ids))
+        frame = serving_frame(con, card, list(ids), opts, get_engine(opts.engine, opts.ray), progress)
     return select(frame.to_arrow(), columns)
 
 

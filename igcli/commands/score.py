@@ -337,9 +337,7 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
     """Image features, point-in-time features and the model's quantiles (and usual likes) of the stored posts
     ``ids``; nothing is written but image feature rows (a cache keyed by content)."""
     t1 = time.perf_counter()
-    ensure_image_features(con, model.card, opts, engine, progress)
-    with store.transaction(con):
-        frame = serving_batch(con, model.card, ids)
+    frame = serving_frame(con, model.card, ids, opts, engine, progress)
     timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t1
     inputs = model.pre.transform(frame)
     post_ids = frame.post_id.tolist()
@@ -369,8 +367,16 @@ def predict_posts(con: duckdb.DuckDBPyConnection, ids: list[str], model: Model, 
         "likes_known": frame.likes >= 0,
         "user_mean_log_likes": frame.cols["hist_mean"],
     }
-    return Batch(post_ids, frame, inputs, table, model.card["model_id"], store.utcnow(),
-                 drift=batch_drift(model.card, inputs))
+    return Batch(post_ids, frame, inputs, table, model.card["model_id"], store.utcnow())
+
+
+def serving_frame(con: duckdb.DuckDBPyConnection, card: dict, ids: list[str], opts: ScoreOptions, engine: Engine,
+                  progress=None):
+    """What the model of ``card`` is fed for the stored posts ``ids``: their missing image features computed,
+    then the serving read (``igcli.features.frames.serving_batch``)."""
+    ensure_image_features(con, card, opts, engine, progress)
+    with store.transaction(con):
+        return serving_batch(con, card, ids)
 
 
 def _driver_runs(predict, pids: list[str], con) -> list:
@@ -394,6 +400,7 @@ def _score_and_store(con, posts: Path, model: Model, opts: ScoreOptions, engine:
     ing = _ingest(con, posts, opts, progress, timings)
     batch = predict_posts(con, ing.post_ids, model, opts, engine, progress, timings)
     batch.batch_id = ing.ingest_id
+    batch.drift = batch_drift(model.card, batch.inputs)
     # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id, scored_at and batch_id
     # are the same on every row
     stored = OUTPUT_COLUMNS + RECORD_COLUMNS
@@ -439,7 +446,9 @@ def _what_if(con, posts: Path, model: Model, opts: ScoreOptions, engine: Engine,
                 round_ing = ingest_posts(part, con=con, images_dir=images_dir, keep_ids=True)
                 parts.append(predict_posts(con, round_ing.post_ids, model, replace(opts, images_dir=images_dir),
                                            engine, None, timings))
-    return join_batches(parts), ing
+    batch = concat_batches(parts)
+    batch.drift = batch_drift(model.card, batch.inputs)      # the whole file's inputs, not a round's
+    return batch, ing
 
 
 def _tags(hashtags: str | None) -> tuple[str, ...]:
@@ -482,15 +491,15 @@ def write_rows(source: Path, lines: list[int], dest: Path) -> Path:
     return dest
 
 
-def join_batches(parts: list[Batch]) -> Batch:
+def concat_batches(parts: list[Batch]) -> Batch:
+    """The rounds of a what-if run as one batch, in round order."""
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
     frame = first.frame.concat([p.frame for p in parts[1:]])
     inputs = {k: np.concatenate([p.inputs[k] for p in parts]) for k in first.inputs}
     table = {k: np.concatenate([p.table[k] for p in parts]) for k in first.table}
-    return Batch([i for p in parts for i in p.ids], frame, inputs, table, first.model_id, first.scored_at,
-                 drift=None)
+    return Batch([i for p in parts for i in p.ids], frame, inputs, table, first.model_id, first.scored_at)
 
 
 def rank_alternatives(batch: Batch) -> list[dict]:
