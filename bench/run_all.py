@@ -40,6 +40,14 @@ QUICK_ARGS = {
     "store": ["--sizes", "20000,50000", "--score", "2000", "--repeats", "1"],
     "frames": ["--posts", "20000", "--repeats", "1"],
 }
+# More runs of a script with other arguments, each its own section: name -> (script's name, arguments).
+# quality-defaults is the table of the defaults and each quality means tried (igcli/README.md cites it).
+VARIANTS = {"quality-defaults": ("quality", ["--ablation"],
+                                 "The defaults of `igcli train` and each quality means tried, one row each, on the "
+                                 "warm holdout of the real dev data (users held out, their latest third scored as "
+                                 "`igcli score` would, likes hidden), mean ± sd over 3 seeds.")}
+# Runs that read the same dev store: in a full run they share one (built by the first, reused by the others).
+SHARED_STORE = ("quality", "quality-defaults")
 TIMEOUT_S = {"full": 3600, "quick": 600}
 STDERR_LINES = 25
 
@@ -58,8 +66,13 @@ class Outcome:
 
 
 def discover() -> dict[str, Path]:
-    """name -> script, for every bench/bench_*.py (name = file stem without ``bench_``)."""
-    return {p.stem.removeprefix("bench_"): p for p in sorted(BENCH.glob("bench_*.py"))}
+    """name -> script, for every bench/bench_*.py (name = file stem without ``bench_``), each variant after it."""
+    scripts = {p.stem.removeprefix("bench_"): p for p in sorted(BENCH.glob("bench_*.py"))}
+    out: dict[str, Path] = {}
+    for name, path in scripts.items():
+        out[name] = path
+        out.update({v: path for v, (of, *_) in VARIANTS.items() if of == name})
+    return out
 
 
 def _source(path: Path) -> str:
@@ -75,18 +88,30 @@ def description(path: Path) -> str:
     return doc.split("\n\n")[0].replace("\n", " ").strip()
 
 
+def variant_args(name: str) -> list[str]:
+    return list(VARIANTS[name][1]) if name in VARIANTS else []
+
+
 def quick_args(name: str, path: Path) -> list[str]:
     if name in QUICK_ARGS:
         return QUICK_ARGS[name]
     return ["--quick"] if '"--quick"' in _source(path) else []  # e.g. a benchmark added later
 
 
-def run_one(name: str, path: Path, extra: list[str], timeout: float) -> Outcome:
+def env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def run_one(name: str, path: Path, extra: list[str], timeout: float, private: list[str] = ()) -> Outcome:
+    """Run one script; ``private`` arguments (the shared scratch store's path) are passed, not shown under
+    "Reproduce" (the script alone builds its own)."""
     rel = path.relative_to(REPO)
-    out = Outcome(name, [".venv/bin/python", str(rel), *extra], description(path))
+    about = VARIANTS[name][2] if name in VARIANTS else description(path)
+    out = Outcome(name, [".venv/bin/python", str(rel), *extra], about)
     with tempfile.TemporaryDirectory(prefix=f"igcli-run-all-{name}-") as tmp:
         json_path = Path(tmp) / "out.json"
-        args = [sys.executable, str(rel), *extra] + (["--json", str(json_path)] if takes_json(path) else [])
+        args = [sys.executable, str(rel), *extra, *private] + (["--json", str(json_path)] if takes_json(path)
+                                                                else [])
         t0 = time.perf_counter()
         # Own session: on timeout the whole group goes, the benchmark's own child processes included.
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -268,17 +293,24 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"no benchmark named {', '.join(unknown)}: choose from {', '.join(scripts)}")
         names = wanted
+    elif a.quick:  # a variant reruns a script at full size (the ablation trains for minutes): only on --only
+        names = [n for n in names if n not in VARIANTS]
     timeout = a.timeout or TIMEOUT_S["quick" if a.quick else "full"]
     outcomes = []
-    for name in names:
-        extra = quick_args(name, scripts[name]) if a.quick else []
-        # e.g. IGCLI_BENCH_ARGS_QUALITY="--store /tmp/q.duckdb" reuses an already featurized store
-        extra += shlex.split(os.environ.get(f"IGCLI_BENCH_ARGS_{name.upper()}", ""))
-        print(f"{name}: running {scripts[name].name} {' '.join(extra)}".rstrip(), file=sys.stderr, flush=True)
-        o = run_one(name, scripts[name], extra, timeout)
-        print(f"{name}: {'ok' if o.ok else 'FAILED (' + o.why + ')'} in {o.seconds:.0f} s", file=sys.stderr,
-              flush=True)
-        outcomes.append(o)
+    with tempfile.TemporaryDirectory(prefix="igcli-run-all-") as shared:
+        for name in names:
+            extra = variant_args(name) + (quick_args(name, scripts[name]) if a.quick else [])
+            # e.g. IGCLI_BENCH_ARGS_QUALITY="--store /tmp/q.duckdb" reuses an already featurized store
+            extra += shlex.split(os.environ.get(f"IGCLI_BENCH_ARGS_{env_name(name)}", ""))
+            private = []
+            if name in SHARED_STORE and not a.quick and "--store" not in extra:
+                private = ["--store", str(Path(shared) / "dev.duckdb")]
+            print(f"{name}: running {scripts[name].name} {' '.join(extra + private)}".rstrip(), file=sys.stderr,
+                  flush=True)
+            o = run_one(name, scripts[name], extra, timeout, private)
+            print(f"{name}: {'ok' if o.ok else 'FAILED (' + o.why + ')'} in {o.seconds:.0f} s", file=sys.stderr,
+                  flush=True)
+            outcomes.append(o)
     tmp = a.out.with_name(f".{a.out.name}.tmp")
     tmp.write_text(report(outcomes, a.quick), encoding="utf-8")
     os.replace(tmp, a.out)

@@ -1,0 +1,42 @@
+"""bench/run_all.py: which runs `make bench` makes and how each section says to reproduce it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location("run_all", REPO / "bench" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["run_all"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_bench_script_and_the_quality_ablation_run():
+    ra = _run_all()
+    scripts = ra.discover()
+    on_disk = {p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py")}
+    assert on_disk <= set(scripts)
+    # the ablation table igcli/README.md cites is a section of its own, right after the quality grid
+    names = list(scripts)
+    assert names.index("quality-defaults") == names.index("quality") + 1
+    assert scripts["quality-defaults"] == scripts["quality"]
+    assert ra.variant_args("quality-defaults") == ["--ablation"]
+    assert ra.variant_args("quality") == []
+
+
+def test_reproduce_line_hides_the_shared_store_but_not_the_variant(tmp_path, monkeypatch):
+    ra = _run_all()
+    script = tmp_path / "bench_echo.py"
+    script.write_text('"""Echo."""\nimport sys\nprint(" ".join(sys.argv[1:]))\n')
+    monkeypatch.setattr(ra, "REPO", tmp_path)
+    o = ra.run_one("echo", script, ["--ablation"], 60, ["--store", "/tmp/shared.duckdb"])
+    assert o.ok, o.why
+    assert o.stdout.split() == ["--ablation", "--store", "/tmp/shared.duckdb"]  # both reach the script
+    assert o.command[-1] == "--ablation" and "--store" not in o.command          # only the first is shown
+    assert "Echo." in "\n".join(ra.section(o))
