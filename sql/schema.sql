@@ -207,7 +207,8 @@ ALTER TABLE tag_state ADD COLUMN IF NOT EXISTS last_n BIGINT;  -- uses at last_a
 -- the tag.
 -- Keys: k = hash(username, tag) and k2 = hash(tag || chr(0) || username), two independent 64-bit hashes. A
 -- lookup scans k only and keeps the rows whose k2 agrees too, so it never compares the strings of every row
--- (10x slower at 10M posts); a wrong match would need two pairs to collide in both (about 2^-128 a pair).
+-- (what made such lookups slow at 10M posts); a wrong match would need two pairs to collide in both (about
+-- 2^-128 a pair).
 CREATE TABLE IF NOT EXISTS user_tag_state (
     username VARCHAR NOT NULL,  -- the user
     tag      VARCHAR NOT NULL,  -- hashtag, lower case, without '#'

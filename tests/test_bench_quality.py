@@ -125,3 +125,17 @@ def test_caption_score_is_fitted_on_its_rows_only():
     np.testing.assert_allclose(bq.caption_score(x, replace(f, ln_likes=moved), fit), base)
     moved[:10] += 100.0
     assert not np.allclose(bq.caption_score(x, replace(f, ln_likes=moved), fit), base)
+
+
+def test_defaults_are_judged_against_each_target_on_the_seed_means():
+    bq = _bench()
+    good = {"ratio": 0.92, "within_10pct": 0.28, "coverage_p10_p90": 0.80, "pairwise": 0.65}
+    note = bq._against_targets([good, good], [0.62])
+    assert "NOT met" not in note and note.count(": met") == 5
+    # one seed pulls the mean of pairwise under 64% and the ratio over 0.93: both are named
+    bad = {**good, "pairwise": 0.60, "ratio": 0.95}
+    note = bq._against_targets([good, bad], [0.62, 0.66])
+    assert "within-user pairwise 62.5% (target >= 64%: NOT met)" in note
+    assert "MAE / the history mean's 0.935 (target <= 0.93: NOT met)" in note
+    assert "cold start MAE 0.640 (target <= 0.63: NOT met)" in note
+    assert "p10-p90 coverage 80.0% (target 75%-85%: met)" in note
