@@ -39,6 +39,7 @@ QUICK_ARGS = {
     "quality": ["--no-aesthetics", "--splits", "random"],
     "store": ["--sizes", "20000,50000", "--score", "2000", "--repeats", "1"],
     "frames": ["--posts", "20000", "--repeats", "1"],
+    "int8": ["--calibrate", "16", "--test", "64", "--rounds", "1"],
 }
 # More runs of a script with other arguments, each its own section: name -> (script's name, arguments).
 # quality-defaults is the table of the defaults and each quality means tried (igcli/README.md cites it).
