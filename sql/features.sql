@@ -383,8 +383,9 @@ WHERE f.post_id IN (SELECT post_id FROM fz_posts)
 
 -- name: cues
 -- Caption cues, pure functions of the text, from fz_caption_src(post_id, caption): fz_posts, or for a batch
--- smaller than two of DuckDB's row groups the same rows as an Arrow table in parts (features.py), since DuckDB
--- scans one row group on one thread and these regular expressions are most of a small batch's time.
+-- smaller than two of DuckDB's row groups the same rows as an Arrow table in parts, on a connection of their own
+-- beside the other blocks (metadata.py, _cues_start), since DuckDB scans one row group on one thread and these
+-- regular expressions are most of a small batch's time.
 CREATE OR REPLACE TEMP TABLE fz_cues AS
 SELECT post_id,
     CASE WHEN ascii THEN 0 ELSE igc_nchar(caption, '[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]+') END::INTEGER AS n_emoji,

@@ -542,6 +542,36 @@ def test_caption_cues_of_an_emoji_and_url_caption(tmp_path: Path, db: Path):
     assert (e1["tag_perf"], e1["tag_perf_n"], e1["tag_novel_frac"]) == (None, 0, 1.0)
 
 
+def test_caption_cues_beside_the_blocks_are_the_cues_in_the_connection(monkeypatch):
+    """The cues of a small batch, computed on a connection of their own in a thread (``_cues_start``), are the
+    block ``cues`` run in the store's connection, bit for bit, on captions of every kind the block branches on."""
+    from igcli import store
+    from igcli.features import metadata as F
+
+    monkeypatch.setattr(F, "PART_ROWS", 8)
+    rng = random.Random(3)
+    words = ["Link in bio", "WIN", "giveaway!", "Schöne Grüße", "ÉTÉ à Paris", "\U0001f600\u2728", "dm me?",
+             "https://x.io", "www.a.b", "\t", "\n", "  ", "Ωμέγα", "漢字", "tag", "x"]
+    captions = [None, ""] + [" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(120)]
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    store.run_block(con, "features", "macros")
+    store.temp_table(con, "fz_posts", {"post_id": ("VARCHAR", [f"p{i}" for i in range(len(captions))]),
+                                       "caption": ("VARCHAR", captions)})
+    con.execute("UPDATE fz_posts SET caption = coalesce(caption, '')")      # as block inputs gives them
+    F._cues_finish(con, None)
+    want = con.execute("SELECT * FROM fz_cues ORDER BY post_id").fetchall()
+    con.execute("DROP TABLE fz_cues")
+    started = F._cues_start(con)
+    assert started is not None                         # the batch is split into parts and computed apart
+    F._cues_finish(con, started)
+    got = con.execute("SELECT * FROM fz_cues ORDER BY post_id").fetchall()
+    assert got == want and len(got) == len(captions)
+    assert [d[1] for d in con.execute("DESCRIBE fz_cues").fetchall()] == [
+        "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "BOOLEAN", "BOOLEAN"]
+    assert len({r[1] for r in got}) > 1 and len({r[6] for r in got}) > 2   # emoji counts and upper shares vary
+
+
 def test_a_store_without_the_new_columns_is_recomputed(tmp_path: Path, db: Path):
     """A store featurized before the dynamics / caption columns existed gets them on the next featurize."""
     rows = random_rows(5, users=4, per_user=15)

@@ -135,15 +135,16 @@ def usual_log_likes(card: dict, pre, inputs: dict[str, np.ndarray], predict) -> 
     usual = predict(neutral)[:, 1].astype(np.float64)
     prior = (card.get("scaling") or {}).get("prior")
     meta_scale = (card.get("scaling") or {}).get("metadata")
-    if prior and meta_scale and len(usual):
-        meta = neutral["meta"].astype(np.float64)
+    cold = np.isnan(inputs["meta"][:, prior["anchor_index"]]) if prior and meta_scale and len(usual) else None
+    if cold is not None and cold.any():
+        # the cold rows alone are scaled (the same values, row by row, as scaling the whole batch then taking them)
+        meta = neutral["meta"][cold].astype(np.float64)
         mean, std = np.asarray(meta_scale["mean"]), np.asarray(meta_scale["std"])
         z = (np.where(np.isnan(meta), mean, meta) - mean) / std
         clip = (card.get("scaling") or {}).get("clip")     # the graph clips the scaled inputs (igcli.model.net)
         if clip is not None:
             z = np.clip(z, -clip, clip)
-        cold = np.isnan(inputs["meta"][:, prior["anchor_index"]])
-        usual[cold] = (z[cold] @ np.asarray(prior["w"], np.float64)) + prior["b"]
+        usual[cold] = (z @ np.asarray(prior["w"], np.float64)) + prior["b"]
     return usual
 
 
@@ -208,8 +209,7 @@ def score(
     cold = batch.cold
     users = batch.frame.username
     return ScoreResult(
-        model.card["model_id"], len(batch.ids), len({u for u, c in zip(users, cold, strict=True) if c}
-                                                    - {u for u, c in zip(users, cold, strict=True) if not c}),
+        model.card["model_id"], len(batch.ids), len(set(users[cold]) - set(users[~cold])),
         int(np.sum(cold)), int(np.sum(~batch.image_used)), batch.masked(), model.providers[0], model.providers,
         len(batch.ids) / seconds if seconds else 0.0,
         len(batch.ids) / timings["onnxruntime_s"] if timings.get("onnxruntime_s") else 0.0, seconds, ing.rejected,
@@ -400,7 +400,10 @@ def _score_and_store(con, posts: Path, model: Model, opts: ScoreOptions, engine:
     ing = _ingest(con, posts, opts, progress, timings)
     batch = predict_posts(con, ing.post_ids, model, opts, engine, progress, timings)
     batch.batch_id = ing.ingest_id
+    t = time.perf_counter()
     batch.drift = batch_drift(model.card, batch.inputs)
+    timings["drift_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     # numpy columns into DuckDB (igcli.store.temp_table says why not pyarrow); model_id, scored_at and batch_id
     # are the same on every row
     stored = OUTPUT_COLUMNS + RECORD_COLUMNS
@@ -421,6 +424,7 @@ def _score_and_store(con, posts: Path, model: Model, opts: ScoreOptions, engine:
             con.unregister("igc_pred")
         record_batch(con, batch.model_id, batch.scored_at, str(posts.resolve()), len(batch.ids), batch.drift)
         store.fault_point("score.before_commit")
+    timings["write_s"] = time.perf_counter() - t
     return batch, ing, ing.ingest_id, kept
 
 

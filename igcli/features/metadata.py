@@ -42,6 +42,7 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,7 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
     more = con.execute("SELECT count(*) FROM fz_slow").fetchall()[0][0]
     if more and not all_posts:
         run(con, "features", "posts_more")
+    cues = _cues_start(con)              # fz_posts is complete: its captions' cues run beside the blocks below
     run(con, "features", "posts_state", {"use_state": use_state})
     run(con, "features", "liked")
     _decay(con, p.half_life_days)
@@ -221,7 +223,7 @@ def _engine(con: duckdb.DuckDBPyConnection, p: _Params, *, all_posts: bool, seen
         run(con, "features", "hashtags_store")
         if carry and more:                             # posts of recomputed users that are not fresh
             run(con, "features", "hashtags_carry")
-    _cues(con)
+    _cues_finish(con, cues)
     run(con, "features", "assemble",
         {"hashtag_source": p.hashtag_source, "half_life_days": p.half_life_days, "leaky": p.leaky})
 
@@ -234,25 +236,55 @@ def cue_parts(n: int, threads: int) -> int | None:
     return max(PART_ROWS, -(-n // (4 * threads)))
 
 
-def _cues(con: duckdb.DuckDBPyConnection) -> None:
-    """The caption cues of ``fz_posts`` into ``fz_cues`` (block ``cues``). DuckDB gives each row group of a
-    table scan to one thread, so a batch under two row groups (a score batch, an append) would run them on
-    one core: its captions are read out as Arrow record batches instead, one part per thread or more, and
-    scanned from there in parallel. The values are the same either way (pure functions of each caption)."""
+def _cues_start(con: duckdb.DuckDBPyConnection) -> Future | None:
+    """Start the caption cues of ``fz_posts`` (block ``cues``) beside the other blocks, or None to compute them
+    in ``con`` later (``_cues_finish``). DuckDB gives each row group of a table scan to one thread, so the blocks
+    of a batch under two row groups (a score batch, an append) run on one core, and so would the cues, most of
+    such a batch's time: its captions are read out as Arrow record batches, one part per thread or more, and
+    scanned from there in parallel, on a connection of their own (in memory, in a thread: DuckDB releases the
+    GIL while it runs), so that they use the cores the other blocks leave idle. The values are the same either
+    way: pure functions of each caption, by the same SQL in the same DuckDB."""
     n = con.execute("SELECT count(*) FROM fz_posts").fetchall()[0][0]
-    parts = cue_parts(n, con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    source = "fz_posts"
-    if parts is not None:
-        table = con.sql("SELECT post_id, caption FROM fz_posts").to_arrow_table()
-        con.register("igc_captions", pa.Table.from_batches(table.to_batches(max_chunksize=parts)))
-        source = "igc_captions"
-    try:  # source: one of our two names
-        con.execute(f"CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM {source}")
+    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    parts = cue_parts(n, threads)
+    if parts is None:
+        return None
+    table = con.sql("SELECT post_id, caption FROM fz_posts").to_arrow_table()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-cues")
+    try:
+        return pool.submit(_cues_apart, pa.Table.from_batches(table.to_batches(max_chunksize=parts)), threads)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _cues_apart(captions: pa.Table, threads: int) -> pa.Table:
+    """The block ``cues`` over ``captions`` (post_id, caption) on an in-memory connection of its own."""
+    side = duckdb.connect()
+    try:
+        side.execute(f"SET threads = {int(threads)}")
+        store.run_block(side, "features", "macros")
+        side.register("igc_captions", captions)
+        side.execute("CREATE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM igc_captions")
+        store.run_block(side, "features", "cues")
+        return side.sql("SELECT * FROM fz_cues").to_arrow_table()
+    finally:
+        side.close()
+
+
+def _cues_finish(con: duckdb.DuckDBPyConnection, started: Future | None) -> None:
+    """``fz_cues``: the table ``_cues_start`` started, or the block ``cues`` over ``fz_posts`` in ``con``."""
+    if started is not None:
+        con.register("igc_cues", started.result())
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE fz_cues AS SELECT * FROM igc_cues")
+        finally:
+            con.unregister("igc_cues")
+        return
+    try:
+        con.execute("CREATE OR REPLACE TEMP VIEW fz_caption_src AS SELECT post_id, caption FROM fz_posts")
         store.run_block(con, "features", "cues")
     finally:
         con.execute("DROP VIEW IF EXISTS fz_caption_src")
-        if parts is not None:
-            con.unregister("igc_captions")
 
 
 def _start(con: duckdb.DuckDBPyConnection) -> None:

@@ -321,12 +321,13 @@ def drift_columns(card: dict, inputs: dict[str, np.ndarray]) -> dict[str, tuple[
     if "meta" in takes and "meta" in inputs:
         meta = inputs["meta"]
         names = Preprocessor.from_card(card).meta_names()
+        columns = np.ascontiguousarray(meta.T, dtype=np.float64)    # (n_meta, N): each input's values in one run
         onehots: dict[str, list[int]] = {}
         for j, name in enumerate(names):
             if "=" in name:
                 onehots.setdefault(name.split("=", 1)[0], []).append(j)
             else:
-                out[name] = (meta[:, j].astype(np.float64), None)
+                out[name] = (columns[j], None)
         for prefix, cols in onehots.items():
             block = meta[:, cols]
             code = np.where(block.max(axis=1) > 0.5, np.argmax(block, axis=1), len(cols)).astype(np.float64)

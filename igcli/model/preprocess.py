@@ -135,7 +135,10 @@ class Preprocessor:
         for c, vocab in self.categories.items():
             vals = frame.cols[c]
             parts += [(vals == v).astype(np.float64) for v in vocab]
-        out = {"meta": np.stack(parts, axis=1).astype(np.float32) if parts else np.zeros((n, 0), np.float32)}
+        meta = np.empty((n, len(parts)), np.float32)      # each column cast once (no float64 copy of the whole)
+        for j, part in enumerate(parts):
+            meta[:, j] = part
+        out = {"meta": meta}
         if self.families:
             if frame.classes is None:
                 raise FeatureMismatch("the model needs object classes but none were loaded")
