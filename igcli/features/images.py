@@ -8,7 +8,10 @@
 Everything is keyed by the image's content (sha256), so duplicate images run once, and is written per
 batch, so an interrupted run resumes where it stopped and a second run is a no-op:
 
-1. ``image_quality``: ``igcli.vision.quality`` features for every decodable image (no weights needed).
+1. ``image_quality``: ``igcli.vision.quality`` features for every decodable image (no weights needed),
+   computed by the first backbone's decode threads from the same read and decode of each file
+   (``QualityJob``; ``igcli.vision.decode.decode_shared``), and for the images no backbone runs by
+   ``compute_quality``, a pass of its own after the backbones.
 2. For each backbone (``igcli.vision.runtime.group_requests``: both roles share one when they name the same
    backbone and weights, the default ``efficientnet_lite0``): the images of posts with no row and no
    error for a role's (backbone, weights fingerprint) are decoded and resized by worker threads, a few
