@@ -178,8 +178,14 @@ def compute_image_features(
             result.messages.append(f"skipped the {req.role} backbone: {missing}")
     # The first backbone's decode threads compute the quality features of the images they decode anyway
     # (one read and decode per file); the images it does not run get them from a pass of their own after.
-    quality = QualityJob(dict(con.execute(_QUALITY_PENDING, [QUALITY_BACKBONE]).fetchall())) \
-        if getattr(engine, "shares_decode", False) else None
+    # An engine that does not share its decode (Ray: its workers write no quality rows) gets that pass first.
+    workers = options.workers if options.workers is not None else CPU_WORKERS
+    shares = getattr(engine, "shares_decode", False)
+    quality = None
+    if shares:
+        quality = QualityJob(dict(con.execute(_QUALITY_PENDING, [QUALITY_BACKBONE]).fetchall()))
+    else:
+        result.quality_computed, result.quality_failed = compute_quality(con, max(1, workers), progress)
     for group in group_requests([(req, w) for req, w, _ in resolved if w is not None]):
         if quality is not None and quality.todo:
             result.backbones += engine.featurize(con, group, options, progress, quality=quality)
@@ -188,10 +194,10 @@ def compute_image_features(
             quality = None
         else:
             result.backbones += engine.featurize(con, group, options, progress)
-    workers = options.workers if options.workers is not None else CPU_WORKERS
-    computed, failed = compute_quality(con, max(1, workers), progress)
-    result.quality_computed += computed
-    result.quality_failed += failed
+    if shares:
+        computed, failed = compute_quality(con, max(1, workers), progress)
+        result.quality_computed += computed
+        result.quality_failed += failed
     order = {role: i for i, role in enumerate(ROLES)}
     result.backbones.sort(key=lambda b: order[b.role])
     return result
