@@ -24,23 +24,26 @@ from igcli.features.images import (
     BackboneRun,
     ImageFeatureOptions,
     Progress,
+    QualityJob,
     plan_group,
     store_rows,
 )
 from igcli.vision.backbones import BackboneRequest, Weights, resolve_device
 from igcli.vision.decode import decoded_batches
+from igcli.vision.quality import QUALITY_SIDE
 from igcli.vision.runtime import open_runner, start_session
 
 
 class LocalEngine:
     name = "local"
+    shares_decode = True  # featurize passes it the quality features to compute in its decode threads
 
     def check_featurize(self, options: Any) -> None:
         pass
 
     def featurize(self, con: duckdb.DuckDBPyConnection, group: list, options: Any,
-                  progress: Progress | None = None) -> list[BackboneRun]:
-        return run_group(con, group, options, progress)
+                  progress: Progress | None = None, quality: QualityJob | None = None) -> list[BackboneRun]:
+        return run_group(con, group, options, progress, quality)
 
     def predictor(self, model_path: Path, device: str) -> _SessionPredictor:
         return _SessionPredictor(ort.session(model_path, device), model_path)
@@ -75,9 +78,12 @@ def run_group(
     group: list[tuple[BackboneRequest, Weights]],
     options: ImageFeatureOptions,
     progress: Progress | None = None,
+    quality: QualityJob | None = None,
 ) -> list[BackboneRun]:
     """The local engine for one backbone group: ``plan_group``, then decode threads and one runner in
-    this process; one forward pass per image serves every role.
+    this process; one forward pass per image serves every role. With ``quality``, the decode threads also
+    compute the quality features of the images in its ``todo`` from the same read and decode
+    (``decode_shared``), and each transaction writes their rows with the backbone's.
 
     Three things overlap: decode threads work a few batches ahead (they start before the onnxruntime
     session opens), the main thread runs the model, and one writer thread commits the batches (one
@@ -96,7 +102,9 @@ def run_group(
     sha256s = [sha for sha, _ in pending]
     batch, workers = batching(options, device)
     write_rows = max(batch, WRITE_ROWS)
-    batches = decoded_batches([p for _, p in pending], sha256s, runner, batch, workers)
+    batches = decoded_batches([p for _, p in pending], sha256s, runner, batch, workers,
+                              side=QUALITY_SIDE if quality else None,
+                              side_names=quality.names(pending) if quality else None)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-write")
     streams, threads = model_streams(options, device, runner.runtime)
     model = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="igcli-model") if streams > 1 else None
@@ -113,16 +121,20 @@ def run_group(
         for run in runs.values():
             run.device, run.exported = runner.provider, runner.exported
 
-        def write(parts: list[tuple[list[str], list[str], dict]]) -> None:
+        def write(parts: list[tuple[list[str], list[str], dict]], extras: list) -> None:
             shas, reasons, outputs = join_batches(parts)
             with store.transaction(con):
-                store_rows(con, plan, shas, reasons, outputs, store.utcnow())
+                now = store.utcnow()
+                store_rows(con, plan, shas, reasons, outputs, now)
+                if quality is not None:
+                    quality.write(con, shas, extras, now)
             store.fault_point("backbone.after_batch")
 
         t0 = time.perf_counter()
         done = 0
         last = None    # (future, images) of the transaction being written
         parts: list = []  # (shas, reasons, outputs) of the batches not yet handed to the writer
+        extras: list = []  # the quality side's result per image of those batches (None: not wanted)
 
         def committed() -> None:
             nonlocal done
@@ -142,34 +154,38 @@ def run_group(
 
         def flush() -> None:
             """Hand the batches gathered so far to the writer, as one transaction."""
-            nonlocal last, parts
+            nonlocal last, parts, extras
             if not parts:
                 return
             if last is not None:
                 committed()
-            last, parts = (writer.submit(write, parts), sum(len(r) for _, r, _ in parts)), []
+            last, parts, extras = (writer.submit(write, parts, extras), sum(len(r) for _, r, _ in parts)), [], []
 
-        def hand_over(future, shas: list[str], reasons: list[str]) -> None:
+        def hand_over(future, shas: list[str], reasons: list[str], side: list | None) -> None:
             parts.append((shas, reasons, future.result()))
+            extras.extend(side or [None] * len(shas))
             if sum(len(r) for _, r, _ in parts) >= write_rows:
                 flush()
 
         start = 0
         running: deque = deque()  # batches in the model, oldest first: written in their order
-        for x, reasons in batches:
+        for x, reasons, *rest in batches:  # rest: [the quality results] with a QualityJob
+            side = rest[0] if rest else None
             shas = sha256s[start:start + len(reasons)]
             start += len(reasons)
             if model is None:
-                hand_over(_Done(forward(x, reasons)), shas, reasons)
+                hand_over(_Done(forward(x, reasons)), shas, reasons, side)
                 continue
             if len(running) == streams:
                 hand_over(*running.popleft())
-            running.append((model.submit(forward, x, reasons), shas, reasons))
+            running.append((model.submit(forward, x, reasons), shas, reasons, side))
         while running:
             hand_over(*running.popleft())
         flush()
         if last is not None:
             committed()
+        if quality is not None:
+            quality.second_decodes += batches.second_decodes
     finally:
         batches.close()
         if model is not None:

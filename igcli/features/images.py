@@ -8,7 +8,10 @@
 Everything is keyed by the image's content (sha256), so duplicate images run once, and is written per
 batch, so an interrupted run resumes where it stopped and a second run is a no-op:
 
-1. ``image_quality``: ``igcli.vision.quality`` features for every decodable image (no weights needed).
+1. ``image_quality``: ``igcli.vision.quality`` features for every decodable image (no weights needed),
+   computed by the first backbone's decode threads from the same read and decode of each file
+   (``QualityJob``; ``igcli.vision.decode.decode_shared``), and for the images no backbone runs by
+   ``compute_quality``, a pass of its own after the backbones.
 2. For each backbone (``igcli.vision.runtime.group_requests``: both roles share one when they name the same
    backbone and weights, the default ``efficientnet_lite0``): the images of posts with no row and no
    error for a role's (backbone, weights fingerprint) are decoded and resized by worker threads, a few
@@ -43,7 +46,7 @@ from igcli.vision.backbones import (
     resolve_device,
     resolve_weights,
 )
-from igcli.vision.decode import CHANGED, open_file
+from igcli.vision.decode import CHANGED, open_file, unread_reason
 from igcli.vision.quality import quality_features_many
 from igcli.vision.runtime import group_requests, row_fingerprint
 
@@ -119,6 +122,9 @@ class BackboneRun:
 class ImageFeaturesResult:
     quality_computed: int = 0
     quality_failed: int = 0
+    quality_shared: int = 0               # quality rows / errors from a backbone's decode of the image
+    quality_second_decodes: int = 0       # ... of which the quality features decoded the file again (another
+                                          # JPEG draft scale than the backbone's)
     backbones: list[BackboneRun] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)  # one line per skipped backbone, naming the fix
 
@@ -166,14 +172,32 @@ def compute_image_features(
                     "the weights file (and --quantize) the "
                     f"model was trained with (--{req.role}-weights FILE)")
             resolved.append((req, weights, None))
-    workers = options.workers if options.workers is not None else CPU_WORKERS
-    result.quality_computed, result.quality_failed = compute_quality(con, max(1, workers), progress)
     for req, _, missing in resolved:
         if missing is not None:
             result.backbones.append(BackboneRun(req.role, req.name, None, False, skipped_reason=str(missing)))
             result.messages.append(f"skipped the {req.role} backbone: {missing}")
+    # The first backbone's decode threads compute the quality features of the images they decode anyway
+    # (one read and decode per file); the images it does not run get them from a pass of their own after.
+    # An engine that does not share its decode (Ray: its workers write no quality rows) gets that pass first.
+    workers = options.workers if options.workers is not None else CPU_WORKERS
+    shares = getattr(engine, "shares_decode", False)
+    quality = None
+    if shares:
+        quality = QualityJob(dict(con.execute(_QUALITY_PENDING, [QUALITY_BACKBONE]).fetchall()))
+    else:
+        result.quality_computed, result.quality_failed = compute_quality(con, max(1, workers), progress)
     for group in group_requests([(req, w) for req, w, _ in resolved if w is not None]):
-        result.backbones += engine.featurize(con, group, options, progress)
+        if quality is not None and quality.todo:
+            result.backbones += engine.featurize(con, group, options, progress, quality=quality)
+            result.quality_computed, result.quality_failed = quality.computed, quality.failed
+            result.quality_shared, result.quality_second_decodes = quality.shared, quality.second_decodes
+            quality = None
+        else:
+            result.backbones += engine.featurize(con, group, options, progress)
+    if shares:
+        computed, failed = compute_quality(con, max(1, workers), progress)
+        result.quality_computed += computed
+        result.quality_failed += failed
     order = {role: i for i, role in enumerate(ROLES)}
     result.backbones.sort(key=lambda b: order[b.role])
     return result
@@ -213,6 +237,31 @@ _QUALITY_INSERT = """
 _ERROR_INSERT = "INSERT INTO image_feature_errors VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 
 
+@dataclass
+class QualityJob:
+    """The quality features a backbone run computes in its decode threads (``decoded_batches``' side): the
+    images that lack them, and what the run wrote."""
+
+    todo: dict[str, str]                  # sha256 -> the path quality messages name (as compute_quality's)
+    computed: int = 0
+    failed: int = 0
+    shared: int = 0                       # images whose quality came from the backbone's read and decode
+    second_decodes: int = 0               # ... of which decoded again at the quality's own draft scale
+
+    def names(self, pending: list[tuple[str, str]]) -> list[str | None]:
+        """For each (sha256, path) of a backbone's work list, the name to give ``QUALITY_SIDE``, or None."""
+        return [None if (p := self.todo.get(sha)) is None else str(Path(p)) for sha, _ in pending]
+
+    def write(self, con: duckdb.DuckDBPyConnection, shas: list[str], extras: list[Any], now: Any) -> None:
+        """Store the side results of one batch (None: not wanted); the caller holds the transaction."""
+        ok = [(sha, f) for sha, f in zip(shas, extras, strict=True) if isinstance(f, dict)]
+        errors = [(sha, f) for sha, f in zip(shas, extras, strict=True) if isinstance(f, str)]
+        write_quality(con, ok, errors, now)
+        self.computed += len(ok)
+        self.failed += len(errors)
+        self.shared += len(ok) + len(errors)
+
+
 def compute_quality(
     con: duckdb.DuckDBPyConnection, workers: int = 2, progress: Progress | None = None, batch: int = QUALITY_BATCH
 ) -> tuple[int, int]:
@@ -230,18 +279,8 @@ def compute_quality(
         feats = quality_features_many([Path(p) for _, p in chunk], workers=workers)
         ok = [(sha, f) for (sha, _), f in zip(chunk, feats, strict=True) if isinstance(f, dict)]
         errors += [(sha, str(f)) for (sha, _), f in zip(chunk, feats, strict=True) if not isinstance(f, dict)]
-        columns = {"sha256": ("VARCHAR", [sha for sha, _ in ok]),
-                   **{c: ("DOUBLE", [f.get(c) for _, f in ok]) for c in QUALITY_COLUMNS}}
-        now = store.utcnow()
         with store.transaction(con):
-            if ok:
-                store.temp_table(con, "igc_quality_batch", columns)
-                try:
-                    con.execute(_QUALITY_INSERT, [now]).fetchall()
-                finally:
-                    con.execute("DROP TABLE igc_quality_batch")
-            if errors:
-                con.executemany(_ERROR_INSERT, [[sha, QUALITY_BACKBONE, QUALITY_FP, why, now] for sha, why in errors])
+            write_quality(con, ok, errors, store.utcnow())
         computed += len(ok)
         failed += len(errors)
         store.fault_point("quality.after_batch")
@@ -250,16 +289,30 @@ def compute_quality(
     return computed, failed
 
 
+def write_quality(con: duckdb.DuckDBPyConnection, ok: list[tuple[str, dict]], errors: list[tuple[str, str]],
+                  now: Any) -> None:
+    """``image_quality`` rows (sha256, features) and quality errors (sha256, reason); the caller holds the
+    transaction."""
+    if ok:
+        columns = {"sha256": ("VARCHAR", [sha for sha, _ in ok]),
+                   **{c: ("DOUBLE", [f.get(c) for _, f in ok]) for c in QUALITY_COLUMNS}}
+        store.temp_table(con, "igc_quality_batch", columns)
+        try:
+            con.execute(_QUALITY_INSERT, [now]).fetchall()
+        finally:
+            con.execute("DROP TABLE igc_quality_batch")
+    if errors:
+        con.executemany(_ERROR_INSERT, [[sha, QUALITY_BACKBONE, QUALITY_FP, why, now] for sha, why in errors])
+
+
 def content_changed(path: str, sha256: str) -> str | None:
     """Why the file at ``path`` can no longer stand for the ingested content ``sha256``, or None. Read under the
     image-open policy (``open_file``): a FIFO swapped in since the ingest is refused, not waited on."""
     try:
         with open_file(path) as fh:
             digest = sha256_stream(fh)
-    except InputError as err:       # not a regular file, or over the byte limit
-        return str(err)
-    except OSError as err:
-        return f"cannot read image file: {err.strerror or err}"
+    except (InputError, OSError) as err:  # not a regular file, over the byte limit, unreadable
+        return unread_reason(err)
     return None if digest == sha256 else CHANGED
 
 

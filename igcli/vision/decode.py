@@ -5,7 +5,8 @@ pixels and bytes are accepted, EXIF orientation, and draft (reduced-scale) JPEG 
 - ``resolve_image``: a post's image reference, resolved inside the images folder (links out refused).
 - ``probe_image`` / ``probe_many``: ingest's check (sha256, size, a full decode under the policy).
 - ``open_image``: Pillow under the policy; ``open_rgb``: upright RGB for a model; ``decoded_batches``: the
-  decode threads featurize runs beside the model.
+  decode threads featurize runs beside the model; ``decode_shared``: one read and decode of a file for the
+  model and a second consumer (the quality features), when both would decode the same pixels.
 
 Images are never copied into the store; ``images`` records where each file is and whether it decodes.
 """
@@ -26,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -102,13 +103,31 @@ def open_image(source: str | Path | BinaryIO, draft: tuple[str | None, Any] | No
 
     name = str(source) if isinstance(source, str | Path) else name or "image"
     with (open_file(source) if isinstance(source, str | Path) else nullcontext(source)) as fh, \
-            Image.open(fh, formats=IMAGE_FORMATS) as img:
+            _header(fh, name) as img:
         size = img.size
-        check_pixels(size, name)
-        if draft is not None and img.format in ("JPEG", "MPO"):
-            img.draft(draft[0] or img.mode, draft[1](size) if callable(draft[1]) else draft[1])
+        _draft(img, draft)
         img.load()
         yield img, size
+
+
+@contextmanager
+def _header(fh: BinaryIO, name: str) -> Iterator[Any]:
+    """The image of an open file, its header read and its pixel count checked; nothing decoded yet."""
+    with Image.open(fh, formats=IMAGE_FORMATS) as img:
+        check_pixels(img.size, name)
+        yield img
+
+
+def _draft(img: Any, draft: tuple[str | None, Any] | None) -> None:
+    if draft is not None and img.format in ("JPEG", "MPO"):
+        img.draft(draft[0] or img.mode, draft[1](img.size) if callable(draft[1]) else draft[1])
+
+
+def _draft_outcome(data: bytes, draft: tuple[str | None, Any] | None, name: str) -> tuple[str, tuple[int, int]]:
+    """(mode, size) that ``open_image(draft=draft)`` decodes ``data`` at, from a second read of its header."""
+    with _header(io.BytesIO(data), name) as img:
+        _draft(img, draft)
+        return img.mode, img.size
 
 
 # ------------------------------------------------------------------------------------- ingest's probe
@@ -215,6 +234,8 @@ def decoded_batches(
     batch_size: int = 32,
     workers: int = 2,
     prefetch: int = 2,
+    side: SideUse | None = None,
+    side_names: list[str | None] | None = None,
 ) -> DecodedBatches:
     """Batches ``(x, reasons)``, in order: x (B, H, W, 3) uint8 for ``runner`` (its ``prepare`` and
     ``input_size``; the runner needs no session yet), reasons[i] "" or why image i could not be used (its
@@ -227,17 +248,27 @@ def decoded_batches(
     by the consumer itself, so nothing waits on starved background threads. With
     ``sha256s`` a file whose content no longer matches its ingested hash is refused, so a row is never
     stored under the wrong image. Iterate it once; ``close()`` (also a context manager) stops the threads.
+
+    With ``side`` (``SideUse``), an image whose ``side_names[i]`` is not None also gets the side's result from
+    the same read and decode (``decode_shared``), computed in the same threads, and each batch is
+    ``(x, reasons, extras)``: extras[i] the side's result, or None. ``second_decodes`` counts the images
+    whose side needed a decode of its own (another JPEG draft scale).
     """
-    return DecodedBatches(paths, sha256s, runner, batch_size, workers, prefetch)
+    return DecodedBatches(paths, sha256s, runner, batch_size, workers, prefetch, side, side_names)
 
 
 class DecodedBatches:
     """The iterator ``decoded_batches`` returns; see there."""
 
     def __init__(self, paths: list[str], sha256s: list[str] | None, runner: Any, batch_size: int,
-                 workers: int, prefetch: int) -> None:
+                 workers: int, prefetch: int, side: SideUse | None = None,
+                 side_names: list[str | None] | None = None) -> None:
 
         self._paths, self._sha256s = paths, sha256s
+        self._side, self._side_names = side, side_names
+        if side is not None and (side_names is None or len(side_names) != len(paths)):
+            raise ValueError("side_names must name every path (None: no side result for it)")
+        self.second_decodes = 0  # images whose side decoded the file a second time
         self._h, self._w = runner.input_size
         self._min_side = math.ceil(max(self._h, self._w) / runner.data_config.get("crop_pct", 1.0))
         self._prepare = runner.prepare
@@ -254,7 +285,10 @@ class DecodedBatches:
 
     def _one(self, i: int):
         sha = self._sha256s[i] if self._sha256s is not None else None
-        return decode_image(self._paths[i], sha, self._prepare, self._min_side)
+        name = self._side_names[i] if self._side is not None else None
+        if name is None:
+            return (*decode_image(self._paths[i], sha, self._prepare, self._min_side), None, False)
+        return decode_shared(self._paths[i], sha, self._prepare, self._min_side, self._side, name)
 
     def _submit(self) -> bool:
         s = next(self._starts, None)
@@ -274,10 +308,14 @@ class DecodedBatches:
 
     def _collect(self, results: list):
         x = np.zeros((len(results), self._h, self._w, 3), dtype=np.uint8)
-        for j, (arr, _) in enumerate(results):
+        for j, (arr, *_) in enumerate(results):
             if arr is not None:
                 x[j] = arr
-        return x, [why for _, why in results]
+        reasons = [r[1] for r in results]
+        if self._side is None:
+            return x, reasons
+        self.second_decodes += sum(r[3] for r in results)
+        return x, reasons, [r[2] for r in results]
 
     def __iter__(self):
         try:
@@ -322,17 +360,92 @@ def decode_image(path: str, sha256: str | None, prepare: Callable, min_side: int
             return None, CHANGED
         return prepare(open_rgb(io.BytesIO(data), min_side)), ""
     except Exception as err:  # any decoder failure is data, not a crash
-        return None, f"cannot decode image ({type(err).__name__}: {err})"[:500]
+        return None, _decode_reason(err)
+
+
+def _decode_reason(err: BaseException) -> str:
+    return f"cannot decode image ({type(err).__name__}: {err})"[:500]
+
+
+def unread_reason(err: Exception) -> str:
+    """Why a file could not be read under ``open_file``'s rules (not a regular file, over the byte limit, an
+    OS error), in the words ``image_feature_errors`` keeps for the quality features."""
+    if isinstance(err, InputError):
+        return str(err)
+    return f"cannot read image file: {getattr(err, 'strerror', None) or err}"
+
+
+class SideUse(Protocol):
+    """A second consumer of the images ``decode_shared`` decodes for a model: featurize's quality features
+    (``igcli.vision.quality.QUALITY_SIDE``). Its results are its own value, or a reason string."""
+
+    def draft(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The JPEG draft size it asks for (mode: the file's own), given the size in the file."""
+
+    def of_image(self, img: Any, size: tuple[int, int], name: str) -> Any:
+        """Its result from the loaded image (size in the file), before the model's preprocessing; must not
+        change ``img``."""
+
+    def of_data(self, data: bytes, name: str) -> Any:
+        """Its result from its own decode of the file's bytes (the model's draft scale differs from its own)."""
+
+    def of_error(self, err: Exception, name: str) -> Any:
+        """Its result when decoding at its own draft scale raised ``err``."""
+
+
+def decode_shared(path: str, sha256: str | None, prepare: Callable, min_side: int | None, side: SideUse,
+                  side_name: str) -> tuple[Any, str, Any, bool]:
+    """``decode_image``'s (array, reason), then ``side``'s result from the same read and, where the JPEG draft
+    scale both ask for is the same (always for a file that is not a JPEG, or that is at most
+    ``min_side`` px a side), the same decode, and whether the side needed a decode of its own. ``side_name``
+    names the file in the side's messages. The side sees exactly the pixels its own ``open_image`` would
+    decode, so its results are those of a separate pass."""
+
+    try:
+        data = read_image_bytes(path)
+    except Exception as err:
+        return None, _decode_reason(err), unread_reason(err), False
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        return None, CHANGED, CHANGED, False
+    same = None  # whether the side's own draft decodes the same pixels; None: not known yet
+    try:
+        with _header(io.BytesIO(data), "image") as img:  # "image": open_rgb's name for a file object
+            size = img.size
+            _draft(img, _model_draft(min_side))
+            same = img.format not in ("JPEG", "MPO") or \
+                (img.mode, img.size) == _draft_outcome(data, (None, side.draft), side_name)
+            img.load()
+    except Exception as err:  # any decoder failure is data, not a crash
+        # Failed in decoding the pixels they share: the side's error is the same one. Failed before (the
+        # header, the pixel limit: messages name the file) or at another scale: the side's own attempt.
+        extra = side.of_error(err, side_name) if same else side.of_data(data, side_name)
+        return None, _decode_reason(err), extra, same is False
+    # the side first: the model's preprocessing turns an upright RGB image in place
+    extra = side.of_image(img, size, side_name) if same else side.of_data(data, side_name)
+    try:
+        return prepare(_upright_rgb(img)), "", extra, not same
+    except Exception as err:
+        return None, _decode_reason(err), extra, not same
 
 
 def open_rgb(path: str | Path | BinaryIO, min_side: int | None = None):
     """Open an image as upright RGB under the policy (``open_image``); large JPEGs decoded at reduced scale."""
 
-    with open_image(path, draft=("RGB", (min_side, min_side)) if min_side else None) as (img, _):
-        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image (most of them)
-        if img.mode != "RGB":
-            if img.has_transparency_data:  # flatten onto white, as a page shows it
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            img = img.convert("RGB")
-        return img
+    with open_image(path, draft=_model_draft(min_side)) as (img, _):
+        return _upright_rgb(img)
+
+
+def _model_draft(min_side: int | None) -> tuple[str, tuple[int, int]] | None:
+    return ("RGB", (min_side, min_side)) if min_side else None
+
+
+def _upright_rgb(img: Any) -> Any:
+    """A loaded image as upright RGB, transparency flattened onto white; an upright RGB image is turned in
+    place (the caller's image changes), else a new image is returned."""
+    ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image (most of them)
+    if img.mode != "RGB":
+        if img.has_transparency_data:  # flatten onto white, as a page shows it
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("RGB")
+    return img

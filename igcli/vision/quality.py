@@ -67,11 +67,13 @@ can record the reason per file and carry on. Truncated files are an error as lon
 from __future__ import annotations
 
 import functools
+import io
 import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -119,20 +121,59 @@ def quality_features(img: Image.Image) -> dict[str, float | None]:
 
 def quality_features_file(path: Path) -> dict[str, float | None]:
     """``quality_features`` of an image file; raises ``ImageUnreadable`` or ``ImageTooLarge``."""
-    path = Path(path)
+    return _features_of(Path(path), Path(path))
+
+
+def _features_of(source: Path | BinaryIO, name: Path | str) -> dict[str, float | None]:
     try:
         # Decode at 1/2, 1/4 or 1/8 scale while staying at or above the working size.
-        with open_image(path, draft=(None, _working_size)) as (img, original_size):
+        with open_image(source, draft=(None, _working_size), name=str(name)) as (img, original_size):
             work, aspect_ratio = _prepare(img, original_size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"{path}: {exc} Refusing to decode it; downsize the image if it is genuine.") from exc
-    except IgcliError:
-        raise
     except Exception as exc:
-        # Corrupt files reach Pillow's decoders with OSError, SyntaxError, ValueError, EOFError,
-        # struct.error, zlib.error and more; none of them may stop a batch.
-        raise ImageUnreadable(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        err = _quality_error(exc, name)
+        if err is exc:
+            raise
+        raise err from exc
     return _features(work, aspect_ratio)
+
+
+def _quality_error(exc: Exception, name: Path | str) -> Exception:
+    """The exception ``quality_features_file`` raises for ``exc`` raised in decoding the file ``name``."""
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageTooLarge(f"{name}: {exc} Refusing to decode it; downsize the image if it is genuine.")
+    if isinstance(exc, IgcliError):
+        return exc
+    # Corrupt files reach Pillow's decoders with OSError, SyntaxError, ValueError, EOFError,
+    # struct.error, zlib.error and more; none of them may stop a batch.
+    return ImageUnreadable(f"{name}: cannot decode image ({type(exc).__name__}: {exc})")
+
+
+class _QualitySide:
+    """The quality features as ``decode_shared``'s side: featurize's decode threads compute them from the
+    image they decode for a backbone, with the results ``quality_features_many`` gives (a dict, or for an
+    image that cannot be used the exception's message)."""
+
+    def draft(self, size: tuple[int, int]) -> tuple[int, int]:
+        return _working_size(size)
+
+    def of_image(self, img: Image.Image, size: tuple[int, int], name: str) -> dict[str, float | None] | str:
+        try:
+            work, aspect_ratio = _prepare(img, size)
+        except Exception as exc:
+            return str(_quality_error(exc, name))
+        return _features(work, aspect_ratio)
+
+    def of_data(self, data: bytes, name: str) -> dict[str, float | None] | str:
+        try:
+            return _features_of(io.BytesIO(data), name)
+        except (ImageUnreadable, ImageTooLarge) as exc:
+            return str(exc)
+
+    def of_error(self, err: Exception, name: str) -> str:
+        return str(_quality_error(err, name))
+
+
+QUALITY_SIDE = _QualitySide()
 
 
 def quality_features_many(paths: Sequence[Path], workers: int = 2) -> list[dict[str, float | None] | Exception]:
