@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -279,11 +280,11 @@ def graph_module(model, outputs: list[str], data_config: dict[str, Any]):
 # ------------------------------------------------------------------------------------ export cache
 
 def export_key(req: BackboneRequest, weights: Weights, outputs: list[str]) -> dict[str, Any]:
-    import timm
-
+    # timm's version from its package metadata: importing timm (and torch with it) costs seconds of start-up
+    # that a run finding its graph in the cache never needs
     return {"backbone": req.name, "arch": timm_name(req.name), "role_build": req.role, "outputs": outputs,
-            "weights_fp": weights.fingerprint, "nima": weights.nima, "opset": OPSET, "timm": timm.__version__,
-            "export_version": EXPORT_VERSION}
+            "weights_fp": weights.fingerprint, "nima": weights.nima, "opset": OPSET,
+            "timm": importlib.metadata.version("timm"), "export_version": EXPORT_VERSION}
 
 
 def export_cached(
