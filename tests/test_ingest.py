@@ -338,6 +338,50 @@ def test_line_numbers_exact_across_a_file_read_in_parallel(tmp_path: Path, db: P
     assert dict(q(db, "SELECT line_number, reason FROM rejects WHERE source_file LIKE '%big.csv'")) == expected_rejects
 
 
+def test_first_load_refuses_a_file_written_to_between_its_reads(tmp_path: Path, db: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    """The first load of an empty store reads the file twice as well (check, then write, the records paired
+    with their lines by position): a record added between the reads is seen and nothing is stored."""
+    src = write(tmp_path / "grow.csv", HEADER + "g1,lee,2020-01-01,a,,,1,1,1,1,\ng2,lee,2020-01-02,b,,,1,1,1,1,\n")
+    real = store.run_block
+
+    def hooked(con, file, name, params=None):
+        if name == "write_wide":
+            with open(src, "a") as fh:
+                fh.write("g3,eve,2020-01-03,c,,,1,1,1,1,\n")
+        return real(con, file, name, params)
+    monkeypatch.setattr(store, "run_block", hooked)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        ingest_posts(src, db=db)
+    assert q(db, "SELECT count(*) FROM posts") == [(0,)]
+    assert q(db, "SELECT count(*) FROM ingests") == [(0,)]
+
+
+@pytest.mark.parametrize("change", ["grown", "cut"])
+def test_second_read_of_a_changed_file_stores_nothing(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      change: str):
+    """Into a store with posts the write pairs the second read's records with the first read's lines by
+    position: a record added or removed in between leaves one side short, and the file is refused with the
+    store as it was (not a constraint error on the padded rows)."""
+    prefill(tmp_path, db)
+    rows = "".join(f"c{i},lee,2020-01-0{1 + i},a,,,1,1,1,1,\n" for i in range(3))
+    src = write(tmp_path / "change.csv", HEADER + rows)
+    real = store.run_block
+
+    def hooked(con, file, name, params=None):
+        if name == "write_new":
+            if change == "grown":
+                with open(src, "a") as fh:
+                    fh.write("c9,eve,2020-01-09,c,,,1,1,1,1,\n")
+            else:
+                os.truncate(src, len((HEADER + rows).encode()) - len("c2,lee,2020-01-03,a,,,1,1,1,1,\n"))
+        return real(con, file, name, params)
+    monkeypatch.setattr(store, "run_block", hooked)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        ingest_posts(src, db=db)
+    assert q(db, "SELECT post_id FROM posts") == [("zz9",)]
+
+
 def test_content_hash_backfilled_and_kept_current(tmp_path: Path, db: Path):
     full = write(tmp_path / "full.csv", HEADER + "p1,alice,2017-04-28,cap #a,#a,,10,100,1,1,\n")
     ingest_posts(full, db=db)

@@ -201,15 +201,6 @@ def _csv_source(con: duckdb.DuckDBPyConnection, src: InputFile, encoding: str | 
         f"""CREATE OR REPLACE TEMP MACRO igc_recs(p, c, e, m) AS TABLE
             SELECT {newlines} AS nl, {cols} FROM {reader.format(rejects)}"""
     )
-    # Records a file holds in file order: rn counts the parsed ones, line adds the newlines inside earlier
-    # values (rejected records are added afterwards, from DuckDB's rejects table).
-    con.execute(
-        f"""CREATE OR REPLACE TEMP MACRO igc_rows(p, c, e, m) AS TABLE
-            SELECT rn, (1 + rn + nl_upto - nl)::BIGINT AS line, {cols} FROM (
-                SELECT row_number() OVER () AS rn,
-                       sum(nl) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nl_upto, *
-                FROM igc_recs(p, c, e, m))"""
-    )
     con.execute(
         f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
             SELECT row_number() OVER () AS rn, {cols} FROM {reader.format("ignore_errors = true")}"""
@@ -307,8 +298,6 @@ def _parquet_source(con: duckdb.DuckDBPyConnection, src: InputFile):
     # Parquet has no physical lines: line is the 1-based row number.
     con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_recs(p, c, e, m) AS TABLE
                     SELECT 0 AS nl, {cols_sql} FROM igc_parquet""")
-    con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_rows(p, c, e, m) AS TABLE
-                    SELECT rn, rn AS line, {cols_sql} FROM (SELECT row_number() OVER () AS rn, * FROM igc_parquet)""")
     con.execute(f"""CREATE OR REPLACE TEMP MACRO igc_src(p, c, e, m) AS TABLE
                     SELECT row_number() OVER () AS rn, {cols_sql} FROM igc_parquet""")
     return {"path": src.name, "columns": {}, "encoding": "", "max_line": 0, "header_lines": 0}, kept, ignored
@@ -460,8 +449,8 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
             result.images = {status: sum(n) for status, *n in counts}
             result.loaded, result.updated, result.unchanged = (sum(c[i] for c in counts) for i in (1, 2, 3))
             parsed = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
-            write = {"now": now, "source": result.source, "shifted": bool(csv_rejects),
-                     "pick_new": result.loaded <= parsed - result.loaded, **flags, **src}
+            write = {"now": now, "source": result.source, "pick_new": result.loaded <= parsed - result.loaded,
+                     **flags, **src}
             if wide["wide"]:
                 for lo in range(1, parsed + 1, WRITE_SLICE):
                     store.run_block(con, "ingest", "write_wide",
