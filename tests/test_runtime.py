@@ -160,13 +160,13 @@ def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
     from timm.data import create_transform
     from torchvision import transforms as T
 
-    from igcli.vision.runtime import fused_crop, image_preparer
+    from igcli.vision.runtime import eval_geometry, fused_crop, image_preparer
 
     config = {"input_size": (3, 224, 224), "interpolation": interpolation, "mean": (0.5,) * 3, "std": (0.5,) * 3,
               "crop_pct": 0.875, "crop_mode": "center"}
     steps = [t for t in create_transform(**config, is_training=False).transforms
              if isinstance(t, T.Resize | T.CenterCrop)]
-    reference, region, prepare = T.Compose(steps), fused_crop(steps), image_preparer(config)
+    reference, region, prepare = T.Compose(steps), fused_crop(eval_geometry(config)), image_preparer(config)
     rng = np.random.default_rng(0)
     fused = []
     for w, h in [(224, 224), (300, 200), (200, 300), (1080, 1350), (540, 675), (640, 480), (257, 256), (33, 900)]:
@@ -177,7 +177,80 @@ def test_fused_resize_and_crop_gives_torchvisions_bytes(interpolation: str):
     # the dev data's 224 px squares take the fused path; 640 x 480 (resized to 341 x 256) has a scale not
     # exact in binary and does not; which others do may change with PIL's choice of pass order
     assert (224, 224) in fused and (1080, 1350) in fused and (640, 480) not in fused
-    assert fused_crop([steps[1]]) is None
+
+
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_the_pil_geometry_is_torchvisions_resize_and_crop(interpolation: str, crop_pct: float):
+    """Geometry.apply, the torch-free two steps, gives torchvision's bytes on every size it meets, and timm's
+    other eval modes (squash: a two-sided resize) are left to torchvision's own steps, still the same bytes."""
+    from PIL import Image
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    from igcli.vision.runtime import Geometry, eval_geometry, image_preparer
+
+    config = {"input_size": (3, 224, 224), "interpolation": interpolation, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+              "crop_pct": crop_pct, "crop_mode": "center"}
+    reference = T.Compose([t for t in create_transform(**config, is_training=False).transforms
+                           if isinstance(t, T.Resize | T.CenterCrop)])
+    geo = eval_geometry(config)
+    assert geo == Geometry(int(224 / crop_pct), interpolation, (224, 224))
+    rng = np.random.default_rng(2)
+    sizes = [(224, 224), (225, 224), (224, 225), (255, 256), (256, 256), (1080, 566), (566, 1080), (999, 1000),
+             (3, 500), (500, 3), (4032, 3024)]
+    for w, h in sizes:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert np.array_equal(np.asarray(geo.apply(img)), np.asarray(reference(img))), (w, h)
+    squash = {**config, "crop_mode": "squash"}
+    assert eval_geometry(squash) is None
+    steps = T.Compose([t for t in create_transform(**squash, is_training=False).transforms
+                       if isinstance(t, T.Resize | T.CenterCrop)])
+    img = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    assert np.array_equal(image_preparer(squash)(img), np.asarray(steps(img)))
+
+
+def test_a_cached_backbone_prepares_images_without_torch(tmp_path: Path):
+    """The export's sidecar keeps the geometry, so a process that finds the graph in the cache opens it and
+    prepares images without importing torch, torchvision or timm (seconds of start-up); a sidecar written
+    before geometries were kept gets it added on first use."""
+    import json
+    import subprocess
+    import sys
+
+    from igcli.vision.backbones import BackboneRequest, resolve_weights
+    from igcli.vision.runtime import group_requests, open_runner
+
+    reqs = [BackboneRequest("objects", "efficientnet_lite0", random_init=True),
+            BackboneRequest("aesthetics", "efficientnet_lite0", random_init=True)]
+    (group,) = group_requests([(r, resolve_weights(r)) for r in reqs])
+    runner = open_runner(group, "cpu", "onnxruntime", cache=tmp_path, session=False)
+    sidecar = runner.onnx_path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    assert meta["geometry"] == {"side": 224, "interpolation": meta["data_config"]["interpolation"],
+                                "crop": [224, 224]}
+    del meta["geometry"]                                  # as an older igcli wrote it
+    sidecar.write_text(json.dumps(meta))
+    code = f"""
+import sys, numpy as np
+from PIL import Image
+from igcli.vision.backbones import BackboneRequest, resolve_weights
+from igcli.vision.runtime import group_requests, open_runner
+reqs = [BackboneRequest(r, "efficientnet_lite0", random_init=True) for r in ("objects", "aesthetics")]
+(group,) = group_requests([(r, resolve_weights(r)) for r in reqs])
+def run():
+    runner = open_runner(group, "cpu", "onnxruntime", cache=__import__("pathlib").Path({str(tmp_path)!r}))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    out = runner.infer(runner.prepare(img)[None])
+    return out, sorted(m for m in ("torch", "torchvision", "timm") if m in sys.modules)
+first = run()
+print(first[1])
+"""
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "['timm', 'torch', 'torchvision']"  # the old sidecar: derived once...
+    assert "geometry" in json.loads(sidecar.read_text())            # ...and kept
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "[]"                               # the next process imports none of them
 
 
 def test_auto_runtime_is_onnxruntime_on_cpu_and_falls_back_to_torch_on_a_gpu_without_the_cuda_provider(monkeypatch):
@@ -193,3 +266,21 @@ def test_auto_runtime_is_onnxruntime_on_cpu_and_falls_back_to_torch_on_a_gpu_wit
     assert rt.resolve_runtime("auto", "cuda") == rt.GPU_RUNTIME
     with pytest.raises(InputError, match="unknown runtime 'tensorrt'"):
         rt.resolve_runtime("tensorrt", "cpu")
+
+
+def test_auto_device_without_any_gpu_device_file_is_the_cpu_without_importing_torch(monkeypatch):
+    import sys
+
+    from igcli.vision import backbones
+
+    monkeypatch.setattr(backbones.sys, "platform", "linux")
+    monkeypatch.setattr(backbones.os.path, "exists", lambda p: False)
+    assert backbones.no_gpu_possible()
+    monkeypatch.setitem(sys.modules, "torch", None)            # any `import torch` now raises ImportError
+    assert backbones.resolve_device("auto") == "cpu"
+    assert backbones.resolve_device("cpu") == "cpu"
+    # a driver's device file (or WSL2's) means a GPU may be there: then torch is asked
+    monkeypatch.setattr(backbones.os.path, "exists", lambda p: p == "/dev/dxg")
+    assert not backbones.no_gpu_possible()
+    with pytest.raises(ImportError):
+        backbones.resolve_device("auto")

@@ -58,6 +58,7 @@ import importlib
 import importlib.metadata
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -480,11 +481,24 @@ def _reachable(host: str, port: int) -> bool:
 
 # ---------------------------------------------------------------------------------- loading
 
+# On Linux a CUDA GPU reaches a process through the NVIDIA driver's device files (WSL2: /dev/dxg); without
+# them torch cannot see one, and auto need not import torch (about a second) to learn it.
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg")
+
+
+def no_gpu_possible() -> bool:
+    """True where no CUDA GPU can be visible: Linux without any of the driver's device files."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(f) for f in _GPU_DEVICE_FILES)
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. Only auto and cuda import torch."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. Only auto (where a GPU is possible at all)
+    and cuda import torch."""
     kind, _ = ort.check_device(device)
     if kind == "cpu":
         return device
+    if device == "auto" and no_gpu_possible():
+        return "cpu"
     import torch
 
     if device == "auto":

@@ -133,6 +133,7 @@ class Runner:
     onnx_path: Path | None = None
     exported: bool = False              # True when this call exported (or re-exported) the file
     parity_max_abs_diff: float | None = None
+    geometry: dict[str, Any] | None = None  # Geometry's fields, from the export's sidecar (torch-free prepare)
     _infer: Callable | None = field(default=None, repr=False)
     _prepare: Callable | None = field(default=None, repr=False)
 
@@ -144,7 +145,7 @@ class Runner:
     def prepare(self) -> Callable:
         """PIL RGB image -> (H, W, 3) uint8: timm's eval resize and centre crop at ``CROP_PCT``."""
         if self._prepare is None:
-            self._prepare = image_preparer(self.data_config)
+            self._prepare = image_preparer(self.data_config, self.geometry)
         return self._prepare
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -203,7 +204,7 @@ def open_runner(
     if quantize:
         path = quantized_cached(path, meta)
     runner.onnx_path, runner.exported = path, exported
-    runner.data_config = meta["data_config"]
+    runner.data_config, runner.geometry = meta["data_config"], meta.get("geometry")
     runner.parity_max_abs_diff = meta["parity_max_abs_diff"]
     return start_session(runner, device, threads) if session else runner
 
@@ -299,6 +300,9 @@ def export_cached(
     meta_path = path.with_suffix(".json")
     meta = _read_meta(meta_path)
     if meta and meta.get("key") == key and path.is_file() and sha256_file(path) == meta.get("onnx_sha256"):
+        if "geometry" not in meta:  # a sidecar written before geometries were kept: derived once, kept
+            meta["geometry"] = _geometry_fields(meta["data_config"])
+            _write_json_atomically(meta_path, meta)
         return path, meta, False
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -313,7 +317,8 @@ def export_cached(
         _export(module, data_config, outputs, tmp)
         diff = check_parity(module, tmp, data_config, outputs)
         meta = {"key": key, "data_config": data_config, "onnx_sha256": sha256_file(tmp),
-                "parity_max_abs_diff": diff, "weights_source": weights.source}
+                "parity_max_abs_diff": diff, "weights_source": weights.source,
+                "geometry": _geometry_fields(data_config)}
         meta_tmp = tmp.with_suffix(".json")
         meta_tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path)
@@ -325,6 +330,23 @@ def export_cached(
         if not stale.name.startswith(f"{stem}-{digest}"):
             stale.unlink(missing_ok=True)
     return path, meta, True
+
+
+def _geometry_fields(data_config: dict[str, Any]) -> dict[str, Any] | None:
+    geometry = eval_geometry(data_config)
+    return None if geometry is None else {"side": geometry.side, "interpolation": geometry.interpolation,
+                                          "crop": list(geometry.crop)}
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the geometry is derived again next time
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
@@ -404,37 +426,96 @@ def quantized_cached(fp32: Path, meta: dict[str, Any]) -> Path:
 
 # ------------------------------------------------------------------------------------------ images
 
-def image_preparer(data_config: dict[str, Any]) -> Callable:
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """timm's eval geometry where it is torchvision's ``Resize(side)`` (the shorter side to ``side``) then
+    ``CenterCrop(crop)``, done on a PIL image in PIL alone: the steps torchvision takes for a PIL image (the new
+    size as ``_compute_resized_output_size`` gives it, ``Image.resize`` with the same filter, no resize when the
+    size is already right, the crop's corner rounded as ``center_crop`` does), so the bytes are torchvision's
+    (``tests/test_runtime.py`` compares them) and preparing an image needs neither torch nor torchvision."""
+
+    side: int
+    interpolation: str          # bicubic | bilinear
+    crop: tuple[int, int]       # (h, w), at most side each: the crop never pads
+
+    def resized(self, size: tuple[int, int]) -> tuple[int, int]:
+        w, h = size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.side, int(self.side * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
+    def apply(self, img: Image.Image) -> Image.Image:
+        new = self.resized(img.size)
+        if new != img.size:
+            img = img.resize(new, _RESAMPLE[self.interpolation])
+        (ch, cw), (w, h) = self.crop, new
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return img.crop((left, top, left + cw, top + ch))
+
+
+def eval_geometry(data_config: dict[str, Any]) -> Geometry | None:
+    """The ``Geometry`` of timm's eval transform for ``data_config``, or None where that transform is not a
+    plain shorter-side resize and centre crop (then ``image_preparer`` runs torchvision's steps). Imports timm
+    and torchvision (seconds): the export keeps the answer in its sidecar, so featurize does not."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
+                            is_training=False)
+    steps = [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
+    if len(steps) != 2 or not isinstance(steps[0], T.Resize) or not isinstance(steps[1], T.CenterCrop):
+        return None
+    resize, crop = steps
+    names = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
+    side = resize.size[0] if isinstance(resize.size, list | tuple) and len(resize.size) == 1 else resize.size
+    if not isinstance(side, int) or resize.max_size is not None or resize.interpolation not in names:
+        return None
+    ch, cw = crop.size
+    if max(ch, cw) > side:
+        return None  # the crop would pad
+    return Geometry(side, names[resize.interpolation], (int(ch), int(cw)))
+
+
+def image_preparer(data_config: dict[str, Any], geometry: dict[str, Any] | None = None) -> Callable:
     """PIL RGB image -> (H, W, 3) uint8 after timm's eval resize and centre crop for ``data_config``.
 
+    ``geometry`` (``Geometry``'s fields, as the export's sidecar keeps them) saves deriving it through timm.
     An image at the input size is returned as it is where the steps would leave it so (CROP_PCT 1.0; 0.05
     against 0.25 ms through torchvision's no-op steps). Elsewhere the resize and the crop run as one PIL
     resize of the crop's region (``fused_crop``) wherever that gives the same bytes, which skips resampling
     the pixels the crop throws away (a 224 px image resized to 256 and cropped to 224: 0.8 instead of
-    1.1 ms); and otherwise torchvision's two steps run as they are."""
-    from timm.data import create_transform
-    from torchvision import transforms as T
-
-    full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
-                            is_training=False)
-    # Resize + CenterCrop only; the float conversion and normalisation are the graph's first op.
-    steps = [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
-    geometry = T.Compose(steps)
+    1.1 ms); and otherwise the two steps run as they are."""
+    geo = Geometry(geometry["side"], geometry["interpolation"], tuple(geometry["crop"])) if geometry else \
+        eval_geometry(data_config)
     size = tuple(data_config["input_size"][1:])
-    fused = fused_crop(steps)
+    if geo is None:  # another kind of eval transform: torchvision's own steps
+        from timm.data import create_transform
+        from torchvision import transforms as T
+
+        full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
+                                is_training=False)
+        geometry_steps = T.Compose([t for t in getattr(full, "transforms", [full])
+                                    if isinstance(t, T.Resize | T.CenterCrop)])
+        two_steps, fused = geometry_steps, None
+    else:
+        two_steps, fused = geo.apply, fused_crop(geo)
     # An image already at the input size passes through unchanged where the geometry leaves such an image
     # as it is (CROP_PCT 1.0: resize to its own size, crop to its own size): checked once on a noise image.
     noise = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    as_is = np.array_equal(np.asarray(geometry(Image.fromarray(noise)), dtype=np.uint8), noise)
+    as_is = np.array_equal(np.asarray(two_steps(Image.fromarray(noise)), dtype=np.uint8), noise)
 
     def prepare(img) -> np.ndarray:
         if as_is and img.size == (size[1], size[0]) and img.mode == "RGB":
-            return np.asarray(img, dtype=np.uint8)  # torchvision's steps would return the image itself
+            return np.asarray(img, dtype=np.uint8)  # the steps would return the image itself
         region = fused(img.size) if fused is not None else None
         if region is not None:
             out = np.asarray(img.resize((size[1], size[0]), region[0], box=region[1]), dtype=np.uint8)
         else:
-            out = np.asarray(geometry(img), dtype=np.uint8)
+            out = np.asarray(two_steps(img), dtype=np.uint8)
         if out.shape != (*size, 3):
             raise ValueError(f"prepared image is {out.shape}, expected {(*size, 3)}")
         return out
@@ -442,10 +523,10 @@ def image_preparer(data_config: dict[str, Any]) -> Callable:
     return prepare
 
 
-def fused_crop(steps: list) -> Callable[[tuple[int, int]], tuple[Any, tuple[float, ...]] | None] | None:
-    """For ``[Resize(s), CenterCrop((h, w))]`` (timm's eval geometry): a function of the image size giving
+def fused_crop(geo: Geometry) -> Callable[[tuple[int, int]], tuple[Any, tuple[float, ...]] | None]:
+    """For a ``Geometry`` (timm's eval resize + centre crop): a function of the image size giving
     ``(resample, box)`` such that ``img.resize((w, h), resample, box=box)`` equals the two steps byte for
-    byte, or None for a size where that is not certain; None when the steps are of another kind.
+    byte, or None for a size where that is not certain.
 
     PIL computes each output pixel's source centre as ``box0 + (i + 0.5) * scale`` with
     ``scale = (box1 - box0) / out``, and its filter weights from that centre and scale alone. Resizing
@@ -454,21 +535,8 @@ def fused_crop(steps: list) -> Callable[[tuple[int, int]], tuple[Any, tuple[floa
     in the same double arithmetic for every output pixel, so a size whose rounding differs falls back.
     PIL also picks which pass (horizontal or vertical) runs first, and the two orders round differently; so
     each new image size is checked once more on a noise image, both ways, and falls back unless equal."""
-
-    from torchvision import transforms as T
-    from torchvision.transforms import InterpolationMode
-
-    if len(steps) != 2 or not isinstance(steps[0], T.Resize) or not isinstance(steps[1], T.CenterCrop):
-        return None
-    resize, crop = steps
-    modes = {InterpolationMode.BICUBIC: Image.Resampling.BICUBIC, InterpolationMode.BILINEAR: Image.Resampling.BILINEAR}
-    side = resize.size[0] if isinstance(resize.size, list | tuple) and len(resize.size) == 1 else resize.size
-    if not isinstance(side, int) or resize.max_size is not None or resize.interpolation not in modes:
-        return None
-    ch, cw = crop.size
-    resample = modes[resize.interpolation]
-
-    two_steps = T.Compose(steps)
+    ch, cw = geo.crop
+    resample = _RESAMPLE[geo.interpolation]
 
     def axis(n: int, new: int, out: int) -> tuple[float, float] | None:
         """The box's (start, end) along one axis of n pixels resized to ``new`` and cropped to ``out``."""
@@ -486,15 +554,13 @@ def fused_crop(steps: list) -> Callable[[tuple[int, int]], tuple[Any, tuple[floa
     @functools.lru_cache(maxsize=64)
     def region(image_size: tuple[int, int]) -> tuple[Any, tuple[float, ...]] | None:
         w, h = image_size
-        short, long = min(w, h), max(w, h)
-        new_short, new_long = side, int(side * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        new_w, new_h = geo.resized(image_size)
         x, y = axis(w, new_w, cw), axis(h, new_h, ch)
         if x is None or y is None:
             return None
         box = (x[0], y[0], x[1], y[1])
         noise = Image.frombytes("RGB", (w, h), np.random.default_rng(w * 65537 + h).bytes(w * h * 3))
-        same = np.array_equal(np.asarray(noise.resize((cw, ch), resample, box=box)), np.asarray(two_steps(noise)))
+        same = np.array_equal(np.asarray(noise.resize((cw, ch), resample, box=box)), np.asarray(geo.apply(noise)))
         return (resample, box) if same else None
 
     return region
