@@ -33,7 +33,8 @@ REPO = BENCH.parent
 # Smaller sizes per script for --quick (a smoke run: seconds to a minute each, numbers not meaningful).
 QUICK_ARGS = {
     "ingest": ["--rows", "20000", "--users", "500", "--repeats", "1"],
-    "featurize": ["--n", "64", "--n-model", "32", "--n-e2e", "64", "--rounds", "1", "--no-int8"],
+    "featurize": ["--n", "64", "--n-model", "32", "--n-e2e", "64", "--n-command", "64", "--rounds", "1",
+                  "--no-int8"],
     "score": ["--posts", "2000", "--history", "5000", "--users", "200", "--epochs", "3", "--repeats", "1"],
     "train": ["--generated", "2000", "--epochs", "5", "--repeats", "1"],
     "quality": ["--no-aesthetics", "--splits", "random"],
