@@ -48,7 +48,8 @@ import numpy as np
 from PIL import Image
 
 from igcli import ort
-from igcli.errors import InputError, ModelError
+from igcli.errors import InputError, ModelError, OutputError
+from igcli.files import atomic_write
 from igcli.util import sha256_file
 from igcli.vision.backbones import (
     BackboneRequest,
@@ -302,7 +303,11 @@ def export_cached(
     if meta and meta.get("key") == key and path.is_file() and sha256_file(path) == meta.get("onnx_sha256"):
         if "geometry" not in meta:  # a sidecar written before geometries were kept: derived once, kept
             meta["geometry"] = _geometry_fields(meta["data_config"])
-            _write_json_atomically(meta_path, meta)
+            try:
+                with atomic_write(meta_path, "IGCLI_CACHE") as fh:
+                    fh.write(json.dumps(meta, indent=2).encode())
+            except OutputError:
+                pass  # a read-only cache: the geometry is derived again next time
         return path, meta, False
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -336,17 +341,6 @@ def _geometry_fields(data_config: dict[str, Any]) -> dict[str, Any] | None:
     geometry = eval_geometry(data_config)
     return None if geometry is None else {"side": geometry.side, "interpolation": geometry.interpolation,
                                           "crop": list(geometry.crop)}
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache: the geometry is derived again next time
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
@@ -456,17 +450,25 @@ class Geometry:
         return img.crop((left, top, left + cw, top + ch))
 
 
+def _eval_steps(data_config: dict[str, Any]) -> list:
+    """The resize and crop steps (torchvision transforms) of timm's eval transform for ``data_config``; the
+    float conversion and normalisation are left out: they are the graph's first op."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
+                            is_training=False)
+    return [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
+
+
 def eval_geometry(data_config: dict[str, Any]) -> Geometry | None:
     """The ``Geometry`` of timm's eval transform for ``data_config``, or None where that transform is not a
     plain shorter-side resize and centre crop (then ``image_preparer`` runs torchvision's steps). Imports timm
     and torchvision (seconds): the export keeps the answer in its sidecar, so featurize does not."""
-    from timm.data import create_transform
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
-    full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
-                            is_training=False)
-    steps = [t for t in getattr(full, "transforms", [full]) if isinstance(t, T.Resize | T.CenterCrop)]
+    steps = _eval_steps(data_config)
     if len(steps) != 2 or not isinstance(steps[0], T.Resize) or not isinstance(steps[1], T.CenterCrop):
         return None
     resize, crop = steps
@@ -493,14 +495,9 @@ def image_preparer(data_config: dict[str, Any], geometry: dict[str, Any] | None 
         eval_geometry(data_config)
     size = tuple(data_config["input_size"][1:])
     if geo is None:  # another kind of eval transform: torchvision's own steps
-        from timm.data import create_transform
         from torchvision import transforms as T
 
-        full = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()},
-                                is_training=False)
-        geometry_steps = T.Compose([t for t in getattr(full, "transforms", [full])
-                                    if isinstance(t, T.Resize | T.CenterCrop)])
-        two_steps, fused = geometry_steps, None
+        two_steps, fused = T.Compose(_eval_steps(data_config)), None
     else:
         two_steps, fused = geo.apply, fused_crop(geo)
     # An image already at the input size passes through unchanged where the geometry leaves such an image
