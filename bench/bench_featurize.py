@@ -478,6 +478,20 @@ def throughput(fn, x, args) -> float:
     return max(one_pass(fn, x, args.batch) for _ in range(args.repeats))
 
 
+def fresh_store(images: list[str], tmp: Path, name: str) -> Path:
+    """A new store in ``tmp`` whose posts (50 users, one day) point at ``images`` in their folder, ingested."""
+    from igcli.commands.ingest import ingest_posts
+
+    tmp.mkdir(parents=True)
+    csv = tmp / "posts.csv"
+    lines = ["post_id,username,posted_at,likes,image"]
+    lines += [f"p{i},u{i % 50},2017-04-01,{i},{Path(f).name}" for i, f in enumerate(images)]
+    csv.write_text("\n".join(lines) + "\n")
+    db = tmp / name
+    ingest_posts(csv, db=db, images_dir=Path(images[0]).parent)
+    return db
+
+
 def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | None = None, device: str = "cpu",
                runtime: str = "onnxruntime", cpu: dict | None = None) -> tuple[float, float]:
     """(images/s, seconds) of the whole featurize_images call for both roles and the quality features, on a
@@ -491,18 +505,10 @@ def end_to_end(pairs, images: list[str], args, tmp: Path, predecoded: dict | Non
 
     from igcli import store
     from igcli.commands.featurize import featurize_images
-    from igcli.commands.ingest import ingest_posts
     from igcli.features.images import ImageFeatureOptions
 
-    tmp.mkdir(parents=True)
-    csv = tmp / "posts.csv"
-    folder = Path(images[0]).parent
-    lines = ["post_id,username,posted_at,likes,image"]
-    lines += [f"p{i},u{i % 50},2017-04-01,{i},{Path(f).name}" for i, f in enumerate(images)]
-    csv.write_text("\n".join(lines) + "\n")
-    con = store.connect(tmp / "e2e.duckdb")
+    con = store.connect(fresh_store(images, tmp, "e2e.duckdb"))
     try:
-        ingest_posts(csv, con=con, images_dir=folder)
         req = pairs[0][0]
         opts = ImageFeatureOptions(objects=req.name, aesthetics=req.name, random_init=pairs[0][1].random_init,
                                    batch_size=args.batch, workers=args.workers, threads=args.threads, device=device,
@@ -543,19 +549,8 @@ def whole_command(pairs, images: list[str], args, tmp: Path) -> tuple[float, flo
     import subprocess
 
     from igcli import store
-    from igcli.commands.ingest import ingest_posts
 
-    tmp.mkdir(parents=True)
-    csv = tmp / "posts.csv"
-    lines = ["post_id,username,posted_at,likes,image"]
-    lines += [f"p{i},u{i % 50},2017-04-01,{i},{Path(f).name}" for i, f in enumerate(images)]
-    csv.write_text("\n".join(lines) + "\n")
-    db = tmp / "cmd.duckdb"
-    con = store.connect(db)
-    try:
-        ingest_posts(csv, con=con, images_dir=Path(images[0]).parent)
-    finally:
-        con.close()
+    db = fresh_store(images, tmp, "cmd.duckdb")
     name = pairs[0][0].name
     cmd = [sys.executable, "-m", "igcli", "featurize", "--db", str(db), "--objects", name, "--aesthetics", name,
            "--device", "cpu", "--batch-size", str(args.batch), "--workers", str(args.workers)]
