@@ -51,6 +51,7 @@ out = TerminalConsole(width=None if sys.stdout.isatty() else 140)
 err = TerminalConsole(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="DuckDB store file.", show_default=True)]
+ExportsOpt = Annotated[Path, typer.Option(help="Where models were exported.")]
 DEFAULT_DB = Path("igcli.duckdb")
 EngineOpt = Annotated[str, typer.Option(
     help="local (this process) or ray: the image backbones and the model run on a Ray cluster, the store stays "
@@ -452,7 +453,7 @@ def score(
     model: Annotated[str, typer.Option(
         help="'best' (the model `igcli train` chose for this store), 'latest', a model id under --exports, or a "
              "model directory.")] = "best",
-    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    exports: ExportsOpt = Path("exports"),
     images: Annotated[Path | None, typer.Option(help="Folder image paths are relative to.")] = None,
     out_file: Annotated[Path | None, typer.Option(
         "--out", help="Also write the predictions to this .csv or .parquet.")] = None,
@@ -580,7 +581,7 @@ def features(
     model: Annotated[str, typer.Option(
         help="Serving frame: the model whose feature parameters and image sources apply ('best' as score takes "
              "it, 'latest', an id or a directory).")] = "best",
-    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    exports: ExportsOpt = Path("exports"),
     images: Annotated[Path | None, typer.Option(help="--posts: folder image paths are relative to.")] = None,
     columns: Annotated[str | None, typer.Option(
         help="Comma-separated columns to write, in this order \\[default: all].", show_default=False)] = None,
@@ -697,7 +698,7 @@ def report(
     model: Annotated[str, typer.Option(
         help="'latest', a model id under --exports (or recorded in the runs table), or a model directory.")
     ] = "latest",
-    exports: Annotated[Path, typer.Option(help="Where models were exported.")] = Path("exports"),
+    exports: ExportsOpt = Path("exports"),
     out_file: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
 ) -> None:
     """One self-contained HTML page of the store, the model and its last scores (no network, no other file).
