@@ -289,7 +289,13 @@ def featurize(
     if r.leaky_user_stats:
         t.add_row(out.styled("user stats", "red"), out.styled("LEAKY (all posts of the user): benchmark only", "red"))
     if r.images is not None:
-        t.add_row("image quality computed / failed", f"{r.images.quality_computed:,} / {r.images.quality_failed:,}")
+        im = r.images
+        # how many quality rows came from a backbone's decode of the image (and how many of those decoded the
+        # file again at their own JPEG scale): the one-decode-per-image path, visible
+        shared = f", {im.quality_shared:,} from a backbone's decode" if im.quality_shared else ""
+        if im.quality_second_decodes:
+            shared += f" ({im.quality_second_decodes:,} decoded again at their own scale)"
+        t.add_row("image quality computed / failed", f"{im.quality_computed:,} / {im.quality_failed:,}{shared}")
         for b in r.images.backbones:
             if b.skipped_reason:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def test_featurize_reports_what_it_did(pipeline):
     r = pipeline["featurize_out"]
     assert "ranking file" in r.stdout and "aesthetics: test_vit (random init)" in r.stdout
     assert "objects" not in r.stdout.replace("objects-", "")   # --objects none: no classifier ran
+    # the quality features of every image came from the backbone's own decode of it (one decode per image)
+    line = next(x for x in r.stdout.splitlines() if "image quality computed" in x)
+    computed = int(re.search(r"([\d,]+) / [\d,]+", line).group(1).replace(",", ""))
+    assert computed > 0 and f"{computed:,} from a backbone's decode" in line, line
 
 
 def test_packaged_backbone_without_its_package_names_the_pip_package(pipeline, tmp_path: Path):
