@@ -277,3 +277,41 @@ def test_refusals_name_the_fix(trained_store, tmp_path: Path):
     with pytest.raises(InputError, match="--entities asks for user features, --posts / --ids for a serving frame"):
         CliRunner().invoke(app, ["features", "--db", db, "--entities", "e.csv", "--ids", "i.txt", "--out", "x.csv"],
                            catch_exceptions=False)
+
+
+def test_frame_read_through_arrow_gives_fetchnumpys_values():
+    """``load_frame`` reads its query as Arrow; each column must hold exactly what ``fetchnumpy`` (+ float_column
+    for the numbers) gave: NULLs as NaN / NaT, booleans and integers as float64, strings as Python str, across
+    several Arrow chunks and a sliced array."""
+    from igcli.features.frames import _numpy_column
+    from igcli.store import float_column
+
+    con = duckdb.connect()
+    query = """SELECT i::INTEGER AS i32, (i * 3000000000)::BIGINT AS i64, i / 7 AS dbl, i % 3 = 0 AS flag,
+                      CASE WHEN i % 5 = 0 THEN NULL ELSE i END::INTEGER AS nullable,
+                      CASE WHEN i % 4 = 0 THEN NULL ELSE i % 2 = 0 END AS nullable_flag,
+                      TIMESTAMP '2020-01-01' + to_seconds(i) AS ts,
+                      CASE WHEN i % 6 = 0 THEN NULL ELSE TIMESTAMP '2021-05-01' + to_seconds(i) END AS nullable_ts,
+                      'p' || i AS s, CASE WHEN i % 7 = 0 THEN 'naïve ✓ ' || i END AS nullable_s
+               FROM range(2500) t(i) ORDER BY i"""
+    want = con.sql(query).fetchnumpy()
+    table = con.sql(query).to_arrow_table()
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=700))     # four chunks
+    assert chunked.column("i32").num_chunks > 1
+    for got_from in (table, chunked, chunked.slice(3, 1000)):
+        for name in table.column_names:
+            got = _numpy_column(got_from.column(name))
+            expected = want[name]
+            if got_from.num_rows != table.num_rows:
+                expected = expected[3:1003]
+            data = np.ma.getdata(expected)
+            if data.dtype == object:
+                assert got.dtype == object and got.tolist() == [None if np.ma.is_masked(v) else v
+                                                               for v in expected.tolist()], name
+            elif np.issubdtype(data.dtype, np.datetime64):
+                mask = np.ma.getmaskarray(expected)
+                assert got.dtype == data.dtype and np.array_equal(np.isnat(got), mask), name
+                assert (got[~mask] == data[~mask]).all(), name
+            else:
+                assert got.dtype == np.float64, name
+                assert got.tobytes() == float_column(expected).tobytes(), name

@@ -194,6 +194,40 @@ def _fixed_lists_to_numpy(arr: pa.FixedSizeListArray) -> np.ndarray:
     return out
 
 
+_NUMBERS = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64,
+            pa.uint8(): np.uint8, pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64,
+            pa.float32(): np.float32, pa.float64(): np.float64}
+
+
+def _numpy_column(col: pa.ChunkedArray) -> np.ndarray:
+    """A column of a DuckDB result read as Arrow, as ``load_frame`` keeps it: strings as an object array,
+    timestamps as datetime64, every other column float64 with NULL as NaN (``float_column``'s values). DuckDB
+    hands a result over as Arrow on every thread, where ``fetchnumpy`` converts it on one and masks each column
+    with NULLs; the numbers are then read from the Arrow buffers (pyarrow's ``to_numpy`` imports pandas)."""
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    t, end = arr.type, arr.offset + len(arr)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        out = np.empty(len(arr), dtype=object)
+        out[:] = arr.to_pylist()
+        return out
+    if pa.types.is_timestamp(t) and t.tz is None:
+        out = np.frombuffer(arr.buffers()[1], np.int64, count=end)[arr.offset:].view(f"datetime64[{t.unit}]")
+        if arr.null_count:
+            out = out.copy()
+            out[~_valid(arr)] = np.datetime64("NaT")
+        return out
+    if pa.types.is_boolean(t):
+        bits = np.frombuffer(arr.buffers()[1], np.uint8)
+        out = np.unpackbits(bits, count=end, bitorder="little")[arr.offset:].astype(np.float64)
+    elif t in _NUMBERS:
+        out = np.frombuffer(arr.buffers()[1], _NUMBERS[t], count=end)[arr.offset:].astype(np.float64)
+    else:                                        # not a type of the frame's query: the slow general way
+        return np.array([np.nan if v is None else float(v) for v in arr.to_pylist()], dtype=np.float64)
+    if arr.null_count:
+        out[~_valid(arr)] = np.nan
+    return out
+
+
 def _valid(arr: pa.Array) -> np.ndarray:
     """The validity bitmap of an array with nulls, as booleans."""
     bits = np.frombuffer(arr.buffers()[0], np.uint8)
@@ -290,14 +324,15 @@ def load_frame(
             LEFT JOIN images i ON i.path = p.image_path AND i.status = 'ok'
             LEFT JOIN image_quality q ON q.sha256 = i.sha256
             ORDER BY f.posted_at, f.post_id"""  # column names are constants of this module
-    ).fetchnumpy()  # numpy, not pyarrow's to_numpy: see igcli.store.temp_table
+    ).to_arrow_table()
+    tbl = {name: _numpy_column(tbl.column(name)) for name in tbl.column_names}
     n = len(tbl["post_id"])
     if post_ids is not None and n < len(set(post_ids)):
         raise FeatureMismatch(
             f"{len(set(post_ids)) - n} of the posts have no features: run `igcli featurize` first")
 
     def num(name: str) -> np.ndarray:
-        return float_column(tbl[name])
+        return tbl[name]                          # float64 already (_numpy_column)
 
     cols = {c: num(c) for c in [c for c, _ in NUMERIC] + extra}
     cols.update({q: num(q) for q, _ in QUALITY})
@@ -315,9 +350,9 @@ def load_frame(
         params = dict(zip(keys, found[0], strict=True))
     likes = num("likes")
     frame = Frame(
-        np.asarray(tbl["post_id"], dtype=object),
-        np.asarray(tbl["username"], dtype=object),
-        np.asarray(tbl["posted_at"]),
+        tbl["post_id"],
+        tbl["username"],
+        tbl["posted_at"],
         np.where(likes > 0, np.log(np.where(likes > 0, likes, 1)), np.nan),
         np.where(np.isnan(likes), -1, likes),
         cols, params,
