@@ -37,7 +37,8 @@ QUICK_ARGS = {
                   "--no-int8"],
     "score": ["--posts", "2000", "--history", "5000", "--users", "200", "--epochs", "3", "--repeats", "1"],
     "train": ["--generated", "2000", "--epochs", "5", "--repeats", "1"],
-    "quality": ["--no-aesthetics", "--splits", "random"],
+    # one seed, two combinations: the featurize of the dev images alone takes about two of the ten minutes
+    "quality": ["--no-aesthetics", "--splits", "random", "--seeds", "1", "--combos", "metadata,metadata+objects"],
     "store": ["--sizes", "20000,50000", "--score", "2000", "--repeats", "1"],
     "frames": ["--posts", "20000", "--repeats", "1"],
     "int8": ["--calibrate", "16", "--test", "64", "--rounds", "1"],
