@@ -115,7 +115,7 @@ def extreme(rows: list[list], column: str, worst=min) -> list:
 
 def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarray, tmp: Path,
                batch: int = 8) -> list[list]:
-    """One row per Conv that ``configured`` (a QDQ graph of ``pre_path``) quantizes, in graph order (columns:
+    """One row per Conv whose output ``configured`` (a QDQ graph of ``pre_path``) quantizes, in graph order (columns:
     LAYER_HEADER). Activations come from onnxruntime's qdq_loss_debug: every Conv and Clip tensor of the fp32
     graph and every QDQ and Clip tensor of the two int8 graphs, on ``images`` (uint8 NHWC).
 
