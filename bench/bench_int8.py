@@ -211,7 +211,7 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
             ("dw" if depthwise else "pw") + (" ReLU6" if relu6 else " linear"),
             round(configured_sqnr[out], 1),
             round(own[n.output[0]], 1),
-            f"{lo:.1f} .. {hi:.1f}",
+            f"{lo:.1f}..{hi:.1f}",
             round(levels_in(*RELU6, scale, zp), 1) if relu6 else "",
             round(spread(ranges), 1),
             round(med / scale, 1),
@@ -223,7 +223,7 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
 
 
 def explain(layers: list[list], configured: list, folded: tuple[float, float, float, float], n_test: int,
-            n_images: int, seconds: float) -> list[str]:
+            n_images: int, seconds: float, int8_convs: int) -> list[str]:
     """The per-layer table's notes, every number read from its rows (``configured``: the configuration table's
     row of the same graph; ``folded``: ``agreement`` of the ReLU6-folded graph on the same images)."""
     def kinds(column: str) -> str:
@@ -249,11 +249,12 @@ def explain(layers: list[list], configured: list, folded: tuple[float, float, fl
     top1, top5, cmean, cmin = folded
     meets = top1 >= 97.0 and cmean >= 0.995
     return [
-        f"one row per Conv the configuration quantizes ({len(layers)}, in graph order; the first conv and the head "
-        f"stay in float; dw = depthwise, pw = pointwise; folded: the same quantization with ReLU6 "
-        f"folded, below), on {n_images} of the {n_test} compared images ({seconds:.0f} s with the folded graph's "
-        "quantization). SQNR = 20 log10(|fp32| / |fp32 - int8|) of the layer's output (after its ReLU6 where it has "
-        "one) as the next node receives it, from onnxruntime.quantization.qdq_loss_debug (collect_activations, "
+        f"one row per Conv whose output the configuration quantizes ({len(layers)} of its {int8_convs} convs with "
+        f"int8 weights, in graph order; the first conv and the head stay in float; dw = depthwise, pw = pointwise; "
+        f"folded: the same quantization with ReLU6 folded, below), on {n_images} of the {n_test} compared images "
+        f"({seconds:.0f} s with the folded graph's quantization). SQNR = 20 log10(|fp32| / |fp32 - int8|) of "
+        "the layer's output (after its ReLU6 where it has one) as the next node receives it, from "
+        "onnxruntime.quantization.qdq_loss_debug (collect_activations, "
         "create_activation_matching, compute_activation_error); own QDQ = the noise of the conv output's "
         "QuantizeLinear/DequantizeLinear pair alone, seen through ReLU6 where the conv has one; channel range = "
         "max - min of a channel of the fp32 output; levels = a range / the per-tensor uint8 scale of the "
@@ -403,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
         folded = agreement(l32, e32, *outputs(fold))
         del fold
         layers = layer_rows(tmp / "pre.onnx", tmp / "q1.onnx", tmp / "q1-relu6.onnx", test[:a.layer_images], tmp)
+        q1 = onnx.load(str(tmp / "q1.onnx"))
+        weights = {i.name for i in q1.graph.initializer}
+        int8_convs = sum(n.op_type == "Conv" and n.input[1] not in weights for n in q1.graph.node)
         t_layers = time.perf_counter() - t_layers
     header = ["graph", "top-1 agree %", "top-5 set agree %", "cosine mean", "cosine min", "img/s", "x fp32"]
     title = f"static int8 vs fp32 Lite0 ({a.calibrate} calibration images, {a.test} others)"
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     layer_title = (f"where the agreement goes: {configs[1][0]}, layer by layer ({min(a.layer_images, a.test)} of the "
                    "compared images)")
     print_table(layer_title, LAYER_HEADER, layers)
-    layer_notes = explain(layers, rows[2], folded, a.test, min(a.layer_images, a.test), t_layers)
+    layer_notes = explain(layers, rows[2], folded, a.test, min(a.layer_images, a.test), t_layers, int8_convs)
     for n in layer_notes:
         print(f"- {n}")
     write_json(a.json, "int8", header, rows, notes,
