@@ -13,7 +13,7 @@ convolution kept in float too; and only the depthwise convolutions in int8. igcl
 default: top-1 >= 97% and cosine >= 0.995 (issue 36).
 
 A second table shows why, layer by layer, for the second configuration's graph (``--layer-images`` of the
-compared images, about 6 GB of activations at 24): each quantized conv's SQNR against fp32 and of its own
+compared images; about 6 GB peak at 24): each quantized conv's SQNR against fp32 and of its own
 QuantizeLinear/DequantizeLinear pair (onnxruntime's ``qdq_loss_debug``), the uint8 range its output was given and
 how many levels of it fall in ReLU6's 0..6, and on the fp32 activations the spread of the channel ranges that
 share one per-tensor scale. Beside it, the same quantization with each ReLU6 folded into its conv (``Clip`` in
@@ -152,12 +152,14 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     out_channels = {i.name: i.dims[0] for i in pre.graph.initializer if i.dims}
+    scalars = {i.name: float(onnx.numpy_helper.to_array(i)) for i in pre.graph.initializer if not i.dims}
     layers = []
     for n in pre.graph.node:
         if n.op_type != "Conv" or (params := qdq_params(qc, n.output[0])) is None:
-            continue                                         # kept in float
+            continue                                         # output not quantized (kept in float)
         after = consumers.get(n.output[0], [])
-        relu6 = len(after) == 1 and after[0].op_type == "Clip"
+        relu6 = (len(after) == 1 and after[0].op_type == "Clip"
+                 and tuple(scalars.get(x) for x in after[0].input[1:3]) == RELU6)
         out = after[0].output[0] if relu6 else n.output[0]
         # folded: the quantizer removed the Clip and gave the conv its output's name and range
         layers.append((n, out, relu6, params, qdq_params(qf, out)))
