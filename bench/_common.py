@@ -106,6 +106,12 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
     Console(width=160).print(t)
 
 
-def write_json(path: str | None, name: str, header: list[str], rows: list[list], notes: list[str]) -> None:
+def write_json(path: str | None, name: str, header: list[str], rows: list[list], notes: list[str],
+               tables: list[dict] | None = None) -> None:
+    """The script's table for bench/run_all.py; ``tables``: more tables after it, each a dict of title, header,
+    rows and notes (BENCHMARKS.md shows them below the first table's notes)."""
     if path:
-        Path(path).write_text(json.dumps({"name": name, "header": header, "rows": rows, "notes": notes}, indent=1))
+        data = {"name": name, "header": header, "rows": rows, "notes": notes}
+        if tables:
+            data["tables"] = tables
+        Path(path).write_text(json.dumps(data, indent=1))

@@ -255,6 +255,9 @@ def section(o: Outcome) -> list[str]:
             lines += [f"Script wall time {o.seconds:.0f} s.", ""]
         lines += markdown_table(o.data["header"], o.data["rows"]) + [""]
         lines += [f"- {n}" for n in o.data.get("notes", [])]
+        for t in o.data.get("tables", []):                      # more tables of the same script, each titled
+            lines += ["", f"**{t['title']}**", ""] + markdown_table(t["header"], t["rows"]) + [""]
+            lines += [f"- {n}" for n in t.get("notes", [])]
     else:
         lines += [f"This script has no `--json` option: its output, verbatim (script wall time {o.seconds:.0f} s).",
                   "", "```", o.stdout.rstrip() or "(no output)", "```"]

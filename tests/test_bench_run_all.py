@@ -40,3 +40,23 @@ def test_reproduce_line_hides_the_shared_store_but_not_the_variant(tmp_path, mon
     assert o.stdout.split() == ["--ablation", "--store", "/tmp/shared.duckdb"]  # both reach the script
     assert o.command[-1] == "--ablation" and "--store" not in o.command          # only the first is shown
     assert "Echo." in "\n".join(ra.section(o))
+
+
+def test_a_second_table_of_a_script_follows_the_first_ones_notes(tmp_path):
+    import json
+
+    ra = _run_all()
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from _common import write_json
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    path = tmp_path / "out.json"
+    write_json(str(path), "x", ["graph", "n"], [["a", 1]], ["first note"],
+               tables=[{"title": "per layer", "header": ["layer", "dB"], "rows": [["conv", 12.5]], "notes": ["why"]}])
+    o = ra.Outcome("x", ["python", "bench/bench_x.py"], "X.", ok=True, data=json.loads(path.read_text()))
+    text = "\n".join(ra.section(o))
+    order = [text.index(s) for s in ("- first note", "**per layer**", "| conv | 12.5 |", "- why")]
+    assert order == sorted(order)
+    write_json(str(path), "x", ["graph", "n"], [["a", 1]], [])
+    assert "tables" not in json.loads(path.read_text())                # one table: the file is as it was
