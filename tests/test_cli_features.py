@@ -315,3 +315,6 @@ def test_frame_read_through_arrow_gives_fetchnumpys_values():
             else:
                 assert got.dtype == np.float64, name
                 assert got.tobytes() == float_column(expected).tobytes(), name
+    # a float64 column without NULLs is the Arrow buffer itself (no copy), read-only
+    dbl = _numpy_column(table.column("dbl"))
+    assert not dbl.flags.writeable and not dbl.flags.owndata

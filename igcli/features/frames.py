@@ -203,7 +203,9 @@ def _numpy_column(col: pa.ChunkedArray) -> np.ndarray:
     """A column of a DuckDB result read as Arrow, as ``load_frame`` keeps it: strings as an object array,
     timestamps as datetime64, every other column float64 with NULL as NaN (``float_column``'s values). DuckDB
     hands a result over as Arrow on every thread, where ``fetchnumpy`` converts it on one and masks each column
-    with NULLs; the numbers are then read from the Arrow buffers (pyarrow's ``to_numpy`` imports pandas)."""
+    with NULLs; the numbers are then read from the Arrow buffers (pyarrow's ``to_numpy`` imports pandas), and a
+    float64 column without NULLs is not copied: it comes back read-only (the frame's columns are never written in
+    place; ``take`` and ``concat`` make new arrays)."""
     arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     t, end = arr.type, arr.offset + len(arr)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
@@ -220,7 +222,10 @@ def _numpy_column(col: pa.ChunkedArray) -> np.ndarray:
         bits = np.frombuffer(arr.buffers()[1], np.uint8)
         out = np.unpackbits(bits, count=end, bitorder="little")[arr.offset:].astype(np.float64)
     elif t in _NUMBERS:
-        out = np.frombuffer(arr.buffers()[1], _NUMBERS[t], count=end)[arr.offset:].astype(np.float64)
+        raw = np.frombuffer(arr.buffers()[1], _NUMBERS[t], count=end)[arr.offset:]
+        if not arr.null_count:           # a DOUBLE column without NULLs: a read-only view of the Arrow buffer
+            return raw.astype(np.float64, copy=False)
+        out = raw.astype(np.float64)
     else:                                        # not a type of the frame's query: the slow general way
         return np.array([np.nan if v is None else float(v) for v in arr.to_pylist()], dtype=np.float64)
     if arr.null_count:
