@@ -177,6 +177,24 @@ def test_second_featurize_is_a_no_op(tmp_path: Path, db: Path):
     assert (first.inserted, second.inserted, second.updated, second.unchanged) == (6, 0, 0, 6)
 
 
+def test_a_run_with_other_parameters_says_it_recomputed_every_post(tmp_path: Path, db: Path):
+    (tmp_path / "rank.txt").write_text("love\nsun\n")
+    load(tmp_path, db, ['t1,ann,2020-01-01,"x",#love,,1,1,1,1,', "t2,ann,2020-01-02,,#sun,,5,1,1,1,"])
+    first = featurize(db, meta_only(hashtag_ranking=tmp_path / "rank.txt"))
+    assert first.messages == []                                        # a new store: nothing to compare with
+    same = featurize(db, meta_only(hashtag_ranking=tmp_path / "rank.txt"))
+    assert same.messages == [] and same.updated == 0
+    plain = featurize(db, meta_only(half_life_days=10))                 # no ranking, another half-life
+    assert plain.updated == 2 and len(plain.messages) == 1
+    note = plain.messages[0]
+    assert note.startswith("every post's features were recomputed: ")
+    assert "hashtag weights from tag frequency in the store, were the ranking file " in note
+    assert "give --hashtag-ranking FILE to keep the ranking" in note and "--half-life 10 days, was 30" in note
+    back = featurize(db, meta_only(hashtag_ranking=tmp_path / "rank.txt", half_life_days=10))
+    assert back.messages == ["every post's features were recomputed: hashtag weights from the ranking file "
+                             f"{first.hashtag_source.split(':')[1][:12]}, were tag frequency in the store"]
+
+
 def test_matches_brute_force_on_random_histories(tmp_path: Path, db: Path):
     rng = random.Random(3)
     rows, posts = [], []

@@ -41,6 +41,7 @@ def featurize(
     with store.opened(db, con) as con:
         if not con.execute("SELECT count(*) FROM posts LIMIT 1").fetchall()[0][0]:
             raise InputError("the store has no posts: run `igcli ingest POSTS` first")
+        before = con.execute("SELECT half_life_days, hashtag_source, leaky FROM feature_state").fetchall()
         p, inserted, updated = update_metadata(con, opts, started)
         posts, no_history = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE no_history), 0) "
                                         "FROM feature_counts").fetchall()[0]
@@ -48,6 +49,8 @@ def featurize(
         unchanged = posts - inserted - updated
         result = FeaturizeResult(uuid.uuid4().hex[:12], posts, inserted, updated, unchanged, p.hashtag_source,
                                  p.leaky, choices, no_history)
+        if before:
+            result.messages.extend(_changed_parameters(before[0], p))
         if not opts.skip_images:
             img = compute_image_features(con, images, engine, progress=progress)
             result.images = img
@@ -62,6 +65,28 @@ def featurize(
         )
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _hashtag_words(source: str) -> str:
+    return f"the ranking file {source.split(':', 1)[1][:12]}" if source.startswith("ranking:") else \
+        "tag frequency in the store"
+
+
+def _changed_parameters(before: tuple, p) -> list[str]:
+    """A note when this run's feature parameters differ from those the store's features were made with (every
+    post's features are then recomputed): a plain ``igcli featurize`` after one with ``--hashtag-ranking`` switches
+    the hashtag weights, which nobody should learn from the numbers alone."""
+    half_life, source, leaky = before
+    changes = []
+    if source != p.hashtag_source:
+        keep = " (give --hashtag-ranking FILE to keep the ranking)" if source.startswith("ranking:") else ""
+        changes.append(f"hashtag weights from {_hashtag_words(p.hashtag_source)}, were {_hashtag_words(source)}"
+                       f"{keep}")
+    if float(half_life) != p.half_life_days:
+        changes.append(f"--half-life {p.half_life_days:g} days, was {float(half_life):g}")
+    if bool(leaky) != p.leaky:
+        changes.append(f"--user-stats-as-of {'end' if p.leaky else 'post'}, was {'end' if leaky else 'post'}")
+    return [f"every post's features were recomputed: {'; '.join(changes)}"] if changes else []
 
 
 def featurize_images(con: duckdb.DuckDBPyConnection, options: ImageFeatureOptions,
