@@ -9,6 +9,7 @@ it is never copied into the repository, so a test reading it skips where it is a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,21 @@ def need_module(name: str, fix: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as err:
         missing(f"{name} cannot be imported ({err}): {fix}")
+
+
+def load_bench(name: str) -> ModuleType:
+    """The script ``bench/<name>.py`` as the module ``name``: in ``sys.modules`` (its dataclasses look their module
+    up), with ``bench/`` on ``sys.path`` while it runs, for its ``from _common import ...``."""
+    bench = REPO / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(bench))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,26 +3,15 @@ tiny Conv/ReLU6 graph quantized as the bench quantizes Lite0 (no dev data)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
 def _bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_int8", BENCH / "bench_int8.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_int8"] = mod
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench("bench_int8")
 
 
 def test_layer_names_are_timm_module_paths():

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
 def _bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "bench_quality.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_quality"] = mod               # its dataclasses look their module up
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench("bench_quality")
 
 
 def test_empty_subsets_make_no_row():

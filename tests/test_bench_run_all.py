@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, load_bench
 
 
 def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", REPO / "bench" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("run_all")
 
 
 def test_every_bench_script_and_the_quality_ablation_run():
@@ -46,11 +38,7 @@ def test_a_second_table_of_a_script_follows_the_first_ones_notes(tmp_path):
     import json
 
     ra = _run_all()
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        from _common import write_json
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    write_json = load_bench("_common").write_json
     path = tmp_path / "out.json"
     write_json(str(path), "x", ["graph", "n"], [["a", 1]], ["first note"],
                tables=[{"title": "per layer", "header": ["layer", "dB"], "rows": [["conv", 12.5]], "notes": ["why"]}])
