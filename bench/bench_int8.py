@@ -113,6 +113,21 @@ def extreme(rows: list[list], column: str, worst=min) -> list:
     return worst((r for r in rows if r[i] != ""), key=lambda r: r[i])
 
 
+def feeds(batches: list[np.ndarray]):
+    """An onnxruntime ``CalibrationDataReader`` giving each uint8 NHWC batch once as the graph's ``image`` input:
+    what ``quantize_static`` calibrates on and ``collect_activations`` runs."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"image": b} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Feeds()
+
+
 def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarray, tmp: Path,
                batch: int = 8) -> list[list]:
     """One row per Conv whose output ``configured`` (a QDQ graph of ``pre_path``) quantizes, in graph order (columns:
@@ -126,7 +141,6 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
     per-tensor uint8 scale of the quantized conv output.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -138,13 +152,6 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
 
     chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
     sizes = [len(c) for c in chunks]
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self, chunk: np.ndarray):
-            self.it = iter([{"image": chunk}])
-
-        def get_next(self):
-            return next(self.it, None)
 
     pre, qc, qf = (onnx.load(str(p)) for p in (pre_path, configured, folded))
     consumers: dict[str, list] = {}
@@ -171,7 +178,7 @@ def layer_rows(pre_path: Path, configured: Path, folded: Path, images: np.ndarra
         kept: dict[str, list[np.ndarray]] = {}
         # one batch at a time, keeping only what the rows read: every tensor of a few dozen images is gigabytes
         for chunk in chunks:
-            for k, v in collect_activations(str(saved), Feeds(chunk)).items():
+            for k, v in collect_activations(str(saved), feeds([chunk])).items():
                 if k.removesuffix(DEQUANT_OUTPUT_SUFFIX) in wanted:
                     kept.setdefault(k, []).extend(v)
         return kept
@@ -310,7 +317,6 @@ def main(argv: list[str] | None = None) -> None:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -373,13 +379,8 @@ def main(argv: list[str] | None = None) -> None:
         sessions = [fp32]
 
         def quantize(out: Path, method, exclude: list[str], ops: list[str]) -> None:
-            batches = iter([{"image": cal[j:j + 16]} for j in range(0, len(cal), 16)])
-
-            class Reader(CalibrationDataReader):
-                def get_next(self, it=batches):
-                    return next(it, None)
-
-            quantize_static(str(tmp / "pre.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
+            calibration = feeds([cal[j:j + 16] for j in range(0, len(cal), 16)])
+            quantize_static(str(tmp / "pre.onnx"), str(out), calibration, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, op_types_to_quantize=ops, nodes_to_exclude=exclude,
                             extra_options={"CalibPercentile": 99.999})
