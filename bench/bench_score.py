@@ -156,6 +156,8 @@ def main() -> None:
     a = ap.parse_args()
     import duckdb
 
+    from igcli import ort
+
     log: list[str] = []
     with tempfile.TemporaryDirectory(prefix="igcli-bench-score-") as tmp:
         tmp = Path(tmp)
@@ -221,7 +223,8 @@ def main() -> None:
         "user_tag_state, tag_state) and the batch's own order, rereading no history",
         f"model only: the same {m['rows']:,} x {m['n_meta']} input batch (Preprocessor.transform), "
         f"of a metadata model retrained in-process with train_on_frame (1 epoch) and exported with onnx_export; "
-        f"onnxruntime {m['ort_threads']} threads vs torch {m['torch_threads']} threads, batches of 65,536, "
+        f"onnxruntime {m['ort_threads']} threads in runs of {ort.ORT_BATCH:,} rows (ORT_BATCH) vs torch "
+        f"{m['torch_threads']} threads in batches of 65,536, "
         f"median of {a.repeats} after a warm-up; max |onnx - torch| = {m['diff']:.1e} (ln-likes)",
         "setup (untimed): " + "; ".join(log),
     ]

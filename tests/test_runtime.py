@@ -50,6 +50,34 @@ def test_both_roles_of_lite0_share_one_runner(lite0_pairs):
     assert runner.rows("objects", ["a", "b", "c"], graph).num_rows == 15
 
 
+def test_cpu_runs_of_a_few_images_give_the_whole_batch_run_bits(lite0_pairs):
+    """On the CPU a batch runs CPU_RUN images at a time (less CPU time: the activations stay in the caches):
+    the outputs are the bits of one run over the whole batch, on one thread and on two."""
+    from igcli import ort
+    from igcli.vision.runtime import CPU_RUN, session_infer
+
+    (group,) = group_requests(lite0_pairs)
+    runner = open_runner(group, "cpu", session=False)
+    x = generated_images(2 * CPU_RUN + 1)  # two full runs and a short one
+    for threads in (1, 2):
+        session = ort.session(runner.onnx_path, "cpu", threads)
+        calls: list[int] = []
+
+        class Counting:  # the session, with the size of each run it is given recorded
+            def get_providers(self):
+                return session.get_providers()
+
+            def run(self, outputs, feeds):
+                calls.append(len(feeds["image"]))
+                return session.run(outputs, feeds)
+
+        got = session_infer(Counting(), runner.outputs)(x)
+        whole = session.run(runner.outputs, {"image": x})
+        assert calls == [CPU_RUN, CPU_RUN, 1]
+        for name, want in zip(runner.outputs, whole, strict=True):
+            assert got[name].shape == want.shape and np.array_equal(got[name], want), (threads, name)
+
+
 def test_real_lite0_same_top5_in_torch_and_onnxruntime(lite0_pairs):
     (group,) = group_requests(lite0_pairs)
     x = generated_images(8)
