@@ -228,7 +228,8 @@ def featurize(
         "--no-backbones", help="Only metadata and weight-free image quality features.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (auto: CUDA when torch sees a GPU).")] = "auto",
     batch_size: Annotated[int | None, typer.Option(
-        help="Images per backbone batch \\[default: 32 on the CPU, 128 on a GPU].", show_default=False)] = None,
+        help="Images per backbone batch (decoded ahead, written together; on the CPU the model runs 2 at a time) "
+             "\\[default: 32 on the CPU, 128 on a GPU].", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
         help="Threads decoding and resizing images, overlapped with inference \\[default: 2 on the CPU, every "
              "core but one on a GPU].", show_default=False)] = None,

@@ -20,7 +20,7 @@ from igcli.errors import FeatureMismatch, InputError, ModelError
 
 # Rows per session.run of a scoring batch: a run's activations stay in the caches. The bench store's metadata
 # model on 100,000 rows took 0.116 s (1 thread) / 0.075 s (2 threads) in runs of 4,096 against 0.15-0.19 /
-# 0.10-0.14 s in runs of 65,536, the same outputs.
+# 0.10-0.14 s in runs of 65,536, the same outputs there.
 ORT_BATCH = 4096
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
