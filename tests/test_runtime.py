@@ -56,24 +56,26 @@ def test_cpu_runs_of_a_few_images_give_the_whole_batch_run_bits(lite0_pairs):
     from igcli import ort
     from igcli.vision.runtime import CPU_RUN, session_infer
 
+    class Counting:  # a session, with the size of each run it is given recorded
+        def __init__(self, session):
+            self.session, self.calls = session, []
+
+        def get_providers(self):
+            return self.session.get_providers()
+
+        def run(self, outputs, feeds):
+            self.calls.append(len(feeds["image"]))
+            return self.session.run(outputs, feeds)
+
     (group,) = group_requests(lite0_pairs)
     runner = open_runner(group, "cpu", session=False)
     x = generated_images(2 * CPU_RUN + 1)  # two full runs and a short one
     for threads in (1, 2):
         session = ort.session(runner.onnx_path, "cpu", threads)
-        calls: list[int] = []
-
-        class Counting:  # the session, with the size of each run it is given recorded
-            def get_providers(self):
-                return session.get_providers()
-
-            def run(self, outputs, feeds):
-                calls.append(len(feeds["image"]))
-                return session.run(outputs, feeds)
-
-        got = session_infer(Counting(), runner.outputs)(x)
+        counting = Counting(session)
+        got = session_infer(counting, runner.outputs)(x)
         whole = session.run(runner.outputs, {"image": x})
-        assert calls == [CPU_RUN, CPU_RUN, 1]
+        assert counting.calls == [CPU_RUN, CPU_RUN, 1]
         for name, want in zip(runner.outputs, whole, strict=True):
             assert got[name].shape == want.shape and np.array_equal(got[name], want), (threads, name)
 
