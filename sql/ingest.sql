@@ -293,6 +293,8 @@ FROM (
 -- in the file's size); the bounds are on `staged_w.rowid` too, which lets the scan skip other row groups.
 -- It reads `staged_w` with the `staged` / `good` conditions spelled out because a bound on the view's rn is
 -- applied row by row: EXPLAIN ANALYZE of a 600k-row file scanned 5 of 5 row groups that way, 1 of 5 this way.
+-- ingest.py runs it with the join-order optimizers off (WRITE_AS_WRITTEN): each join builds on its right side,
+-- the slice's lines, the image keys and the rejected rows, all small; the staged text streams through them.
 INSERT INTO posts
 SELECT g.post_id, g.username, g.posted_at, g.caption, g.hashtags, g.mentions, g.likes, g.image_ref, k.image_path,
        $source, l.line, $now::TIMESTAMP, $now::TIMESTAMP,

@@ -424,3 +424,34 @@ def test_post_key_backfilled_and_only_the_post_id_text_decides(tmp_path: Path, d
     assert (r.loaded, r.updated, r.unchanged) == (0, 0, 2)
     assert q(db, "SELECT count(*), count(*) FILTER (WHERE post_key = hash(post_id)) FROM posts") == [(2, 2)]
     assert q(db, "SELECT hash_of_igcli = hash('igcli') FROM key_hash") == [(True,)]
+
+
+def test_first_load_writes_with_its_joins_as_written_and_restores_the_callers_optimizers(tmp_path: Path):
+    from igcli.commands import ingest as ingest_mod
+
+    db = tmp_path / "s.duckdb"
+    rows = "".join(f"p{i},u{i % 3},2017-04-{10 + i},cap {i},,,{i},10,5,3,\n" for i in range(6))
+    con = store.connect(db)
+    seen: dict[str, str] = {}
+    real = store.run_block
+
+    def spy(c, area, name, *a, **k):
+        seen.setdefault(name, c.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0])
+        return real(c, area, name, *a, **k)
+
+    try:
+        con.execute("SET disabled_optimizers = 'top_n'")
+        store.run_block = spy
+        try:
+            first = ingest_posts(write(tmp_path / "a.csv", HEADER + rows), con=con)       # empty store: write_wide
+            again = ingest_posts(write(tmp_path / "b.csv", HEADER + rows), con=con, recheck=True)   # compares
+        finally:
+            store.run_block = real
+        after = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
+        lines = dict(con.execute("SELECT post_id, source_line FROM posts").fetchall())
+    finally:
+        con.close()
+    assert (first.loaded, again.unchanged) == (6, 6)
+    assert set(seen["write_wide"].split(",")) == {"top_n", *ingest_mod.WRITE_AS_WRITTEN}
+    assert seen["stage"] == seen["match"] == after == "top_n"
+    assert lines == {f"p{i}": i + 2 for i in range(6)}
