@@ -1,17 +1,19 @@
-"""Ingest beside DuckDB's bare CSV load: time, CPU and peak memory at 3M and 10M generated posts.
+"""Ingest beside DuckDB's bare CSV load: time, CPU and peak memory at 1M, 3M and 10M generated posts.
 
-    .venv/bin/python bench/bench_ingest.py [--rows 3000000 10000000] [--repeats 3 1] [--tmp DIR] [--json out.json]
+    .venv/bin/python bench/bench_ingest.py [--rows 1000000 3000000 10000000] [--repeats 3 3 1] [--tmp DIR] [--json F]
 
 For each size, in one run and alternating: DuckDB's own ``CREATE TABLE t AS SELECT * FROM read_csv(FILE)``
 into a fresh database file, ``igcli ingest`` of the same file into a fresh store, the same file again into
 that store (the no-op re-ingest, which reuses the last outcome of an unchanged file), and once more with
-``--recheck`` (every row compared). Each is a fresh child process of a small parent (the CSV is made by another
-child, since a child's peak RSS starts from its parent's); peak memory is its max resident set, CPU its user +
-system time (steadier than wall time on a loaded machine). The tabular path is measured: the file's image
-column is empty (images are measured by bench_featurize). Files above 1M rows repeat a generated 1M-post
-sample with suffixed post_ids; 10M rows is ~2.3 GB of CSV in ``--tmp`` (removed afterwards). The target
-(issue 36): a first load within ``TARGET`` times DuckDB's bare load at both sizes, and the peak memory flat in
-the file's size (the peak at the largest size over the one at the smallest, in the notes).
+``--recheck`` (every row compared). The first load runs a second time into another fresh store with the posts
+write's joins left to DuckDB's optimizer (``WRITE_AS_WRITTEN`` emptied in that child): the A/B of that setting.
+Each is a fresh child process of a small parent (the CSV is made by another child, since a child's peak RSS
+starts from its parent's); peak memory is its max resident set, CPU its user + system time (steadier than wall
+time on a loaded machine). The tabular path is measured: the file's image column is empty (images are measured
+by bench_featurize). Files above 1M rows repeat a generated 1M-post sample with suffixed post_ids; 10M rows is
+~2.3 GB of CSV in ``--tmp`` (removed afterwards). The target (issue 36): a first load within ``TARGET`` times
+DuckDB's bare load at 3M and 10M rows (1M: a file of one write slice, where the join order mattered), and the
+peak memory flat in the file's size (the peak at the largest size over the one at the smallest, in the notes).
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ con.close()
 """
 IGCLI = """
 import sys
-from igcli.commands.ingest import ingest_posts
-r = ingest_posts(sys.argv[1], db=sys.argv[2], recheck=sys.argv[3] == "recheck")
+from igcli.commands import ingest
+if sys.argv[3] == "optimizer":
+    ingest.WRITE_AS_WRITTEN = ()      # the A of the A/B: write_wide's joins ordered by DuckDB's optimizer
+r = ingest.ingest_posts(sys.argv[1], db=sys.argv[2], recheck=sys.argv[3] == "recheck")
 print("RESULT", r.rows_read, r.loaded, r.updated, r.unchanged, r.rejected, int(r.reused is not None))
 """
 
@@ -87,8 +91,8 @@ def make_csv(tmp: Path, rows: int, users: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[3_000_000, 10_000_000])
-    ap.add_argument("--repeats", type=int, nargs="+", default=[3, 1], help="per size (the last one repeats)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
+    ap.add_argument("--repeats", type=int, nargs="+", default=[3, 3, 1], help="per size (the last one repeats)")
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--tmp", help="folder for the generated CSVs and stores (default: the system temp folder)")
     ap.add_argument("--json")
@@ -98,8 +102,8 @@ def main() -> None:
         print(make_csv(Path(a.make_csv[0]), int(a.make_csv[1]), int(a.make_csv[2])))
         return
 
-    header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "no-op s", "no-op / load", "recheck s",
-              "recheck / load",
+    header = ["rows", "CSV MiB", "runs", "DuckDB s", "igcli s", "ratio", "optimizer's joins s", "no-op s",
+              "no-op / load", "recheck s", "recheck / load",
               "DuckDB CPU s", "igcli CPU s", "DuckDB max memory MiB", "igcli peak MiB", "memory ratio", "load avg"]
     rows, peaks = [], {}
     for n_i, n in enumerate(a.rows):
@@ -110,7 +114,7 @@ def main() -> None:
                                   check=True, capture_output=True, text=True)
             csv = Path(made.stdout.strip().splitlines()[-1])
             size_mb = csv.stat().st_size / 2**20
-            duck, first, again, rechecked, loads = [], [], [], [], [os.getloadavg()[0]]
+            duck, first, planned, again, rechecked, loads = [], [], [], [], [], [os.getloadavg()[0]]
             for i in range(repeats):
                 wall, cpu, rss, res = run(DUCKDB, str(csv), str(tmp / f"duck{i}.duckdb"))
                 assert res == [n], res
@@ -120,6 +124,10 @@ def main() -> None:
                 wall, cpu, rss, res = run(IGCLI, str(csv), str(db), "")
                 assert res[1] == n and res[4] == 0, res
                 first.append((wall, cpu, rss))
+                wall, cpu, rss, res = run(IGCLI, str(csv), str(tmp / f"opt{i}.duckdb"), "optimizer")
+                assert res[1] == n and res[4] == 0, res
+                planned.append((wall, cpu, rss))
+                (tmp / f"opt{i}.duckdb").unlink()
                 wall, cpu, rss, res = run(IGCLI, str(csv), str(db), "")
                 assert res[3] == n and res[5] == 1, res      # the last outcome reused
                 again.append((wall, cpu, rss))
@@ -128,10 +136,11 @@ def main() -> None:
                 rechecked.append((wall, cpu, rss))
                 db.unlink()
                 loads.append(os.getloadavg()[0])
-        d, f, g, c = (median([r[0] for r in x]) for x in (duck, first, again, rechecked))
+        d, f, o, g, c = (median([r[0] for r in x]) for x in (duck, first, planned, again, rechecked))
         dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in x) for x in (first, again, rechecked))
         peaks[n] = fpeak
-        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(g, 2),  # ratios as
+        rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(o, 1),
+                     round(g, 2),  # ratios as
                      f"{g / f:.2f}", round(c, 1), f"{c / f:.2f}",  # text: two decimals in the report
                      round(median([r[1] for r in duck]), 1),
                      round(median([r[1] for r in first]), 1), round(dpeak), round(fpeak), f"{fpeak / dpeak:.2f}",
@@ -141,8 +150,10 @@ def main() -> None:
         "process; DuckDB = CREATE TABLE AS SELECT * FROM read_csv(FILE) into a fresh database file; igcli = "
         "ingest_posts into a fresh store, then the same file again (no-op: the store's latest ingest was this "
         "unchanged file, so its outcome is reused after hashing the file), then again with recheck=True "
-        "(`--recheck`: every row read and compared with the store)",
-        f"ratio = igcli s / DuckDB s (target: at most {TARGET} at every size; "
+        "(`--recheck`: every row read and compared with the store); optimizer's joins = the first load again, into "
+        "another fresh store, with write_wide's joins ordered by DuckDB's optimizer instead of as written (igcli's "
+        "WRITE_AS_WRITTEN emptied: the setting's A/B, run right after each first load)",
+        f"ratio = igcli s / DuckDB s (target: at most {TARGET} at 3M and 10M rows; "
         + ", ".join(f"{r[0]:,} rows: {r[5]}, {'met' if float(r[5]) <= TARGET else 'not met'}" for r in rows)
         + "); memory = max resident set of the child (igcli: load, no-op or recheck, "
         "whichever is higher); CPU = user + system seconds; load avg = 1-minute load average seen around the runs",
