@@ -140,8 +140,7 @@ def main() -> None:
         dpeak, fpeak = max(r[2] for r in duck), max(max(r[2] for r in x) for x in (first, again, rechecked))
         peaks[n] = fpeak
         rows.append([n, round(size_mb), repeats, round(d, 1), round(f, 1), f"{f / d:.2f}", round(o, 1),
-                     round(g, 2),  # ratios as
-                     f"{g / f:.2f}", round(c, 1), f"{c / f:.2f}",  # text: two decimals in the report
+                     round(g, 2), f"{g / f:.2f}", round(c, 1), f"{c / f:.2f}",  # ratios as text: two decimals
                      round(median([r[1] for r in duck]), 1),
                      round(median([r[1] for r in first]), 1), round(dpeak), round(fpeak), f"{fpeak / dpeak:.2f}",
                      f"{min(loads):.1f}-{max(loads):.1f}"])

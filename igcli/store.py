@@ -212,6 +212,18 @@ def scratch(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnectio
         con.execute("ROLLBACK")
 
 
+
+@contextmanager
+def setting(con: duckdb.DuckDBPyConnection, name: str, value) -> Iterator[None]:
+    """``con`` with DuckDB setting ``name`` (ours, never a user's text) at ``value`` for the block, or at
+    ``value(callers_value)`` when it is a function; the caller's value is given back after it, also when it fails."""
+    callers = con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0]
+    con.execute(f"SET {name} = ?", [value(callers) if callable(value) else value])
+    try:
+        yield
+    finally:
+        con.execute(f"SET {name} = ?", [callers])
+
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     names = [r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name"

@@ -10,7 +10,7 @@ from conftest import csv_rows, execute, query
 from PIL import Image
 
 from igcli import store
-from igcli.commands.ingest import ingest_classes, ingest_posts
+from igcli.commands.ingest import WRITE_AS_WRITTEN, ingest_classes, ingest_posts
 from igcli.errors import InputError
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
@@ -426,12 +426,10 @@ def test_post_key_backfilled_and_only_the_post_id_text_decides(tmp_path: Path, d
     assert q(db, "SELECT hash_of_igcli = hash('igcli') FROM key_hash") == [(True,)]
 
 
-def test_first_load_writes_with_its_joins_as_written_and_restores_the_callers_optimizers(tmp_path: Path):
-    from igcli.commands import ingest as ingest_mod
-
+def test_first_load_writes_with_its_joins_as_written_and_restores_the_callers_optimizers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     db = tmp_path / "s.duckdb"
     rows = "".join(f"p{i},u{i % 3},2017-04-{10 + i},cap {i},,,{i},10,5,3,\n" for i in range(6))
-    con = store.connect(db)
     seen: dict[str, str] = {}
     real = store.run_block
 
@@ -439,19 +437,29 @@ def test_first_load_writes_with_its_joins_as_written_and_restores_the_callers_op
         seen.setdefault(name, c.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0])
         return real(c, area, name, *a, **k)
 
+    monkeypatch.setattr(store, "run_block", spy)
+    con = store.connect(db)
     try:
         con.execute("SET disabled_optimizers = 'top_n'")
-        store.run_block = spy
-        try:
-            first = ingest_posts(write(tmp_path / "a.csv", HEADER + rows), con=con)       # empty store: write_wide
-            again = ingest_posts(write(tmp_path / "b.csv", HEADER + rows), con=con, recheck=True)   # compares
-        finally:
-            store.run_block = real
+        first = ingest_posts(write(tmp_path / "a.csv", HEADER + rows), con=con)       # empty store: write_wide
+        again = ingest_posts(write(tmp_path / "b.csv", HEADER + rows), con=con, recheck=True)   # compares
         after = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
         lines = dict(con.execute("SELECT post_id, source_line FROM posts").fetchall())
     finally:
         con.close()
     assert (first.loaded, again.unchanged) == (6, 6)
-    assert set(seen["write_wide"].split(",")) == {"top_n", *ingest_mod.WRITE_AS_WRITTEN}
+    assert set(seen["write_wide"].split(",")) == {"top_n", *WRITE_AS_WRITTEN}
     assert seen["stage"] == seen["match"] == after == "top_n"
     assert lines == {f"p{i}": i + 2 for i in range(6)}
+
+
+def test_a_setting_for_a_block_gives_the_callers_value_back_when_the_block_fails(tmp_path: Path):
+    con = store.connect(tmp_path / "s.duckdb")
+    try:
+        con.execute("SET disabled_optimizers = 'top_n'")
+        with pytest.raises(ValueError), store.setting(con, "disabled_optimizers", lambda old: old + ",join_order"):
+            assert con.execute("SELECT current_setting('disabled_optimizers')").fetchall() == [("join_order,top_n",)]
+            raise ValueError("the block fails")
+        assert con.execute("SELECT current_setting('disabled_optimizers')").fetchall() == [("top_n",)]
+    finally:
+        con.close()

@@ -407,9 +407,8 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
     source = src_file.path
     now = store.utcnow()
     result = IngestResult(source=str(source.resolve()), ingest_id=uuid.uuid4().hex[:12])
-    order, memory, disabled = con.execute(
-        "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit'), "
-        "current_setting('disabled_optimizers')").fetchall()[0]
+    order, memory = con.execute(
+        "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit')").fetchall()[0]
     is_csv = source.suffix.lower() not in (".parquet", ".pq")
     hashing = None
     try:
@@ -458,11 +457,11 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
                      **flags, **src}
             if wide["wide"]:
                 # the plan as written (sql/ingest.sql, write_wide): the hash join builds on the narrow lines
-                con.execute("SET disabled_optimizers = ?", [",".join(filter(None, (disabled, *WRITE_AS_WRITTEN)))])
-                for lo in range(1, parsed + 1, WRITE_SLICE):
-                    store.run_block(con, "ingest", "write_wide",
-                                    {**write, "rowid_base": rowid_base, "lo": lo, "hi": lo + WRITE_SLICE})
-                con.execute("SET disabled_optimizers = ?", [disabled])
+                with store.setting(con, "disabled_optimizers",
+                                   lambda callers: ",".join(filter(None, (callers, *WRITE_AS_WRITTEN)))):
+                    for lo in range(1, parsed + 1, WRITE_SLICE):
+                        store.run_block(con, "ingest", "write_wide",
+                                        {**write, "rowid_base": rowid_base, "lo": lo, "hi": lo + WRITE_SLICE})
             elif result.loaded or result.updated:
                 store.run_block(con, "ingest", "pick", write)
             if result.loaded and not wide["wide"]:
@@ -515,7 +514,6 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
             hashing.shutdown(cancel_futures=True)
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
         con.execute("SET memory_limit = ?", [memory])
-        con.execute("SET disabled_optimizers = ?", [disabled])
         con.execute("DROP VIEW IF EXISTS good")
         con.execute("DROP VIEW IF EXISTS staged")
         for name in ("staged_w", "igc_lines", "stored_rows", "matched", "row_errors", "row_warnings", "pick",

@@ -41,9 +41,7 @@ Adding a running-sum feature (e.g. the trend of ln-likes over time from sums of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,15 +66,6 @@ ROW_GROUP_ROWS = 122_880     # DuckDB's rows per row group: a table scan gives e
 PART_ROWS = 2_048            # the smallest part of a batch scanned from Arrow (one DuckDB vector)
 
 
-@contextmanager
-def _memory_limited(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """``con`` under ``MEMORY_LIMIT`` for the block; the caller's setting is given back after it."""
-    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
-    try:
-        yield
-    finally:
-        con.execute("SET memory_limit = ?", [limit])
 
 @dataclass
 class FeaturizeOptions:
@@ -333,7 +322,7 @@ def compute_batch(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, post_i
     from its history. Posts already featurized and unchanged are read from ``post_features``. When the
     state was made with other parameters, this is ``compute_metadata`` for the batch's users. Nothing is
     written to the store. Runs under ``MEMORY_LIMIT`` like ``featurize``."""
-    with _memory_limited(con):
+    with store.setting(con, "memory_limit", MEMORY_LIMIT):
         return _compute_batch(con, opts, post_ids)
 
 
@@ -437,7 +426,7 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def update_metadata(con: duckdb.DuckDBPyConnection, opts: FeaturizeOptions, now) -> tuple[_Params, int, int]:
     """Bring post_features and the state up to date in one transaction, under ``MEMORY_LIMIT``; returns the
     parameters and (inserted, updated)."""
-    with _memory_limited(con), store.transaction(con):
+    with store.setting(con, "memory_limit", MEMORY_LIMIT), store.transaction(con):
         p = _params(con, opts)
         inserted, updated = _update(con, p, now, opts.rebuild)
         store.fault_point("featurize.before_commit")
