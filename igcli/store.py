@@ -224,6 +224,7 @@ def setting(con: duckdb.DuckDBPyConnection, name: str, value) -> Iterator[None]:
     finally:
         con.execute(f"SET {name} = ?", [callers])
 
+
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     names = [r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name"

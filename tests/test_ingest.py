@@ -10,7 +10,7 @@ from conftest import csv_rows, execute, query
 from PIL import Image
 
 from igcli import store
-from igcli.commands.ingest import WRITE_AS_WRITTEN, ingest_classes, ingest_posts
+from igcli.commands.ingest import MEMORY_LIMIT, WRITE_AS_WRITTEN, ingest_classes, ingest_posts
 from igcli.errors import InputError
 
 HEADER = "post_id,username,posted_at,caption,hashtags,mentions,likes,followers,following,user_post_count,image\n"
@@ -451,6 +451,51 @@ def test_first_load_writes_with_its_joins_as_written_and_restores_the_callers_op
     assert set(seen["write_wide"].split(",")) == {"top_n", *WRITE_AS_WRITTEN}
     assert seen["stage"] == seen["match"] == after == "top_n"
     assert lines == {f"p{i}": i + 2 for i in range(6)}
+
+
+def test_ingest_runs_in_file_order_under_its_memory_limit_and_gives_the_callers_settings_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    db = tmp_path / "s.duckdb"
+    rows = "".join(f"p{i},u{i % 3},2017-04-{10 + i},cap {i},,,{i},10,5,3,\n" for i in range(6))
+    seen: list[tuple] = []
+    real = store.run_block
+
+    def spy(c, area, name, *a, **k):
+        if area == "ingest":
+            seen.append(tuple(c.execute("SELECT current_setting('preserve_insertion_order'), "
+                                        "current_setting('memory_limit')").fetchall()[0]))
+            if name == "counts" and fail:
+                raise RuntimeError("the load fails half way")
+        return real(c, area, name, *a, **k)
+
+    monkeypatch.setattr(store, "run_block", spy)
+    con = store.connect(db)
+    try:
+        con.execute("SET preserve_insertion_order = false; SET memory_limit = '2GiB'")
+        callers = con.execute("SELECT current_setting('preserve_insertion_order'), "
+                              "current_setting('memory_limit')").fetchall()[0]
+        fail = False
+        ingest_posts(write(tmp_path / "a.csv", HEADER + rows), con=con)
+        after_load = con.execute("SELECT current_setting('preserve_insertion_order'), "
+                                 "current_setting('memory_limit')").fetchall()[0]
+        fail = True
+        with pytest.raises(RuntimeError):
+            ingest_posts(write(tmp_path / "b.csv", HEADER + rows.replace("cap", "new cap")), con=con)
+        after_failure = con.execute("SELECT current_setting('preserve_insertion_order'), "
+                                    "current_setting('memory_limit')").fetchall()[0]
+        captions = sorted(r[0] for r in con.execute("SELECT caption FROM posts").fetchall())
+    finally:
+        con.close()
+    expected = store.connect(tmp_path / "other.duckdb")
+    try:
+        expected.execute("SET memory_limit = ?", [MEMORY_LIMIT])    # as DuckDB shows it
+        limit = expected.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    finally:
+        expected.close()
+    assert callers[0] is False and callers[1] != limit
+    assert seen and set(seen) == {(True, limit)}
+    assert after_load == after_failure == callers
+    assert captions == [f"cap {i}" for i in range(6)]          # the failed load changed nothing
 
 
 def test_a_setting_for_a_block_gives_the_callers_value_back_when_the_block_fails(tmp_path: Path):

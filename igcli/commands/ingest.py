@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -407,15 +408,14 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
     source = src_file.path
     now = store.utcnow()
     result = IngestResult(source=str(source.resolve()), ingest_id=uuid.uuid4().hex[:12])
-    order, memory = con.execute(
-        "SELECT current_setting('preserve_insertion_order'), current_setting('memory_limit')").fetchall()[0]
     is_csv = source.suffix.lower() not in (".parquet", ".pq")
     hashing = None
+    settings = ExitStack()      # the caller's settings come back when the load ends, whichever way
     try:
         # rn is the file order of the records (their rank in the staged table, and a streaming row_number
         # over the reader on the second read), so the reader's order must be kept
-        con.execute("SET preserve_insertion_order = true")
-        con.execute("SET memory_limit = ?", [MEMORY_LIMIT])
+        settings.enter_context(store.setting(con, "preserve_insertion_order", True))
+        settings.enter_context(store.setting(con, "memory_limit", MEMORY_LIMIT))
         store.run_block(con, "ingest", "macros")
         if is_csv:
             src, names, ignored = _csv_source(con, src_file, encoding)
@@ -512,8 +512,7 @@ def _ingest_posts(con: duckdb.DuckDBPyConnection, src_file: InputFile, images_di
     finally:
         if hashing:
             hashing.shutdown(cancel_futures=True)
-        con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
-        con.execute("SET memory_limit = ?", [memory])
+        settings.close()
         con.execute("DROP VIEW IF EXISTS good")
         con.execute("DROP VIEW IF EXISTS staged")
         for name in ("staged_w", "igc_lines", "stored_rows", "matched", "row_errors", "row_warnings", "pick",
