@@ -111,6 +111,20 @@ def setup(tmp: Path, a: argparse.Namespace, log: list[str]) -> tuple[Path, Path,
     return new, db, exports, ids, before
 
 
+def score_run(csv: Path, db: Path, exports: Path, posts: int) -> tuple[float, dict]:
+    """One ``score`` of ``csv`` into ``db`` in a fresh child process: (process seconds, its result with the
+    child's peak RSS), every post scored and none rejected (checked)."""
+    secs, peak, out = run_child(["-c", CHILD, str(csv), str(db), str(exports)])
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["posts"] == posts and not r["rejected"], r
+    return secs, {**r, "peak_mib": peak}
+
+
+def median_run(runs: list[tuple[float, dict]]) -> dict:
+    """The run whose score() time is the median (the lower of the two middle ones for an even count)."""
+    return sorted((r for _, r in runs), key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+
+
 def model_only(db: Path, ids: list[str], tmp: Path, a: argparse.Namespace) -> dict:
     """Torch eager vs onnxruntime on the same ``Preprocessor.transform`` batch of the new posts."""
     import numpy as np
@@ -173,24 +187,18 @@ def main() -> None:
         for i in range(a.repeats):
             fresh = tmp / "store-first-score.duckdb"     # untimed copy: the new posts not in it yet
             shutil.copyfile(before, fresh)
-            secs, peak, out = run_child(["-c", CHILD, str(csv), str(fresh), str(exports)])
-            r = json.loads(out.strip().splitlines()[-1])
+            firsts.append(score_run(csv, fresh, exports, a.posts))
             con = duckdb.connect(str(fresh), read_only=True)
             try:
                 loaded = con.execute("SELECT loaded FROM ingests WHERE source_file = ?",
                                      [str(csv.resolve())]).fetchall()
             finally:
                 con.close()
-            assert r["posts"] == a.posts and not r["rejected"] and loaded == [(a.posts,)], (r, loaded)
-            firsts.append((secs, {**r, "peak_mib": peak}))
+            assert loaded == [(a.posts,)], loaded                # its ingest inserted every row
             fresh.unlink()
-            print(f"  score run {i + 1}, batch seen first: {r['seconds']:.2f} s in score(), {secs:.2f} s process",
-                  flush=True)
-            secs, peak, out = run_child(["-c", CHILD, str(csv), str(db), str(exports)])
-            r = json.loads(out.strip().splitlines()[-1])
-            assert r["posts"] == a.posts and not r["rejected"], r
-            runs.append((secs, {**r, "peak_mib": peak}))
-            print(f"  score run {i + 1}: {r['seconds']:.2f} s in score(), {secs:.2f} s process", flush=True)
+            runs.append(score_run(csv, db, exports, a.posts))
+            for label, (secs, r) in ((", batch seen first", firsts[-1]), ("", runs[-1])):
+                print(f"  score run {i + 1}{label}: {r['seconds']:.2f} s in score(), {secs:.2f} s process", flush=True)
         con = duckdb.connect(str(db), read_only=True)
         try:
             counts = con.execute("SELECT loaded, updated, unchanged FROM ingests WHERE source_file = ? "
@@ -201,13 +209,13 @@ def main() -> None:
         m = model_only(db, ids, tmp, a)
 
     # the parts of one run, the median one, so that they add up to the total they are shown under
-    middle = sorted((r for _, r in runs), key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+    middle = median_run(runs)
     inner = middle["seconds"]
     parts = {k: middle["timings"].get(k, 0.0) for k in ("model_load_s", "ingest_s", "features_s", "onnxruntime_s",
                                                         "usual_s", "drivers_s", "drift_s", "write_s")}
     other = inner - sum(middle["timings"].values())
     rss = max(r["peak_mib"] for _, r in runs)
-    first = sorted((r for _, r in firsts), key=lambda r: r["seconds"])[(len(firsts) - 1) // 2]
+    first = median_run(firsts)
 
     def row(label: str, rows: int, s: float, share: bool = True, mem: float | None = None) -> list:
         return [label, rows, f"{s:.3f}", round(rows / s) if s else "", f"{100 * s / inner:.0f}%" if share else "",

@@ -212,7 +212,6 @@ def scratch(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnectio
         con.execute("ROLLBACK")
 
 
-
 @contextmanager
 def setting(con: duckdb.DuckDBPyConnection, name: str, value) -> Iterator[None]:
     """``con`` with DuckDB setting ``name`` (ours, never a user's text) at ``value`` for the block, or at

@@ -460,10 +460,13 @@ def test_ingest_runs_in_file_order_under_its_memory_limit_and_gives_the_callers_
     seen: list[tuple] = []
     real = store.run_block
 
+    def settings_of(c) -> tuple:
+        return tuple(c.execute("SELECT current_setting('preserve_insertion_order'), "
+                               "current_setting('memory_limit')").fetchall()[0])
+
     def spy(c, area, name, *a, **k):
         if area == "ingest":
-            seen.append(tuple(c.execute("SELECT current_setting('preserve_insertion_order'), "
-                                        "current_setting('memory_limit')").fetchall()[0]))
+            seen.append(settings_of(c))
             if name == "counts" and fail:
                 raise RuntimeError("the load fails half way")
         return real(c, area, name, *a, **k)
@@ -472,17 +475,14 @@ def test_ingest_runs_in_file_order_under_its_memory_limit_and_gives_the_callers_
     con = store.connect(db)
     try:
         con.execute("SET preserve_insertion_order = false; SET memory_limit = '2GiB'")
-        callers = con.execute("SELECT current_setting('preserve_insertion_order'), "
-                              "current_setting('memory_limit')").fetchall()[0]
+        callers = settings_of(con)
         fail = False
         ingest_posts(write(tmp_path / "a.csv", HEADER + rows), con=con)
-        after_load = con.execute("SELECT current_setting('preserve_insertion_order'), "
-                                 "current_setting('memory_limit')").fetchall()[0]
+        after_load = settings_of(con)
         fail = True
         with pytest.raises(RuntimeError):
             ingest_posts(write(tmp_path / "b.csv", HEADER + rows.replace("cap", "new cap")), con=con)
-        after_failure = con.execute("SELECT current_setting('preserve_insertion_order'), "
-                                    "current_setting('memory_limit')").fetchall()[0]
+        after_failure = settings_of(con)
         captions = sorted(r[0] for r in con.execute("SELECT caption FROM posts").fetchall())
     finally:
         con.close()

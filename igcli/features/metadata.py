@@ -66,7 +66,6 @@ ROW_GROUP_ROWS = 122_880     # DuckDB's rows per row group: a table scan gives e
 PART_ROWS = 2_048            # the smallest part of a batch scanned from Arrow (one DuckDB vector)
 
 
-
 @dataclass
 class FeaturizeOptions:
     hashtag_ranking: Path | None = None     # one tag per line, most popular first
