@@ -158,6 +158,43 @@ def test_drivers_and_drift_are_stored_with_the_batch(trained_store, tmp_path: Pa
     assert all(e["drivers"] for e in r.above_usual + r.below_usual)
 
 
+def test_prediction_and_usual_pass_side_by_side_store_what_one_session_stores(trained_store, tmp_path: Path,
+                                                                            monkeypatch):
+    """On the CPU the prediction runs on one of the local engine's two sessions while usual_likes' pass runs on the
+    other; every stored value (the quantiles, usual_likes, the drivers) is the one a single session gives."""
+    import igcli.engines.local as local
+    from igcli.model.explain import GROUPS
+
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)              # two streams whatever this machine has
+    calls: list[tuple[int, int]] = []
+    run = local._SessionPredictor.__call__
+
+    def spy(self, inputs, post_ids, con):
+        calls.append((id(self), len(inputs["meta"])))
+        return run(self, inputs, post_ids, con)
+
+    monkeypatch.setattr(local._SessionPredictor, "__call__", spy)
+    columns = ("post_id, predicted_log_likes, p10_likes, p90_likes, usual_likes, vs_usual, reference_likes, "
+               + ", ".join(f"effect_{g}" for g in GROUPS))
+    got = {}
+    for name, streams in (("two", None), ("one", lambda self: [self])):
+        if streams:
+            monkeypatch.setattr(local._SessionPredictor, "streams", streams)
+        (tmp_path / name).mkdir()
+        db = trained_store["db_copy"](tmp_path / name)
+        calls.clear()
+        r = score(trained_store["sample"] / "new_posts.csv", db, _opts(trained_store))
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            got[name] = con.execute(f"SELECT {columns} FROM predictions ORDER BY post_id").fetchall()
+        finally:
+            con.close()
+        # the batch's passes (the reference row aside): on two sessions, or all on one
+        full = {who for who, rows in calls if rows == r.posts}
+        assert len(full) == (2 if name == "two" else 1), calls
+    assert len(got["two"]) == r.posts and got["two"] == got["one"]
+
+
 def test_model_without_matching_ranking_is_refused(trained_store, tmp_path: Path):
     from igcli import store
     from igcli.commands.featurize import featurize
