@@ -67,7 +67,7 @@ con.execute(f"SET memory_limit = '{ingest.MEMORY_LIMIT}'")
 with open_input(Path(sys.argv[1]), "posts file") as src:
     store.run_block(con, "ingest", "macros")
     params, names, _ = ingest._csv_source(con, src, None)
-    head, body = store.sql_blocks("ingest")["stage"].split("CREATE OR REPLACE TEMP TABLE staged_w AS", 1)
+    _, body = store.sql_blocks("ingest")["stage"].split("CREATE OR REPLACE TEMP TABLE staged_w AS", 1)
     sql = ("CREATE TABLE posts_floor AS SELECT post_id, username, posted_at, caption, hashtags, mentions, likes, "
            "image_ref, NULL::VARCHAR AS image_path, $source AS source_file, 0::BIGINT AS source_line, "
            "$now::TIMESTAMP AS ingested_at, $now::TIMESTAMP AS updated_at, "

@@ -20,9 +20,9 @@ subsets, 64 passes against 10, for comparison). Cost: 2 * (groups - 1) passes of
 less the passes the caller already ran: ``usual_likes`` is the model with the caption and the image at their
 reference (``CONTENT``), the second step of the first path, so ``score`` hands it over (``Recorder``) and runs 9.
 On the CPU the two paths run at once, each on its own one-thread session (``igcli.engines.local``; ``score`` runs the
-prediction and the usual pass on the same two, side by side). A group already
-at its reference in every row (the image, in a batch without images scored by a model trained without any) adds
-nothing and is left out of the paths, two passes fewer; the other groups' effects are the same without it.
+prediction and the usual pass on the same two, side by side). A group already at its reference in every row (the
+image, in a batch without images scored by a model trained without any) adds nothing and is left out of the paths,
+two passes fewer; the other groups' effects are the same without it.
 
 **Drift.** ``fit_distribution`` records, for each model input, the training rows' decile edges (deduplicated;
 one-hot inputs such as ``month`` collapse to one categorical input) and the share of training rows in each bin and
